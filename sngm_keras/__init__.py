@@ -1,0 +1,11 @@
+"""sngm_keras: SNGM for large-batch training in Keras 3, with its baselines.
+
+`SNGM`, `MSGD` and `LARS` are Keras optimizers; `MicroBatchModel` trains with an
+effective batch made of micro-batches, the gradient summed over them and
+across replicas before the one optimizer step.
+"""
+
+from sngm_keras.optimizers import LARS, MSGD, SNGM
+
+__version__ = "0.1.0"
+__all__ = ["SNGM", "MSGD", "LARS"]

@@ -1,0 +1,177 @@
+"""Shared engine of the momentum optimizers: the gradient of the whole step.
+
+SNGM normalizes by the norm of the *whole* mini-batch gradient, so that norm
+must be taken on the gradient the update really uses: after the cross-replica
+all-reduce and after any micro-batch accumulation. Keras clips and decays
+before TensorFlow's all-reduce (per replica); this base class moves every
+whole-gradient computation behind it:
+
+1. Keras clipping (`clipnorm`, `clipvalue`, `global_clipnorm`),
+2. coupled L2 weight decay, `g <- g + wd * w` (the paper's and PyTorch's
+   `weight_decay`), honouring `exclude_from_weight_decay`,
+3. the global gradient norm `||g||`, kept in the `gradient_norm` variable,
+4. non-finite protection: a step whose gradient holds NaN or Inf leaves the
+   weights and momentum unchanged and adds one to `skipped_steps`.
+
+On TensorFlow this runs in the replica context right after
+`_all_reduce_sum_gradients`; on JAX (and any other backend) the gradient the
+optimizer receives is already global, so it runs first thing in
+`_backend_update_step`. Subclasses implement `update_step`, reading the norm
+and the step's validity through `_step_ok()` and `gradient_norm`.
+"""
+
+import keras
+from keras import ops
+
+# Below this sum of squares (or above float32's range) the plain
+# sqrt(sum g^2) loses precision, so the norm is recomputed scaled by max|g|.
+_SUM_OF_SQUARES_FLOOR = 1e-30
+
+
+def robust_norm(tensors):
+    """Euclidean norm of a list of tensors, in float32, safe from over- and
+    underflow: gradients of 1e30 or 1e-30 still give the right norm. NaN or
+    Inf anywhere gives a non-finite result."""
+    tensors = [ops.cast(t, "float32") for t in tensors]
+    sum_sq = sum(ops.sum(ops.square(t)) for t in tensors)
+
+    def scaled():
+        peak = ops.max(ops.stack([ops.max(ops.abs(t)) for t in tensors]))
+        peak = ops.where(peak > 0, peak, ops.ones_like(peak))
+        return peak * ops.sqrt(sum(ops.sum(ops.square(t / peak)) for t in tensors))
+
+    in_range = ops.logical_and(sum_sq > _SUM_OF_SQUARES_FLOOR, ops.isfinite(sum_sq))
+    return ops.cond(in_range, lambda: ops.sqrt(sum_sq), scaled)
+
+
+def check_learning_rate(learning_rate):
+    """Returns the learning rate as Keras wants it, or raises ValueError."""
+    if isinstance(learning_rate, bool):
+        raise ValueError(f"learning_rate must be a positive float or a schedule, got {learning_rate!r}")
+    if isinstance(learning_rate, (int, float)):
+        if not learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+        return float(learning_rate)
+    if callable(learning_rate) or isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        return learning_rate
+    raise ValueError(f"learning_rate must be a positive float or a schedule, got {learning_rate!r}")
+
+
+def check_range(name, value, low, high=None, high_inclusive=False):
+    """Raises ValueError naming `name` unless low <= value < high (or <= high)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    too_high = high is not None and (value > high if high_inclusive else value >= high)
+    if not value >= low or too_high:
+        bracket = "]" if high_inclusive else ")"
+        span = f"[{low}, {high}{bracket}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be in {span}, got {value!r}")
+    return float(value)
+
+
+class ReducedGradientOptimizer(keras.optimizers.Optimizer):
+    """Base of SNGM, MSGD and LARS; see the module docstring."""
+
+    def __init__(
+        self,
+        learning_rate,
+        momentum=0.9,
+        weight_decay=0.0,
+        decoupled_weight_decay=False,
+        epsilon=1e-30,
+        name=None,
+        **kwargs,
+    ):
+        learning_rate = check_learning_rate(learning_rate)
+        momentum = check_range("momentum", momentum, 0.0, 1.0)
+        weight_decay = check_range("weight_decay", weight_decay, 0.0)
+        if not epsilon > 0:
+            raise ValueError(f"epsilon must be > 0, got {epsilon!r}")
+        decoupled = bool(decoupled_weight_decay)
+        # Keras' own `weight_decay` is the decoupled kind; hand it over only then.
+        super().__init__(
+            learning_rate=learning_rate,
+            weight_decay=weight_decay if decoupled and weight_decay > 0 else None,
+            name=name,
+            **kwargs,
+        )
+        self.momentum = momentum
+        self.l2_weight_decay = 0.0 if decoupled else weight_decay
+        self.decoupled_weight_decay = decoupled
+        self.epsilon = float(epsilon)
+        self._weight_decay_value = weight_decay
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.momentums = self.add_optimizer_variables(variables, "momentum")
+        self.gradient_norm = self.add_variable(
+            (), dtype="float32", aggregation="only_first_replica", name="gradient_norm"
+        )
+        self.skipped_steps = self.add_variable(
+            (), dtype="int", aggregation="only_first_replica", name="skipped_steps"
+        )
+
+    # -- where the whole gradient is seen -------------------------------------
+
+    def _clip_gradients(self, grads):
+        # Deferred to `_prepare_gradients`, after the all-reduce.
+        return grads
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        # TensorFlow backend only: TFOptimizer._backend_update_step calls this
+        # in the replica context; the result is what every replica applies.
+        grads_and_vars = list(super()._all_reduce_sum_gradients(grads_and_vars))
+        grads = self._prepare_gradients(
+            [g for g, _ in grads_and_vars], [v for _, v in grads_and_vars]
+        )
+        return list(zip(grads, [v for _, v in grads_and_vars]))
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if keras.backend.backend() != "tensorflow":
+            grads = self._prepare_gradients(list(grads), list(trainable_variables))
+        super()._backend_update_step(grads, trainable_variables, learning_rate)
+
+    def _prepare_gradients(self, grads, variables):
+        grads = super()._clip_gradients(grads)
+        if self.l2_weight_decay:
+            grads = [
+                g + ops.cast(self.l2_weight_decay, g.dtype) * ops.cast(v, g.dtype)
+                if self._use_weight_decay(v)
+                else g
+                for g, v in zip(grads, variables)
+            ]
+        norm = robust_norm(grads)
+        self.assign(self.gradient_norm, norm)
+        self.assign_add(self.skipped_steps, ops.cast(ops.logical_not(ops.isfinite(norm)), self.skipped_steps.dtype))
+        return grads
+
+    # -- helpers for update_step ----------------------------------------------
+
+    def _step_ok(self):
+        """True when this step's gradient is finite (read after the all-reduce)."""
+        return ops.isfinite(self.gradient_norm)
+
+    def _momentum_update(self, variable, velocity_increment, learning_rate, ok):
+        """u <- beta u + increment; w <- w - lr u; both kept as they are unless ok."""
+        dtype = variable.dtype
+        u = self.momentums[self._get_variable_index(variable)]
+        beta = ops.cast(self.momentum, dtype)
+        lr = ops.where(ok, ops.cast(learning_rate, dtype), ops.zeros((), dtype))
+        u_now = ops.convert_to_tensor(u)
+        new_u = ops.where(ok, u_now * beta + ops.cast(velocity_increment, dtype), u_now)
+        self.assign(u, new_u)
+        self.assign_sub(variable, lr * new_u)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "momentum": self.momentum,
+                "weight_decay": self._weight_decay_value,
+                "decoupled_weight_decay": self.decoupled_weight_decay,
+                "epsilon": self.epsilon,
+            }
+        )
+        return config

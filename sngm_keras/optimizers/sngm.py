@@ -1,0 +1,87 @@
+"""SNGM: stochastic normalized gradient descent with momentum."""
+
+import keras
+from keras import ops
+
+from sngm_keras.optimizers.base import ReducedGradientOptimizer, robust_norm
+
+
+@keras.saving.register_keras_serializable(package="sngm_keras")
+class SNGM(ReducedGradientOptimizer):
+    """Stochastic normalized gradient descent with momentum (Algorithm 1).
+
+    Update rule, with `g` the gradient of the whole step (all trainable
+    variables together, after the all-reduce across replicas and the sum over
+    micro-batches):
+
+    ```python
+    g = g + weight_decay * w          # L2, the paper's weight decay
+    u = momentum * u + g / ||g||      # eq. (7)
+    w = w - learning_rate * u         # eq. (8)
+    ```
+
+    Lemma 2 of the paper follows: `||u|| <= 1 / (1 - momentum)` whatever the
+    size of `g`, which is why SNGM tolerates learning rates and batch sizes at
+    which momentum SGD diverges.
+
+    Reference: Zhao, Xie, Gao, Li, "Stochastic Normalized Gradient Descent
+    with Momentum for Large Batch Training", arXiv:2007.13985.
+
+    Args:
+        learning_rate: float > 0, or a `LearningRateSchedule` (evaluated at
+            the optimizer's `iterations`, one per parameter update).
+        momentum: beta in [0, 1). 0 gives stochastic normalized GD.
+        weight_decay: float >= 0. L2 added to the gradient before the norm,
+            `g <- g + wd * w`, except for variables excluded with
+            `exclude_from_weight_decay()`.
+        decoupled_weight_decay: if True, `weight_decay` is Keras' decoupled
+            decay (`w <- w - lr * wd * w`, applied outside the normalized
+            direction) instead.
+        layerwise: if True, each variable's gradient is normalized by its own
+            norm (the block-wise variant); the paper uses False.
+        epsilon: the norm is taken as `max(||g||, epsilon)`, so a zero gradient
+            gives a zero step, not NaN.
+        **kwargs: the keywords of `keras.optimizers.Optimizer`: `clipnorm`,
+            `clipvalue`, `global_clipnorm` (applied to the all-reduced
+            gradient), `use_ema`, `ema_momentum`, `ema_overwrite_frequency`,
+            `loss_scale_factor`, `gradient_accumulation_steps`.
+
+    A step whose gradient holds NaN or Inf leaves weights and momentum as they
+    are and adds one to `skipped_steps`; `iterations` still advances.
+    `gradient_norm` holds the last step's `||g||` (see
+    `sngm_keras.callbacks.GradientNormMonitor`).
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.1,
+        momentum=0.9,
+        weight_decay=0.0,
+        decoupled_weight_decay=False,
+        layerwise=False,
+        epsilon=1e-30,
+        name="SNGM",
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate=learning_rate,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+            epsilon=epsilon,
+            name=name,
+            **kwargs,
+        )
+        self.layerwise = bool(layerwise)
+
+    def update_step(self, gradient, variable, learning_rate):
+        gradient = ops.cast(gradient, "float32")
+        norm = robust_norm([gradient]) if self.layerwise else self.gradient_norm
+        inverse_norm = 1.0 / ops.maximum(norm, self.epsilon)
+        self._momentum_update(variable, gradient * inverse_norm, learning_rate, self._step_ok())
+
+    def get_config(self):
+        config = super().get_config()
+        config["layerwise"] = self.layerwise
+        return config
+
