@@ -1,0 +1,161 @@
+"""Large effective batches from micro-batches: one optimizer step per batch.
+
+`MicroBatchModel(model, micro_batch_size=b)` trains `model` with `fit` on
+batches of the effective size B: each replica splits its share of the batch
+into micro-batches of b, runs forward and backward on one micro-batch at a
+time in a loop (so activation memory follows b, not B), sums the gradients
+locally, and hands their mean to the optimizer once. The optimizer
+all-reduces that gradient across replicas once per update, and SNGM, LARS and
+any clipping of `sngm_keras` optimizers see the all-reduced, accumulated
+gradient -- the gradient of the whole batch of B, as the paper's accumulation
+computes it. BatchNorm statistics follow each micro-batch, as in the paper.
+
+The optimizer's `iterations`, and so every learning-rate schedule, advance
+once per update, not once per micro-batch.
+
+Works with any Keras optimizer, on one device, under
+`tf.distribute.MirroredStrategy` and `MultiWorkerMirroredStrategy`
+(TensorFlow backend), and on the JAX backend. XLA: on TensorFlow the
+micro-batch loop (forward, backward and the sum of gradients of all
+micro-batches of the replica) is compiled when `jit_compile=True` is given to
+the wrapper; the optimizer step runs outside it, because under tf.distribute
+it holds the cross-replica all-reduce and `merge_call`, which XLA cannot
+compile. With a single device, `model.compile(jit_compile=True)` compiles the
+whole step instead.
+"""
+
+import keras
+
+from sngm_keras import _accumulation_tf
+
+
+def check_batch_split(batch_size, micro_batch_size, num_replicas=1):
+    """Raises ValueError unless batch_size = k * micro_batch_size * num_replicas."""
+    for name, value in (("batch_size", batch_size), ("micro_batch_size", micro_batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if batch_size % (micro_batch_size * num_replicas):
+        raise ValueError(
+            f"batch_size {batch_size} is not a multiple of micro_batch_size {micro_batch_size}"
+            f" x {num_replicas} replica(s) = {micro_batch_size * num_replicas}"
+        )
+    return batch_size // (micro_batch_size * num_replicas)
+
+
+@keras.saving.register_keras_serializable(package="sngm_keras")
+class MicroBatchModel(keras.Model):
+    """Wraps `model` so that `fit` accumulates gradients over micro-batches.
+
+    Args:
+        model: the `keras.Model` to train; `MicroBatchModel.model` is it, to
+            save or evaluate on its own.
+        micro_batch_size: b, examples per forward/backward pass on each
+            replica. Every batch given to `fit` must hold a multiple of
+            b x replicas examples (use `drop_remainder=True`).
+        jit_compile: compile the micro-batch loop with XLA (TensorFlow).
+
+    Example:
+        ```python
+        strategy = tf.distribute.MirroredStrategy()
+        with strategy.scope():
+            model = MicroBatchModel(resnet20(), micro_batch_size=128)
+            model.compile(optimizer=sngm_keras.SNGM(1.6, weight_decay=1e-4), loss=...)
+        model.fit(train.batch(4096, drop_remainder=True))
+        ```
+    """
+
+    def __init__(self, model, micro_batch_size, jit_compile=False, **kwargs):
+        kwargs.setdefault("name", f"{model.name}_microbatch")
+        super().__init__(**kwargs)
+        if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int) or micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be a positive integer, got {micro_batch_size!r}")
+        self.model = model
+        self.micro_batch_size = micro_batch_size
+        self.micro_jit_compile = bool(jit_compile)
+
+    def call(self, inputs, training=None):
+        return self.model(inputs, training=training)
+
+    def build(self, input_shape):
+        if not self.model.built:
+            self.model.build(input_shape)
+        self.built = True
+
+    def fit(self, x=None, y=None, batch_size=None, **kwargs):
+        check_fit_batches(x, batch_size, self.micro_batch_size, num_replicas(self))
+        return super().fit(x, y, batch_size=batch_size, **kwargs)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # keras-team/keras#20585: Keras 3 reduces the first distributed batch
+        # with MEAN across replicas to build the model, which
+        # MultiWorkerMirroredStrategy cannot do eagerly. A local shard has the
+        # same structure and shapes, and is all the build needs.
+        if iterator is not None and keras.backend.backend() == "tensorflow":
+            from sngm_keras._accumulation_tf import first_local_batch
+
+            data_batch, iterator = first_local_batch(self.distribute_strategy, iterator), None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def train_step(self, *args):
+        if keras.backend.backend() == "tensorflow":
+            return _accumulation_tf.train_step(self, *args)
+        if keras.backend.backend() == "jax":
+            from sngm_keras import _accumulation_jax
+
+            return _accumulation_jax.train_step(self, *args)
+        raise NotImplementedError(f"MicroBatchModel does not support the {keras.backend.backend()} backend")
+
+    def test_step(self, *args):
+        logs = super().test_step(*args)
+        if keras.backend.backend() == "tensorflow":
+            logs = _accumulation_tf.logs_for_strategy(logs)
+        return logs
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "model": keras.saving.serialize_keras_object(self.model),
+            "micro_batch_size": self.micro_batch_size,
+            "jit_compile": self.micro_jit_compile,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(config["model"], custom_objects=custom_objects)
+        return cls(**config)
+
+
+def num_replicas(model):
+    """Replicas that share each batch: tf.distribute's, or JAX's data-parallel devices."""
+    if keras.backend.backend() == "tensorflow":
+        return model.distribute_strategy.num_replicas_in_sync
+    distribution = keras.distribution.distribution()
+    if distribution is not None and hasattr(distribution, "_num_process"):
+        return len(getattr(distribution, "_devices", [None])) or 1
+    return 1
+
+
+def check_fit_batches(x, batch_size, micro_batch_size, replicas):
+    """Fails before training when fit's batches cannot be split evenly."""
+    try:
+        import tensorflow as tf
+    except ImportError:  # JAX without TensorFlow: arrays or generators only
+        tf = None
+    if tf is not None and isinstance(x, tf.data.Dataset):
+        spec = keras.tree.flatten(x.element_spec)[0]
+        batch = spec.shape[0] if spec.shape.rank else None
+        if batch is None:
+            raise ValueError(
+                "MicroBatchModel needs batches of a fixed size: batch the dataset with drop_remainder=True"
+            )
+        check_batch_split(int(batch), micro_batch_size, replicas)
+    elif hasattr(x, "shape") or isinstance(x, (list, tuple, dict)):
+        first = keras.tree.flatten(x)[0]
+        batch = 32 if batch_size is None else batch_size
+        check_batch_split(batch, micro_batch_size, replicas)
+        if len(first) % batch:
+            raise ValueError(
+                f"{len(first)} examples do not split into batches of {batch}: "
+                "MicroBatchModel needs full batches; drop the remainder"
+            )
