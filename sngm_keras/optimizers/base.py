@@ -8,7 +8,8 @@ whole-gradient computation behind it:
 
 1. Keras clipping (`clipnorm`, `clipvalue`, `global_clipnorm`),
 2. coupled L2 weight decay, `g <- g + wd * w` (the paper's and PyTorch's
-   `weight_decay`), honouring `exclude_from_weight_decay`,
+   `weight_decay`), honouring `exclude_from_weight_decay`; subclasses add it
+   again in `update_step` with `_with_l2` rather than storing it,
 3. the global gradient norm `||g||`, kept in the `gradient_norm` variable,
 4. non-finite protection: a step whose gradient holds NaN or Inf leaves the
    weights and momentum unchanged and adds one to `skipped_steps`.
@@ -135,19 +136,21 @@ class ReducedGradientOptimizer(keras.optimizers.Optimizer):
 
     def _prepare_gradients(self, grads, variables):
         grads = super()._clip_gradients(grads)
-        if self.l2_weight_decay:
-            grads = [
-                g + ops.cast(self.l2_weight_decay, g.dtype) * ops.cast(v, g.dtype)
-                if self._use_weight_decay(v)
-                else g
-                for g, v in zip(grads, variables)
-            ]
-        norm = robust_norm(grads)
+        # The L2 term enters the norm here and the step in update_step: never
+        # materialized, so XLA fuses it into both passes over the gradient.
+        norm = robust_norm([self._with_l2(g, v) for g, v in zip(grads, variables)])
         self.assign(self.gradient_norm, norm)
         self.assign_add(self.skipped_steps, ops.cast(ops.logical_not(ops.isfinite(norm)), self.skipped_steps.dtype))
         return grads
 
     # -- helpers for update_step ----------------------------------------------
+
+    def _with_l2(self, gradient, variable):
+        """g + wd * w, the paper's weight decay, where it applies to `variable`."""
+        gradient = ops.cast(gradient, "float32")
+        if self.l2_weight_decay and self._use_weight_decay(variable):
+            return gradient + self.l2_weight_decay * ops.cast(variable, "float32")
+        return gradient
 
     def _step_ok(self):
         """True when this step's gradient is finite (read after the all-reduce)."""

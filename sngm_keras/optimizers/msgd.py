@@ -1,7 +1,6 @@
 """MSGD: momentum SGD as the paper (and PyTorch) define it."""
 
 import keras
-from keras import ops
 
 from sngm_keras.optimizers.base import ReducedGradientOptimizer
 
@@ -57,4 +56,4 @@ class MSGD(ReducedGradientOptimizer):
         )
 
     def update_step(self, gradient, variable, learning_rate):
-        self._momentum_update(variable, gradient, learning_rate, self._step_ok())
+        self._momentum_update(variable, self._with_l2(gradient, variable), learning_rate, self._step_ok())

@@ -75,7 +75,7 @@ class SNGM(ReducedGradientOptimizer):
         self.layerwise = bool(layerwise)
 
     def update_step(self, gradient, variable, learning_rate):
-        gradient = ops.cast(gradient, "float32")
+        gradient = self._with_l2(gradient, variable)
         norm = robust_norm([gradient]) if self.layerwise else self.gradient_norm
         inverse_norm = 1.0 / ops.maximum(norm, self.epsilon)
         self._momentum_update(variable, gradient * inverse_norm, learning_rate, self._step_ok())

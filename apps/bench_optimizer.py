@@ -1,0 +1,113 @@
+"""Time one optimizer update on the variable sets of ResNet-56 and ResNet-50.
+
+SNGM, LARS and Keras Lamb against Keras SGD(momentum=0.9), with XLA and
+without, interleaved in one process; medians of repeats, printed as ratios
+to SGD under the same compilation, and written as JSON.
+
+    python -m apps.bench_optimizer --repeats=7 --steps=20 --output=bench_optimizer.json
+"""
+
+import json
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["resnet56", "resnet50"], "Variable sets to time (names of sngm_keras.models).")
+flags.DEFINE_integer("repeats", 7, "Timed repeats per configuration (the median is reported).", lower_bound=1)
+flags.DEFINE_integer("steps", 20, "Updates per timed repeat.", lower_bound=1)
+flags.DEFINE_string("output", "bench_optimizer.json", "Where to write the JSON results.")
+
+MODEL_INPUTS = {"resnet56": ((32, 32, 3), 10), "resnet50": ((224, 224, 3), 1000)}
+
+
+def optimizers():
+    import keras
+
+    import sngm_keras
+
+    return {
+        "sgd": lambda: keras.optimizers.SGD(0.1, momentum=0.9),
+        "sgd_wd": lambda: keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=1e-4),
+        "sngm": lambda: sngm_keras.SNGM(0.1, momentum=0.9),
+        "sngm_wd": lambda: sngm_keras.SNGM(0.1, momentum=0.9, weight_decay=1e-4),
+        "msgd_wd": lambda: sngm_keras.MSGD(0.1, momentum=0.9, weight_decay=1e-4),
+        "lars": lambda: sngm_keras.LARS(0.1, momentum=0.9, weight_decay=1e-4),
+        "lamb": lambda: keras.optimizers.Lamb(0.01),
+    }
+
+
+def make_step(make_optimizer, shapes, xla):
+    import numpy as np
+    import tensorflow as tf
+    import keras
+
+    rng = np.random.default_rng(0)
+    variables = [keras.Variable(rng.normal(size=s).astype("float32") * 0.05) for s in shapes]
+    grads = [tf.constant(rng.normal(size=s).astype("float32") * 1e-3) for s in shapes]
+    optimizer = make_optimizer()
+    optimizer.build(variables)
+
+    @tf.function(jit_compile=xla)
+    def step():
+        optimizer.apply(grads, variables)
+        return optimizer.iterations
+
+    step()  # trace, compile and warm up
+    step()
+    return step
+
+
+def time_steps(step, n):
+    start = time.perf_counter()
+    for _ in range(n):
+        out = step()
+    out.numpy()  # wait for the last update
+    return (time.perf_counter() - start) / n
+
+
+def main(argv):
+    del argv
+    from sngm_keras.models import build_model
+
+    for name in FLAGS.models:
+        if name not in MODEL_INPUTS:
+            raise app.UsageError(f"--models: unknown {name!r}; choose from {', '.join(MODEL_INPUTS)}")
+    results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "steps": FLAGS.steps,
+               "repeats": FLAGS.repeats, "models": {}}
+    for name in FLAGS.models:
+        input_shape, classes = MODEL_INPUTS[name]
+        model = build_model(name, classes, input_shape)
+        shapes = [tuple(v.shape) for v in model.trainable_weights]
+        params = sum(int(np.prod(s)) for s in shapes)
+        del model
+        configs = {(opt, xla): make_step(make, shapes, xla) for opt, make in optimizers().items() for xla in (False, True)}
+        samples = {key: [] for key in configs}
+        for _ in range(FLAGS.repeats):  # interleaved, so drift hits every configuration alike
+            for key, step in configs.items():
+                samples[key].append(time_steps(step, FLAGS.steps))
+        rows = {}
+        for (opt, xla), times in samples.items():
+            median = statistics.median(times)
+            base = statistics.median(samples[("sgd", xla)])
+            rows[f"{opt}{'_xla' if xla else ''}"] = {"ms": median * 1e3, "ratio_to_sgd": median / base}
+        results["models"][name] = {"variables": len(shapes), "parameters": params, "results": rows}
+        print(f"\n{name}: {len(shapes)} variables, {params:,} parameters")
+        print(f"{'optimizer':12s} {'XLA':>5s} {'ms/update':>10s} {'x SGD':>7s}")
+        for (opt, xla) in samples:
+            row = rows[f"{opt}{'_xla' if xla else ''}"]
+            print(f"{opt:12s} {'yes' if xla else 'no':>5s} {row['ms']:10.3f} {row['ratio_to_sgd']:7.3f}")
+    with open(FLAGS.output, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"\nwritten {FLAGS.output}")
+
+
+import numpy as np  # noqa: E402  (after the absl flags, used in main)
+
+if __name__ == "__main__":
+    app.run(main)
