@@ -15,7 +15,11 @@ once per update, not once per micro-batch.
 
 Works with any Keras optimizer, on one device, under
 `tf.distribute.MirroredStrategy` and `MultiWorkerMirroredStrategy`
-(TensorFlow backend), and on the JAX backend. XLA: on TensorFlow the
+(TensorFlow backend), and on the JAX backend (one device or
+`keras.distribution.DataParallel`). On JAX with several devices the result is
+the same, but XLA places the cross-device sum inside the micro-batch loop (one
+all-reduce per micro-batch), and BatchNorm normalizes each micro-batch over
+all its devices' rows, Keras' JAX convention. XLA: on TensorFlow the
 micro-batch loop (forward, backward and the sum of gradients of all
 micro-batches of the replica) is compiled when `jit_compile=True` is given to
 the wrapper; the optimizer step runs outside it, because under tf.distribute
@@ -131,9 +135,12 @@ def num_replicas(model):
     if keras.backend.backend() == "tensorflow":
         return model.distribute_strategy.num_replicas_in_sync
     distribution = keras.distribution.distribution()
-    if distribution is not None and hasattr(distribution, "_num_process"):
-        return len(getattr(distribution, "_devices", [None])) or 1
-    return 1
+    if distribution is None:
+        return 1
+    # The size of the mesh axis the batch is sharded on (DataParallel: all
+    # its devices; ModelParallel: the data-parallel axis).
+    mesh = distribution.device_mesh
+    return int(mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)])
 
 
 def check_fit_batches(x, batch_size, micro_batch_size, replicas):

@@ -125,6 +125,10 @@ def _bn(x, name):
     )(x)
 
 
+# Logits in float32 under mixed precision, so the loss is not computed in half.
+_LOGITS_DTYPE = "float32"
+
+
 def _relu(x, name):
     return layers.ReLU(name=name)(x)
 
@@ -132,7 +136,8 @@ def _relu(x, name):
 def _head(x, num_classes, inits):
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     return layers.Dense(
-        num_classes, kernel_initializer=inits.glorot_uniform(), name="logits"
+        num_classes, kernel_initializer=inits.glorot_uniform(), name="logits",
+        dtype=_LOGITS_DTYPE,
     )(x)
 
 
@@ -216,7 +221,7 @@ def _twoconv(inputs, num_classes, inits):
     x = layers.Dense(256, activation="relu", kernel_initializer=inits.he_normal(),
                      name="fc1")(x)
     return layers.Dense(num_classes, kernel_initializer=inits.glorot_uniform(),
-                        name="logits")(x)
+                        name="logits", dtype=_LOGITS_DTYPE)(x)
 
 
 def build_model(name, num_classes, input_shape, seed=None):

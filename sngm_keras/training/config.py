@@ -1,0 +1,199 @@
+"""`TrainConfig`: everything a training run depends on, validated up front.
+
+Field names are the training app's flag names, so a `ConfigError` names the
+flag at fault. Validation runs before any data is read or model built.
+"""
+
+import dataclasses
+import os
+import tempfile
+from typing import Optional, Tuple
+
+from sngm_keras.training.presets import PRESETS
+
+DATASETS = ("sample", "cifar10", "cifar100", "imagenet2012")
+OPTIMIZERS = ("sngm", "msgd", "lars")
+SCHEDULES = ("poly", "step", "constant")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+
+# Fields that do not change what a run computes: a run may be resumed with
+# other values of these.
+NOT_RESULT_FIELDS = ("model_dir", "verbose", "download", "data_dir", "max_updates")
+
+
+class ConfigError(ValueError):
+    """A bad value of one field; `field` is the flag's name."""
+
+    def __init__(self, field, message):
+        super().__init__(f"--{field}: {message}")
+        self.field = field
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    dataset: str = "sample"
+    data_dir: Optional[str] = None
+    download: bool = False
+    model: str = "twoconv"
+    optimizer: str = "sngm"
+    batch_size: int = 500
+    micro_batch_size: Optional[int] = 100
+    learning_rate: float = 0.2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    trust_coefficient: float = 0.001
+    lr_schedule: str = "poly"
+    power: float = 1.1
+    decay_epochs: Tuple[int, ...] = (80, 120)
+    decay_factor: float = 10.0
+    warmup_epochs: int = 0
+    warmup_learning_rate: float = 0.0
+    epochs: int = 30
+    max_updates: Optional[int] = None
+    strategy: str = "auto"
+    num_cpu_devices: int = 0
+    model_dir: str = "runs/demo"
+    seed: int = 0
+    augment: bool = True
+    deterministic: bool = False
+    jit_compile: bool = False
+    dtype_policy: str = "float32"
+    eval_every: int = 1
+    eval_batch_size: int = 1000
+    image_size: Optional[int] = None
+    verbose: int = 1
+    preset: Optional[str] = None
+
+    @classmethod
+    def from_preset(cls, preset, **overrides):
+        """Defaults, then the preset's values, then `overrides`."""
+        if preset is not None and preset not in PRESETS:
+            raise ConfigError("preset", f"unknown preset {preset!r}; see --helpfull or sngm_keras.training.PRESETS")
+        values = dict(PRESETS.get(preset, {}))
+        values.update(overrides)
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(sorted(unknown)[0], "not a TrainConfig field")
+        if "decay_epochs" in values:
+            values["decay_epochs"] = tuple(int(e) for e in values["decay_epochs"])
+        return cls(preset=preset, **values)
+
+    def to_dict(self):
+        values = dataclasses.asdict(self)
+        values["decay_epochs"] = list(self.decay_epochs)
+        return values
+
+    def result_fields(self):
+        """The fields that decide what the run computes (for resume checks)."""
+        return {k: v for k, v in self.to_dict().items() if k not in NOT_RESULT_FIELDS}
+
+    def validate(self):
+        """Raises ConfigError for the first bad field; returns self."""
+        _check_dataset(self.dataset, self.data_dir)
+        from sngm_keras.models import MODEL_NAMES
+
+        _choice("model", self.model, MODEL_NAMES)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("lr_schedule", self.lr_schedule, SCHEDULES)
+        _choice("strategy", self.strategy, STRATEGIES)
+        _choice("dtype_policy", self.dtype_policy, DTYPE_POLICIES)
+        _positive_int("batch_size", self.batch_size)
+        if self.micro_batch_size is not None:
+            _positive_int("micro_batch_size", self.micro_batch_size)
+            if self.batch_size % self.micro_batch_size:
+                raise ConfigError(
+                    "micro_batch_size",
+                    f"{self.micro_batch_size} does not divide --batch_size={self.batch_size}",
+                )
+        _positive("learning_rate", self.learning_rate)
+        if not 0 <= _number("momentum", self.momentum) < 1:
+            raise ConfigError("momentum", f"must be in [0, 1), got {self.momentum}")
+        if _number("weight_decay", self.weight_decay) < 0:
+            raise ConfigError("weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _positive("trust_coefficient", self.trust_coefficient)
+        _positive("power", self.power)
+        _positive("decay_factor", self.decay_factor)
+        _positive_int("epochs", self.epochs)
+        if self.max_updates is not None:
+            _positive_int("max_updates", self.max_updates)
+        if not isinstance(self.warmup_epochs, int) or not 0 <= self.warmup_epochs < self.epochs:
+            raise ConfigError("warmup_epochs", f"must be in [0, --epochs={self.epochs}), got {self.warmup_epochs}")
+        if _number("warmup_learning_rate", self.warmup_learning_rate) < 0:
+            raise ConfigError("warmup_learning_rate", f"must be >= 0, got {self.warmup_learning_rate}")
+        if self.lr_schedule == "step":
+            epochs = list(self.decay_epochs)
+            if not epochs or epochs != sorted(set(epochs)) or not all(0 < e < self.epochs for e in epochs):
+                raise ConfigError(
+                    "decay_epochs", f"must be increasing epochs inside (0, --epochs={self.epochs}), got {epochs}"
+                )
+        if self.warmup_epochs and self.lr_schedule != "poly":
+            raise ConfigError("warmup_epochs", "warm-up is implemented for --lr_schedule=poly only")
+        if not isinstance(self.num_cpu_devices, int) or self.num_cpu_devices < 0:
+            raise ConfigError("num_cpu_devices", f"must be >= 0, got {self.num_cpu_devices}")
+        if self.num_cpu_devices > 1 and self.strategy not in ("auto", "mirrored"):
+            raise ConfigError("num_cpu_devices", f"splits the CPU for --strategy=mirrored, not {self.strategy}")
+        if self.strategy == "multi_worker" and "TF_CONFIG" not in os.environ:
+            raise ConfigError("strategy", "multi_worker needs the TF_CONFIG environment variable (the cluster)")
+        _positive_int("eval_every", self.eval_every)
+        _positive_int("eval_batch_size", self.eval_batch_size)
+        if self.image_size is not None:
+            _positive_int("image_size", self.image_size)
+            if self.dataset != "imagenet2012":
+                raise ConfigError("image_size", "applies to --dataset=imagenet2012 only")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError("seed", f"must be a non-negative integer, got {self.seed}")
+        _check_model_dir(self.model_dir)
+        return self
+
+
+def _choice(field, value, choices):
+    if value not in choices:
+        raise ConfigError(field, f"unknown {value!r}; choose one of {', '.join(choices)}")
+
+
+def _number(field, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ConfigError(field, f"must be a number, got {value!r}")
+    return value
+
+
+def _positive(field, value):
+    if not _number(field, value) > 0:
+        raise ConfigError(field, f"must be > 0, got {value}")
+
+
+def _positive_int(field, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(field, f"must be a positive integer, got {value!r}")
+
+
+def _check_dataset(dataset, data_dir):
+    if dataset in DATASETS:
+        if data_dir is not None and not os.path.isdir(os.path.expanduser(data_dir)):
+            raise ConfigError("data_dir", f"{data_dir} is not a folder")
+        return
+    path = os.path.expanduser(str(dataset))
+    if not os.path.isdir(path):
+        raise ConfigError(
+            "dataset",
+            f"unknown {dataset!r}; choose one of {', '.join(DATASETS)} or a folder holding train/ and test/",
+        )
+    for split in ("train", "test"):
+        if not os.path.isdir(os.path.join(path, split)):
+            raise ConfigError("dataset", f"folder {dataset} has no {split}/ sub-folder of class folders")
+
+
+def _check_model_dir(model_dir):
+    if not model_dir:
+        raise ConfigError("model_dir", "must not be empty")
+    path = os.path.abspath(os.path.expanduser(model_dir))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError("model_dir", f"{model_dir} exists and is not a folder")
+    # Permission bits say little to root or on network file systems: try it.
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise ConfigError("model_dir", f"{model_dir} is not writable ({error.strerror or error})") from None

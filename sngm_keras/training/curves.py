@@ -1,0 +1,32 @@
+"""Learning curves like the paper's Figure 2: training loss and test accuracy
+against #grad/n (gradient computations divided by the training-set size)."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_curves(runs, path, title=None):
+    """`runs`: {label: rows}, rows being dicts with `grad_per_n`,
+    `train_loss` and (where evaluated) `test_accuracy`. Writes a PNG."""
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, rows in runs.items():
+        x = [float(r["grad_per_n"]) for r in rows]
+        loss_ax.plot(x, [float(r["train_loss"]) for r in rows], label=label)
+        evaluated = [r for r in rows if r.get("test_accuracy") not in (None, "")]
+        acc_ax.plot(
+            [float(r["grad_per_n"]) for r in evaluated],
+            [100 * float(r["test_accuracy"]) for r in evaluated],
+            label=label,
+        )
+    loss_ax.set(xlabel="#grad/n", ylabel="training loss", yscale="log")
+    acc_ax.set(xlabel="#grad/n", ylabel="test accuracy (%)")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,72 @@
+"""Named configurations: every row of the paper's Tables 2 and 3, Figure 1 at
+CPU scale, and the offline demo. Values are `TrainConfig` fields; explicit
+flags override them.
+
+Table 2 (CIFAR-10, 160 epochs, weight decay 1e-4, momentum 0.9, micro-batches
+of 128 for B = 4096): MSGD uses He et al.'s recipe (divide by 10 at epochs
+80 and 120); LARS and SNGM the poly schedule; LARS with warm-up ramps from
+0.1 over 5 epochs, power 2. Table 3 (ImageNet, 90 epochs): MSGD at B = 256
+divided by 10 at epochs 30 and 60; SNGM at B = 8192, poly power 2.
+"""
+
+_CIFAR = dict(dataset="cifar10", epochs=160, weight_decay=1e-4, momentum=0.9, micro_batch_size=128)
+_MSGD_STEP = dict(optimizer="msgd", lr_schedule="step", decay_epochs=(80, 120))
+_LARGE = dict(batch_size=4096)
+
+_TABLE2_ROWS = {
+    # model: (MSGD B=128 lr, MSGD B=4096 lr, LARS lr, LARS+warm-up lr, SNGM lr)
+    "resnet20": (0.1, 0.4, 0.8, 2.4, 1.6),
+    "resnet56": (0.1, 0.3, 0.64, 2.8, 1.3),
+}
+
+
+def _table2():
+    presets = {}
+    for model, (msgd, msgd_large, lars, lars_warm, sngm) in _TABLE2_ROWS.items():
+        base = dict(_CIFAR, model=model)
+        presets[f"table2_{model}_msgd_b128"] = dict(base, **_MSGD_STEP, batch_size=128, learning_rate=msgd)
+        presets[f"table2_{model}_msgd_b4096"] = dict(base, **_MSGD_STEP, **_LARGE, learning_rate=msgd_large)
+        presets[f"table2_{model}_lars_b4096"] = dict(
+            base, **_LARGE, optimizer="lars", lr_schedule="poly", power=1.1, learning_rate=lars)
+        presets[f"table2_{model}_lars_warmup_b4096"] = dict(
+            base, **_LARGE, optimizer="lars", lr_schedule="poly", power=2.0, learning_rate=lars_warm,
+            warmup_epochs=5, warmup_learning_rate=0.1)
+        presets[f"table2_{model}_sngm_b4096"] = dict(
+            base, **_LARGE, optimizer="sngm", lr_schedule="poly", power=1.1, learning_rate=sngm)
+    return presets
+
+
+def _table3():
+    base = dict(dataset="imagenet2012", epochs=90, weight_decay=1e-4, momentum=0.9, micro_batch_size=128)
+    presets = {}
+    for model in ("resnet18", "resnet50"):
+        presets[f"table3_{model}_msgd_b256"] = dict(
+            base, model=model, optimizer="msgd", lr_schedule="step", decay_epochs=(30, 60),
+            batch_size=256, learning_rate=0.1)
+        presets[f"table3_{model}_sngm_b8192"] = dict(
+            base, model=model, optimizer="sngm", lr_schedule="poly", power=2.0, batch_size=8192,
+            learning_rate=0.8)
+    return presets
+
+
+# Figure 1 sized for a 2-core CPU: the two-conv network on CIFAR-10, equal
+# epochs, poly schedule for every method (the paper's Figure 1 uses poly for
+# MSGD). Learning rates are starting points; `apps.reproduce --lr_grid`
+# sweeps them.
+_FIGURE1 = dict(dataset="cifar10", model="twoconv", epochs=10, weight_decay=1e-4, momentum=0.9,
+                lr_schedule="poly", power=1.1, micro_batch_size=128)
+
+
+def _figure1():
+    return {
+        "figure1_cpu_msgd_b128": dict(_FIGURE1, optimizer="msgd", batch_size=128, learning_rate=0.05),
+        "figure1_cpu_msgd_b4096": dict(_FIGURE1, optimizer="msgd", batch_size=4096, learning_rate=0.4),
+        "figure1_cpu_lars_b4096": dict(_FIGURE1, optimizer="lars", batch_size=4096, learning_rate=4.0),
+        "figure1_cpu_sngm_b4096": dict(_FIGURE1, optimizer="sngm", batch_size=4096, learning_rate=0.8),
+    }
+
+
+DEMO = dict(dataset="sample", model="twoconv", optimizer="sngm", batch_size=500, micro_batch_size=100,
+            learning_rate=0.2, momentum=0.9, weight_decay=5e-4, lr_schedule="poly", power=1.1, epochs=30)
+
+PRESETS = {"demo": DEMO, **_table2(), **_table3(), **_figure1()}

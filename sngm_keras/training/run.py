@@ -1,0 +1,224 @@
+"""One training run: data, model, optimizer, one `fit`, and the run's files.
+
+`train(config)` validates everything first, then trains with
+`MicroBatchModel` (the effective batch `batch_size` made of micro-batches of
+`micro_batch_size` per replica), checkpoints every epoch, resumes from the
+last checkpoint when started again with the same configuration, and writes
+history.csv, summary.json, curves.png, final.keras and TensorBoard logs into
+`model_dir`.
+"""
+
+import json
+import logging
+import os
+import platform
+import time
+
+from sngm_keras.training.config import ConfigError
+from sngm_keras.training.rundir import RunDir, write_atomic
+
+log = logging.getLogger("sngm_keras")
+
+
+def prepare_devices(config):
+    """What must happen before TensorFlow starts: logical CPU devices."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow" or config.num_cpu_devices <= 1:
+        return
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * config.num_cpu_devices
+        )
+    except RuntimeError:
+        existing = len(tf.config.list_logical_devices("CPU"))
+        if existing != config.num_cpu_devices:
+            raise ConfigError("num_cpu_devices", f"TensorFlow already started with {existing} CPU device(s)") from None
+
+
+def make_strategy(config):
+    import tensorflow as tf
+
+    if config.strategy == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if config.strategy == "mirrored" or (config.strategy == "auto" and (len(gpus) > 1 or len(cpus) > 1)):
+        return tf.distribute.MirroredStrategy(gpus or cpus)
+    if config.strategy == "one_device":
+        return tf.distribute.OneDeviceStrategy((gpus or cpus)[0])
+    return tf.distribute.get_strategy()
+
+
+def _is_chief():
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task = tf_config.get("task", {})
+    return task.get("type", "worker") in ("chief", "worker") and (
+        task.get("type") == "chief" or "chief" not in tf_config.get("cluster", {}) and task.get("index", 0) == 0
+    )
+
+
+def _versions():
+    import keras
+
+    versions = {"keras": keras.__version__, "backend": keras.backend.backend()}
+    try:
+        import tensorflow as tf
+
+        versions["tensorflow"] = tf.__version__
+    except ImportError:
+        pass
+    if keras.backend.backend() == "jax":
+        import jax
+
+        versions["jax"] = jax.__version__
+        versions["devices"] = [str(d) for d in jax.devices()]
+    return versions
+
+
+def train(config, extra_callbacks=()):
+    """Runs (or resumes, or finds finished) the run of `config`; returns its summary."""
+    config.validate()
+    run_dir = RunDir(config.model_dir)
+    run_dir.claim(config)
+    done = run_dir.completed_summary()
+    if done is not None:
+        log.info("%s already holds the finished run; nothing to do", run_dir.path)
+        return dict(done, already_complete=True)
+
+    prepare_devices(config)
+    import keras
+
+    from sngm_keras.data import make_datasets, steps_per_epoch
+
+    if keras.backend.backend() != "tensorflow":
+        raise ConfigError("strategy", f"the training app runs on the tensorflow backend, not {keras.backend.backend()}")
+    import tensorflow as tf
+
+    keras.mixed_precision.set_dtype_policy(config.dtype_policy)
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy = make_strategy(config)
+    replicas = strategy.num_replicas_in_sync
+    micro = config.micro_batch_size or config.batch_size // replicas
+    if config.batch_size % (micro * replicas):
+        raise ConfigError(
+            "micro_batch_size",
+            f"--batch_size={config.batch_size} is not a multiple of {micro} x {replicas} replica(s)",
+        )
+
+    state = run_dir.load_state()
+    start_epoch = state["epoch"] if state else 0
+    if start_epoch >= config.epochs:
+        start_epoch = config.epochs
+    train_ds, test_ds, info = make_datasets(
+        config.dataset, data_dir=config.data_dir, download=config.download, batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size, augment=config.augment, seed=config.seed,
+        start_epoch=min(start_epoch, config.epochs - 1), num_epochs=config.epochs, image_size=config.image_size,
+    )
+    steps = steps_per_epoch(info, config.batch_size)
+    model = _build(config, strategy, info, steps, micro)
+    if state:
+        model.load_weights(run_dir.weights_path(state))
+        log.info("resumed from %s (epoch %d)", state["weights"], start_epoch)
+
+    is_chief = _is_chief()
+    rows = [r for r in run_dir.read_history() if int(r["epoch"]) <= start_epoch]
+    from sngm_keras.training import callbacks as cb
+
+    recorder = cb.EpochRecorder(
+        run_dir, rows, config.batch_size, info.num_train,
+        base_wall_seconds=state["wall_seconds"] if state else 0.0,
+        base_train_seconds=state["train_seconds"] if state else 0.0,
+        is_chief=is_chief,
+    )
+    callbacks = [recorder, cb.SkippedStepsMonitor(), *extra_callbacks]
+    if config.max_updates:
+        callbacks.append(cb.StopAfterUpdates(config.max_updates))
+    if is_chief:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=run_dir.logs, update_freq="epoch"))
+    started = time.perf_counter()
+    if start_epoch < config.epochs and not _reached(model, config.max_updates):
+        model.fit(
+            train_ds, epochs=config.epochs, initial_epoch=start_epoch, steps_per_epoch=steps,
+            validation_data=test_ds, validation_freq=config.eval_every, callbacks=callbacks,
+            verbose=config.verbose, shuffle=False,
+        )
+    results = model.evaluate(test_ds, verbose=0, return_dict=True)
+    summary = _summary(config, model, recorder, rows, results, replicas, micro, info)
+    if is_chief:
+        model.model.save(run_dir.final_model)
+        from sngm_keras.training.curves import plot_curves
+
+        if rows:
+            plot_curves({_label(config): rows}, run_dir.curves, title=config.preset or config.model)
+        write_atomic(run_dir.summary, json.dumps(summary, indent=2))
+    log.info("run finished in %.1f s", time.perf_counter() - started)
+    return summary
+
+
+def _reached(model, max_updates):
+    from sngm_keras.training.factory import inner_optimizer
+
+    return bool(max_updates) and int(inner_optimizer(model.optimizer).iterations.numpy()) >= max_updates
+
+
+def _build(config, strategy, info, steps, micro):
+    import keras
+
+    from sngm_keras.accumulation import MicroBatchModel
+    from sngm_keras.models import build_model
+    from sngm_keras.training.factory import make_optimizer
+
+    jit_whole_step = config.jit_compile and strategy.num_replicas_in_sync == 1
+    with strategy.scope():
+        net = build_model(config.model, info.num_classes, info.image_shape, seed=config.seed)
+        model = MicroBatchModel(net, micro, jit_compile=config.jit_compile and not jit_whole_step)
+        model.compile(
+            optimizer=make_optimizer(config, steps),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            jit_compile=jit_whole_step,
+        )
+        model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _label(config):
+    return f"{config.optimizer.upper()}, B={config.batch_size}"
+
+
+def _summary(config, model, recorder, rows, results, replicas, micro, info):
+    from sngm_keras.training.factory import inner_optimizer
+
+    optimizer = inner_optimizer(model.optimizer)
+    updates = int(optimizer.iterations.numpy())
+    tested = [float(r["test_accuracy"]) for r in rows if r.get("test_accuracy") not in (None, "")]
+    test_accuracy = float(results["accuracy"])
+    epochs_done = int(rows[-1]["epoch"]) if rows else 0
+    examples = updates * config.batch_size
+    return {
+        "complete": True,
+        "test_accuracy": test_accuracy,
+        "best_test_accuracy": max(tested + [test_accuracy]),
+        "test_loss": float(results["loss"]),
+        "train_loss": float(rows[-1]["train_loss"]) if rows else None,
+        "updates": updates,
+        "epochs_completed": epochs_done,
+        "grad_per_n": examples / info.num_train,
+        "examples_per_second": examples / recorder.train_seconds if recorder.train_seconds else None,
+        "wall_seconds": recorder.wall_seconds,
+        "train_seconds": recorder.train_seconds,
+        "skipped_steps": int(optimizer.skipped_steps.numpy()),
+        "replicas": replicas,
+        "micro_batch_size": micro,
+        "num_train": info.num_train,
+        "num_test": info.num_test,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        **_versions(),
+        "flags": config.to_dict(),
+    }
