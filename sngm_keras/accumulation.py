@@ -76,6 +76,8 @@ class MicroBatchModel(keras.Model):
         self.model = model
         self.micro_batch_size = micro_batch_size
         self.micro_jit_compile = bool(jit_compile)
+        if model.built:  # so load_weights works before the first step
+            self.built = True
 
     def call(self, inputs, training=None):
         return self.model(inputs, training=training)
