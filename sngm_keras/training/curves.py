@@ -7,26 +7,27 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_curves(runs, path, title=None):
-    """`runs`: {label: rows}, rows being dicts with `grad_per_n`,
-    `train_loss` and (where evaluated) `test_accuracy`. Writes a PNG."""
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for label, rows in runs.items():
-        x = [float(r["grad_per_n"]) for r in rows]
-        loss_ax.plot(x, [float(r["train_loss"]) for r in rows], label=label)
-        evaluated = [r for r in rows if r.get("test_accuracy") not in (None, "")]
-        acc_ax.plot(
-            [float(r["grad_per_n"]) for r in evaluated],
-            [100 * float(r["test_accuracy"]) for r in evaluated],
-            label=label,
-        )
-    loss_ax.set(xlabel="#grad/n", ylabel="training loss", yscale="log")
-    acc_ax.set(xlabel="#grad/n", ylabel="test accuracy (%)")
-    for ax in (loss_ax, acc_ax):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
+def plot_curves(groups, path):
+    """`groups`: {panel title: {run label: history rows}}, rows being dicts
+    with `grad_per_n`, `train_loss` and, where evaluated, `test_accuracy`.
+    One column per group: training loss on top, test accuracy below."""
+    columns = len(groups)
+    fig, axes = plt.subplots(2, columns, figsize=(5.5 * columns, 7.5), squeeze=False)
+    for column, (title, runs) in enumerate(groups.items()):
+        loss_ax, acc_ax = axes[0][column], axes[1][column]
+        for label, rows in runs.items():
+            loss_ax.plot([float(r["grad_per_n"]) for r in rows], [float(r["train_loss"]) for r in rows], label=label)
+            evaluated = [r for r in rows if r.get("test_accuracy") not in (None, "")]
+            acc_ax.plot(
+                [float(r["grad_per_n"]) for r in evaluated],
+                [100 * float(r["test_accuracy"]) for r in evaluated],
+                label=label,
+            )
+        loss_ax.set(title=title, xlabel="#grad/n", ylabel="training loss", yscale="log")
+        acc_ax.set(xlabel="#grad/n", ylabel="test accuracy (%)")
+        for ax in (loss_ax, acc_ax):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

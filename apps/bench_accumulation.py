@@ -1,0 +1,113 @@
+"""Large batches from micro-batches: memory and speed on ResNet-20.
+
+Three ways to train: plain B = 128; B = 4096 as 32 micro-batches of 128
+(`MicroBatchModel`); and a direct B = 4096 step. Peak memory is measured
+in a fresh process per configuration (peak resident memory, and its growth
+over the resident memory after the model and data are set up); examples/s
+is timed in one process, the configurations alternating, medians of repeats.
+
+    python -m apps.bench_accumulation --output=bench_accumulation.json
+"""
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "resnet20", "Network.")
+flags.DEFINE_integer("micro_batch_size", 128, "Micro-batch b (and the plain batch).")
+flags.DEFINE_integer("batch_size", 4096, "Effective batch B.")
+flags.DEFINE_integer("repeats", 3, "Timed repeats (median reported).")
+flags.DEFINE_string("output", "bench_accumulation.json", "JSON results.")
+flags.DEFINE_string("measure_memory_of", None, "Internal: run one configuration and print its memory as JSON.")
+
+CONFIGS = ("plain", "micro", "direct")
+
+
+def rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def build(kind):
+    import keras
+    import numpy as np
+
+    import sngm_keras
+    from sngm_keras.models import build_model
+
+    b, big = FLAGS.micro_batch_size, FLAGS.batch_size
+    model = build_model(FLAGS.model, 10, (32, 32, 3), seed=0)
+    if kind == "micro":
+        model = sngm_keras.MicroBatchModel(model, micro_batch_size=b)
+    model.compile(optimizer=sngm_keras.SNGM(0.1, weight_decay=1e-4),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    size = b if kind == "plain" else big
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(size, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, size=size).astype("int32")
+    return model, x, y
+
+
+def measure_memory(kind):
+    model, x, y = build(kind)
+    baseline = rss_bytes()
+    for _ in range(2):
+        model.train_on_batch(x, y)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"kind": kind, "baseline_bytes": baseline, "peak_bytes": peak}))
+
+
+def main(argv):
+    del argv
+    if FLAGS.measure_memory_of:
+        return measure_memory(FLAGS.measure_memory_of)
+    results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "model": FLAGS.model,
+               "micro_batch_size": FLAGS.micro_batch_size, "batch_size": FLAGS.batch_size, "configs": {}}
+    for kind in CONFIGS:
+        out = subprocess.run([sys.executable, "-m", "apps.bench_accumulation", f"--measure_memory_of={kind}",
+                              f"--model={FLAGS.model}", f"--micro_batch_size={FLAGS.micro_batch_size}",
+                              f"--batch_size={FLAGS.batch_size}"], capture_output=True, text=True)
+        if out.returncode:
+            results["configs"][kind] = {"memory_error": out.stderr.strip().splitlines()[-1:]}
+            continue
+        results["configs"][kind] = json.loads(out.stdout.strip().splitlines()[-1])
+    models = {kind: build(kind) for kind in CONFIGS if "peak_bytes" in results["configs"][kind]}
+    for model, x, y in models.values():
+        model.train_on_batch(x, y)
+    times = {kind: [] for kind in models}
+    per_update = FLAGS.batch_size // FLAGS.micro_batch_size
+    for _ in range(FLAGS.repeats):
+        for kind, (model, x, y) in models.items():
+            calls = per_update if kind == "plain" else 1  # the same examples in each
+            start = time.perf_counter()
+            for _ in range(calls):
+                model.train_on_batch(x, y)
+            times[kind].append(time.perf_counter() - start)
+    plain = results["configs"]["plain"]
+    for kind in models:
+        entry = results["configs"][kind]
+        entry["examples_per_second"] = FLAGS.batch_size / statistics.median(times[kind])
+        entry["peak_over_plain"] = entry["peak_bytes"] / plain["peak_bytes"]
+        entry["growth_over_plain"] = (entry["peak_bytes"] - entry["baseline_bytes"]) / (
+            plain["peak_bytes"] - plain["baseline_bytes"])
+        entry["throughput_over_plain"] = entry["examples_per_second"] / (
+            FLAGS.batch_size / statistics.median(times["plain"]))
+        print(f"{kind:7s} peak {entry['peak_bytes'] / 2**30:6.2f} GiB ({entry['peak_over_plain']:.2f}x plain; "
+              f"growth {entry['growth_over_plain']:.2f}x)  {entry['examples_per_second']:7.1f} examples/s "
+              f"({entry['throughput_over_plain']:.3f}x plain)")
+    with open(FLAGS.output, "w") as f:
+        json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)

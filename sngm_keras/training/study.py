@@ -1,0 +1,170 @@
+"""Studies: the sets of training runs that reproduce the paper's tables and
+figures, planned as `TrainConfig`s and summarized as a table and curves.
+
+A study's output folder holds `study.json` (which study, with which scale
+and grid), one `runs/<run id>/` model_dir per run, `results.md` and
+`curves.png`.
+"""
+
+import dataclasses
+import json
+import os
+
+from sngm_keras.training.config import ConfigError, TrainConfig
+from sngm_keras.training.presets import PRESETS
+from sngm_keras.training.rundir import RunDir, read_json, write_atomic
+
+
+def _presets(prefix, groups, names):
+    return [f"{prefix}_{group}_{name}" for group in groups for name in names]
+
+
+# Each study is a list of presets named <table>_<group>_<row>.
+STUDIES = {
+    "table2": _presets("table2", ("resnet20", "resnet56"),
+                       ("msgd_b128", "msgd_b4096", "lars_b4096", "lars_warmup_b4096", "sngm_b4096")),
+    "table3": _presets("table3", ("resnet18", "resnet50"), ("msgd_b256", "sngm_b8192")),
+    "figure1_cpu": _presets("figure1", ("cpu",), ("msgd_b128", "msgd_b4096", "lars_b4096", "sngm_b4096")),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    run_id: str
+    group: str  # the model: rows of the table, a panel of the figure
+    row: str  # one method and batch size
+    config: TrainConfig
+
+
+def scaled(config, epochs_scale):
+    """`config` with its epochs, decay epochs and warm-up scaled."""
+    if epochs_scale == 1:
+        return config
+    epochs = max(1, round(config.epochs * epochs_scale))
+    decay = tuple(sorted({min(epochs - 1, max(1, round(e * epochs_scale))) for e in config.decay_epochs}))
+    if config.lr_schedule == "step" and epochs < 2:
+        raise ConfigError("epochs_scale", f"{epochs_scale} leaves {epochs} epoch, too few for the step schedule")
+    warmup = min(round(config.warmup_epochs * epochs_scale), epochs - 1)
+    return dataclasses.replace(config, epochs=epochs, decay_epochs=decay, warmup_epochs=warmup)
+
+
+def check_study_args(study, epochs_scale, lr_grid):
+    if study not in STUDIES:
+        raise ConfigError("study", f"unknown study {study!r}; choose one of {', '.join(STUDIES)}")
+    if isinstance(epochs_scale, bool) or not isinstance(epochs_scale, (int, float)) or not epochs_scale > 0:
+        raise ConfigError("epochs_scale", f"must be a positive number, got {epochs_scale!r}")
+    if lr_grid is not None:
+        if not lr_grid or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0 for f in lr_grid):
+            raise ConfigError("lr_grid", f"must be a list of positive numbers, got {lr_grid!r}")
+
+
+def plan(study, output_dir, epochs_scale=1.0, lr_grid=None, overrides=None):
+    """The runs of `study`, each a validated TrainConfig under output_dir/runs.
+
+    `lr_grid`: factors applied to each row's initial learning rate; each
+    method is then reported at its best factor, as the paper reports each
+    method at its tuned learning rate."""
+    check_study_args(study, epochs_scale, lr_grid)
+    runs = []
+    for preset in STUDIES[study]:
+        row = preset.split("_", 2)[2]
+        base = scaled(TrainConfig.from_preset(preset, **(overrides or {})), epochs_scale)
+        group = base.model
+        for factor in lr_grid or [None]:
+            config = base
+            run_id = f"{group}_{row}"
+            if factor is not None:
+                config = dataclasses.replace(config, learning_rate=base.learning_rate * factor)
+                run_id = f"{run_id}_lr{config.learning_rate:g}"
+            config = dataclasses.replace(config, model_dir=os.path.join(output_dir, "runs", run_id))
+            runs.append(PlannedRun(run_id, group, row, config))
+    return runs
+
+
+def claim_output(output_dir, study, epochs_scale, lr_grid):
+    """Records the study in output_dir/study.json, or checks it is the same."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "study.json")
+    wanted = {"study": study, "epochs_scale": epochs_scale, "lr_grid": lr_grid}
+    if os.path.exists(path):
+        recorded = read_json(path)
+        if recorded != wanted:
+            raise ConfigError(
+                "output_dir",
+                f"{output_dir} holds the study {recorded.get('study')!r} with epochs_scale="
+                f"{recorded.get('epochs_scale')}, lr_grid={recorded.get('lr_grid')}; use another --output_dir",
+            )
+        return
+    runs_dir = os.path.join(output_dir, "runs")
+    if os.path.isdir(runs_dir) and any(
+        os.path.exists(os.path.join(runs_dir, name, "config.json")) for name in os.listdir(runs_dir)
+    ):
+        raise ConfigError("output_dir", f"{output_dir} holds runs of an unknown study; use another --output_dir")
+    write_atomic(path, json.dumps(wanted, indent=2))
+
+
+def is_finished(run):
+    return RunDir(run.config.model_dir).completed_summary() is not None
+
+
+def collect(runs):
+    """Finished runs' summaries and histories, the best learning rate per row."""
+    best = {}
+    every = []
+    for run in runs:
+        run_dir = RunDir(run.config.model_dir)
+        summary = run_dir.completed_summary()
+        if summary is None:
+            continue
+        entry = {"run": run, "summary": summary, "history": run_dir.read_history()}
+        every.append(entry)
+        key = (run.group, run.row)
+        if key not in best or summary["test_accuracy"] > best[key]["summary"]["test_accuracy"]:
+            best[key] = entry
+    order = [(r.group, r.row) for r in runs]
+    return [best[k] for k in sorted(best, key=order.index)], every
+
+
+def _table_row(entry):
+    config, summary = entry["run"].config, entry["summary"]
+    warmup = "-" if config.optimizer != "lars" else ("Yes" if config.warmup_epochs else "No")
+    power = f"{config.power:g}" if config.lr_schedule == "poly" else f"step {','.join(map(str, config.decay_epochs))}"
+    minutes = summary["wall_seconds"] / 60
+    return (
+        f"| {entry['run'].group} | {config.optimizer.upper()} | {warmup} | {config.learning_rate:g} | {power} | "
+        f"{config.batch_size} | {100 * summary['test_accuracy']:.2f}% | {100 * summary['best_test_accuracy']:.2f}% | "
+        f"{summary['updates']} | {config.epochs} | {minutes:.1f} |"
+    )
+
+
+HEADER = (
+    "| model | method | warm-up | initial learning rate | power / schedule | batch size | test accuracy | "
+    "best test accuracy | updates | epochs | wall minutes |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def results_markdown(study, runs, context):
+    best, every = collect(runs)
+    lines = [f"# Study `{study}`", ""]
+    lines += [f"- {k}: {v}" for k, v in context.items()]
+    lines += [f"- runs finished: {len(every)} of {len(runs)}", ""]
+    lines += ["Test accuracy is measured after the last epoch; best test accuracy is the highest of the per-epoch "
+              "evaluations (reported for reference, not used to pick anything).", ""]
+    grid = len(runs) > len({(r.group, r.row) for r in runs})
+    if grid:
+        lines += ["Each method at the initial learning rate of its grid that gave the highest final test accuracy:", ""]
+    lines += [HEADER] + [_table_row(e) for e in best] + [""]
+    if grid:
+        lines += ["## Every run of the learning-rate grid", "", HEADER] + [_table_row(e) for e in every] + [""]
+    return "\n".join(lines)
+
+
+def curve_groups(runs):
+    best, _ = collect(runs)
+    groups = {}
+    for entry in best:
+        config = entry["run"].config
+        label = f"{config.optimizer.upper()}, B={config.batch_size}, lr={config.learning_rate:g}"
+        groups.setdefault(f"{config.model} on {config.dataset}", {})[label] = entry["history"]
+    return groups

@@ -1,0 +1,76 @@
+"""apps.reproduce: the plan of each study, a whole (tiny) study, resume, bad input."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sngm_keras.training import ConfigError
+from sngm_keras.training import study as studies
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def reproduce(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "apps.reproduce", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+
+
+def test_plans(tmp_path):
+    table2 = studies.plan("table2", str(tmp_path))
+    assert len(table2) == 10
+    sngm = next(r for r in table2 if r.run_id == "resnet56_sngm_b4096")
+    assert (sngm.config.learning_rate, sngm.config.batch_size, sngm.config.epochs) == (1.3, 4096, 160)
+    assert sngm.config.model_dir == os.path.join(str(tmp_path), "runs", "resnet56_sngm_b4096")
+    quick = studies.plan("table2", str(tmp_path), epochs_scale=0.05, lr_grid=[0.5, 2])
+    assert len(quick) == 20
+    msgd = next(r for r in quick if r.run_id == "resnet20_msgd_b128_lr0.2")
+    assert (msgd.config.epochs, msgd.config.decay_epochs) == (8, (4, 6))
+    warm = next(r for r in quick if r.run_id.startswith("resnet20_lars_warmup") and r.config.learning_rate == 1.2)
+    assert warm.config.warmup_epochs == 0 or warm.config.warmup_epochs < warm.config.epochs
+    assert len(studies.plan("table3", str(tmp_path))) == 4
+    with pytest.raises(ConfigError, match="--study"):
+        studies.plan("table4", str(tmp_path))
+    with pytest.raises(ConfigError, match="--lr_grid"):
+        studies.plan("table2", str(tmp_path), lr_grid=[1.0, -2.0])
+    with pytest.raises(ConfigError, match="--epochs_scale"):
+        studies.plan("table2", str(tmp_path), epochs_scale=0)
+
+
+def test_tiny_study_writes_table_and_curves_and_resumes(tmp_path):
+    out = str(tmp_path / "study")
+    args = ["--study=figure1_cpu", "--dataset=sample", "--epochs_scale=0.1", "--max_updates=2", "--verbose=0",
+            f"--output_dir={out}"]
+    first = reproduce(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count("\n== ") == 4
+    results = open(os.path.join(out, "results.md")).read()
+    for method in ("| MSGD | - | 0.05 | 1.1 | 128 |", "| MSGD | - | 0.4 | 1.1 | 4096 |", "| LARS | No | 4 |",
+                   "| SNGM | - | 0.8 | 1.1 | 4096 |"):
+        assert method in results, results
+    assert "runs finished: 4 of 4" in results
+    assert os.path.getsize(os.path.join(out, "curves.png")) > 10_000
+
+    again = reproduce(*args)  # every run finished: nothing is trained again
+    assert again.returncode == 0 and "\n== " not in again.stdout
+    assert again.stdout.count(" finished") == 4
+
+    other = reproduce(*args[:-1], "--lr_grid=0.5,1", f"--output_dir={out}")
+    assert other.returncode == 2
+    assert other.stderr.strip().splitlines()[-1].startswith("error: --output_dir:")
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [(["--study=table9"], "--study"), (["--study=table2", "--lr_grid=a,b"], "--lr_grid"),
+     (["--study=table2", "--lr_grid=0,1"], "--lr_grid"), (["--study=table2", "--epochs_scale=-1"], "--epochs_scale"),
+     ([], "--study")],
+)
+def test_bad_input(tmp_path, args, flag):
+    result = reproduce(*args, f"--output_dir={tmp_path / 'out'}", "--dry_run")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {flag}")
