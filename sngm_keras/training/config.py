@@ -38,7 +38,7 @@ class TrainConfig:
     model: str = "twoconv"
     optimizer: str = "sngm"
     batch_size: int = 500
-    micro_batch_size: Optional[int] = 100
+    micro_batch_size: Optional[int] = None
     learning_rate: float = 0.2
     momentum: float = 0.9
     weight_decay: float = 5e-4
