@@ -59,8 +59,8 @@ _FIGURE1 = dict(dataset="cifar10", model="twoconv", epochs=10, weight_decay=1e-4
 
 def _figure1():
     return {
-        "figure1_cpu_msgd_b128": dict(_FIGURE1, optimizer="msgd", batch_size=128, learning_rate=0.05),
-        "figure1_cpu_msgd_b4096": dict(_FIGURE1, optimizer="msgd", batch_size=4096, learning_rate=0.4),
+        "figure1_cpu_msgd_b128": dict(_FIGURE1, optimizer="msgd", batch_size=128, learning_rate=0.025),
+        "figure1_cpu_msgd_b4096": dict(_FIGURE1, optimizer="msgd", batch_size=4096, learning_rate=0.1),
         "figure1_cpu_lars_b4096": dict(_FIGURE1, optimizer="lars", batch_size=4096, learning_rate=4.0),
         "figure1_cpu_sngm_b4096": dict(_FIGURE1, optimizer="sngm", batch_size=4096, learning_rate=0.8),
     }
