@@ -28,9 +28,9 @@ compile. With a single device, `model.compile(jit_compile=True)` compiles the
 whole step instead.
 """
 
-import keras
+import sys
 
-from sngm_keras import _accumulation_tf
+import keras
 
 
 def check_batch_split(batch_size, micro_batch_size, num_replicas=1):
@@ -104,6 +104,8 @@ class MicroBatchModel(keras.Model):
 
     def train_step(self, *args):
         if keras.backend.backend() == "tensorflow":
+            from sngm_keras import _accumulation_tf  # imports TensorFlow
+
             return _accumulation_tf.train_step(self, *args)
         if keras.backend.backend() == "jax":
             from sngm_keras import _accumulation_jax
@@ -114,6 +116,8 @@ class MicroBatchModel(keras.Model):
     def test_step(self, *args):
         logs = super().test_step(*args)
         if keras.backend.backend() == "tensorflow":
+            from sngm_keras import _accumulation_tf
+
             logs = _accumulation_tf.logs_for_strategy(logs)
         return logs
 
@@ -147,11 +151,10 @@ def num_replicas(model):
 
 def check_fit_batches(x, batch_size, micro_batch_size, replicas):
     """Fails before training when fit's batches cannot be split evenly."""
-    try:
-        import tensorflow as tf
-    except ImportError:  # JAX without TensorFlow: arrays or generators only
-        tf = None
-    if tf is not None and isinstance(x, tf.data.Dataset):
+    # A tf.data.Dataset means TensorFlow is imported already; never import it
+    # here (JAX without TensorFlow, or JAX keeping TensorFlow off its GPUs).
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and hasattr(tf, "data") and isinstance(x, tf.data.Dataset):
         spec = keras.tree.flatten(x.element_spec)[0]
         batch = spec.shape[0] if spec.shape.rank else None
         if batch is None:

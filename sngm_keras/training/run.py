@@ -6,6 +6,20 @@
 last checkpoint when started again with the same configuration, and writes
 history.csv, summary.json, curves.png, final.keras and TensorBoard logs into
 `model_dir`.
+
+Keras' backend picks the path. TensorFlow: tf.data pipelines
+(`sngm_keras.data.make_datasets`) and tf.distribute strategies. JAX: the
+dataset held in memory as uint8 arrays, fed by a `keras.utils.PyDataset`,
+and pad/crop/flip/normalize inside the jitted step on the device
+(`sngm_keras.training.jax_data`); --strategy auto (several devices) or
+mirrored use `keras.distribution.DataParallel` over this host's devices,
+one_device none, multi_worker is refused; the whole step is always jitted
+(--jit_compile is TensorFlow's choice); --deterministic sets
+`--xla_gpu_deterministic_ops`; imagenet2012 needs TensorFlow; TensorBoard
+logs are written when TensorFlow is installed; nothing imports TensorFlow
+when it is not. final.keras is the network alone on both paths, taking
+normalized images. A run resumes only on the backend it started on
+(checkpoints/backend records a non-TensorFlow one).
 """
 
 import json
@@ -21,9 +35,11 @@ log = logging.getLogger("sngm_keras")
 
 
 def prepare_devices(config):
-    """What must happen before TensorFlow starts: logical CPU devices."""
+    """What must happen before TensorFlow (or JAX) starts: logical CPU devices."""
     import keras
 
+    if keras.backend.backend() == "jax":
+        return _prepare_jax_devices(config)
     if keras.backend.backend() != "tensorflow" or config.num_cpu_devices <= 1:
         return
     import tensorflow as tf
@@ -80,8 +96,20 @@ def _versions():
 
 
 def train(config, extra_callbacks=()):
-    """Runs (or resumes, or finds finished) the run of `config`; returns its summary."""
+    """Runs (or resumes, or finds finished) the run of `config`; returns its summary.
+
+    Keras' backend decides the path: TensorFlow (tf.data input, tf.distribute
+    strategies) or JAX (arrays in memory, augmentation on the device,
+    `keras.distribution.DataParallel`; see `sngm_keras.training.jax_data`).
+    """
     config.validate()
+    import keras
+
+    backend = keras.backend.backend()
+    if backend not in ("tensorflow", "jax"):
+        raise ConfigError("strategy", f"the training app runs on the tensorflow or jax backend, not {backend}")
+    if backend == "jax":
+        _check_jax_config(config)
     run_dir = RunDir(config.model_dir)
     run_dir.claim(config)
     done = run_dir.completed_summary()
@@ -90,12 +118,20 @@ def train(config, extra_callbacks=()):
         return dict(done, already_complete=True)
 
     prepare_devices(config)
-    import keras
+    state = run_dir.load_state()
+    _check_backend(run_dir, state, backend, write=_is_chief())
+    start_epoch = state["epoch"] if state else 0
+    if start_epoch >= config.epochs:
+        start_epoch = config.epochs
+    if backend == "jax":
+        previous = keras.distribution.distribution()
+        try:
+            return _train_jax(config, run_dir, state, start_epoch, extra_callbacks)
+        finally:
+            keras.distribution.set_distribution(previous)
 
     from sngm_keras.data import make_datasets, steps_per_epoch
 
-    if keras.backend.backend() != "tensorflow":
-        raise ConfigError("strategy", f"the training app runs on the tensorflow backend, not {keras.backend.backend()}")
     import tensorflow as tf
 
     keras.mixed_precision.set_dtype_policy(config.dtype_policy)
@@ -104,17 +140,7 @@ def train(config, extra_callbacks=()):
         tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(config)
     replicas = strategy.num_replicas_in_sync
-    micro = config.micro_batch_size or config.batch_size // replicas
-    if config.batch_size % (micro * replicas):
-        raise ConfigError(
-            "micro_batch_size",
-            f"--batch_size={config.batch_size} is not a multiple of {micro} x {replicas} replica(s)",
-        )
-
-    state = run_dir.load_state()
-    start_epoch = state["epoch"] if state else 0
-    if start_epoch >= config.epochs:
-        start_epoch = config.epochs
+    micro = _micro_batch_size(config, replicas)
     train_ds, test_ds, info = make_datasets(
         config.dataset, data_dir=config.data_dir, download=config.download, batch_size=config.batch_size,
         eval_batch_size=config.eval_batch_size, augment=config.augment, seed=config.seed,
@@ -122,6 +148,44 @@ def train(config, extra_callbacks=()):
     )
     steps = steps_per_epoch(info, config.batch_size)
     model = _build(config, strategy, info, steps, micro)
+    return _fit(config, run_dir, state, start_epoch, model, train_ds, test_ds, info, steps, replicas, micro,
+                extra_callbacks, tensorboard=True)
+
+
+def _micro_batch_size(config, replicas):
+    micro = config.micro_batch_size or config.batch_size // replicas
+    if not micro or config.batch_size % (micro * replicas):
+        raise ConfigError(
+            "micro_batch_size",
+            f"--batch_size={config.batch_size} is not a multiple of {micro or 1} x {replicas} replica(s)",
+        )
+    return micro
+
+
+def _check_backend(run_dir, state, backend, write=True):
+    """A run continues on the backend it started on (its data order and
+    checkpoint layout are the backend's). Runs on other backends than
+    TensorFlow record theirs in checkpoints/backend."""
+    path = os.path.join(run_dir.checkpoints, "backend")
+    if state:
+        recorded = open(path).read().strip() if os.path.exists(path) else "tensorflow"
+        if recorded != backend:
+            raise ConfigError(
+                "model_dir",
+                f"{run_dir.path} holds a run trained on the {recorded} backend; resume it with "
+                f"KERAS_BACKEND={recorded}, or use another --model_dir",
+            )
+    elif write and backend != "tensorflow":
+        write_atomic(path, backend + "\n")
+    elif write and os.path.exists(path):
+        os.remove(path)
+
+
+def _fit(config, run_dir, state, start_epoch, model, train_ds, test_ds, info, steps, replicas, micro,
+         extra_callbacks, tensorboard):
+    """Resume, fit, evaluate, and write the run's files (both backends)."""
+    import keras
+
     if state:
         model.load_weights(run_dir.weights_path(state))
         log.info("resumed from %s (epoch %d)", state["weights"], start_epoch)
@@ -139,7 +203,7 @@ def train(config, extra_callbacks=()):
     callbacks = [recorder, cb.SkippedStepsMonitor(), *extra_callbacks]
     if config.max_updates:
         callbacks.append(cb.StopAfterUpdates(config.max_updates))
-    if is_chief:
+    if is_chief and tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=run_dir.logs, update_freq="epoch"))
     started = time.perf_counter()
     if start_epoch < config.epochs and not _reached(model, config.max_updates):
@@ -155,10 +219,138 @@ def train(config, extra_callbacks=()):
         from sngm_keras.training.curves import plot_curves
 
         if rows:
-            plot_curves({_label(config): rows}, run_dir.curves, title=config.preset or config.model)
+            plot_curves({config.preset or config.model: {_label(config): rows}}, run_dir.curves)
         write_atomic(run_dir.summary, json.dumps(summary, indent=2))
     log.info("run finished in %.1f s", time.perf_counter() - started)
     return summary
+
+
+# -- JAX ----------------------------------------------------------------------
+
+
+def _check_jax_config(config):
+    """What the JAX path cannot do, found before the run folder is claimed."""
+    if config.dataset == "imagenet2012":
+        raise ConfigError("dataset", "imagenet2012 needs the TensorFlow input pipeline: run it with "
+                          "KERAS_BACKEND=tensorflow")
+    if config.strategy == "multi_worker":
+        raise ConfigError("strategy", "multi_worker is TensorFlow's (tf.distribute); on the jax backend use "
+                          "auto, one_device or mirrored (keras.distribution.DataParallel on this host's devices)")
+
+
+def _prepare_jax_devices(config):
+    """JAX options that must be set before its backend starts."""
+    import jax
+
+    try:
+        from jax._src.xla_bridge import backends_are_initialized
+
+        started = backends_are_initialized()
+    except ImportError:  # pragma: no cover - a JAX without it
+        started = False
+    if config.deterministic and "--xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
+        if started:
+            log.warning("--deterministic: JAX started already; XLA_FLAGS=--xla_gpu_deterministic_ops=true "
+                        "is not applied")
+        else:
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
+    if config.num_cpu_devices > 1:
+        if not started:
+            try:
+                jax.config.update("jax_num_cpu_devices", config.num_cpu_devices)
+            except RuntimeError:  # started after all: the count below tells
+                pass
+        existing = len(jax.devices("cpu"))
+        if existing != config.num_cpu_devices:
+            raise ConfigError("num_cpu_devices", f"JAX already started with {existing} CPU device(s)")
+
+
+def make_distribution(config):
+    """`keras.distribution.DataParallel` over this host's devices, or None for one device.
+
+    auto: all devices of JAX's default platform when there are several;
+    mirrored: those devices (or the --num_cpu_devices CPU devices) even if
+    just one; one_device: the first device.
+    """
+    import jax
+    import keras
+
+    if config.strategy == "one_device":
+        return None
+    devices = jax.devices("cpu") if config.num_cpu_devices > 1 else jax.devices()
+    if config.strategy == "auto" and len(devices) < 2:
+        return None
+    return keras.distribution.DataParallel(devices=devices)
+
+
+def _hide_accelerators_from_tensorflow():
+    """Imports TensorFlow, when installed, with no GPU (JAX has them); False without it.
+
+    Keras' set_random_seed and TensorBoard import it when it is there, and
+    TensorFlow would otherwise reserve the GPUs' memory."""
+    try:
+        from sngm_keras.data.pipeline import import_tf
+
+        import_tf()
+    except ImportError:
+        return False
+    return True
+
+
+def _train_jax(config, run_dir, state, start_epoch, extra_callbacks):
+    import keras
+    import numpy as np
+
+    from sngm_keras.data import steps_per_epoch
+    from sngm_keras.training import jax_data
+
+    has_tensorflow = _hide_accelerators_from_tensorflow()
+    keras.mixed_precision.set_dtype_policy(config.dtype_policy)
+    keras.utils.set_random_seed(config.seed)
+    distribution = make_distribution(config)
+    keras.distribution.set_distribution(distribution)
+    replicas = 1 if distribution is None else int(np.prod(distribution.device_mesh.shape))
+    micro = _micro_batch_size(config, replicas)
+    train_ds, test_ds, info, preprocessing = jax_data.make_datasets(
+        config.dataset, data_dir=config.data_dir, download=config.download, batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size, augment=config.augment, seed=config.seed,
+        start_epoch=min(start_epoch, config.epochs - 1), num_epochs=config.epochs,
+    )
+    last = info.num_test % test_ds.batch_size or test_ds.batch_size
+    if replicas > 1 and (test_ds.batch_size % replicas or last % replicas):
+        # JAX shards every batch evenly; a padded batch would bias the metrics.
+        raise ConfigError(
+            "eval_batch_size",
+            f"test batches of {test_ds.batch_size} (the last of {last}) do not split over {replicas} devices; "
+            "pick an --eval_batch_size that does",
+        )
+    steps = steps_per_epoch(info, config.batch_size)
+    model = _build_jax(config, info, steps, micro, preprocessing)
+    if not has_tensorflow:
+        log.info("TensorFlow is not installed: no TensorBoard logs")
+    return _fit(config, run_dir, state, start_epoch, model, train_ds, test_ds, info, steps, replicas, micro,
+                extra_callbacks, tensorboard=has_tensorflow)
+
+
+def _build_jax(config, info, steps, micro, preprocessing):
+    """Like `_build`, with the images' preprocessing on the device; the whole
+    step is always jitted on JAX (--jit_compile is TensorFlow's choice)."""
+    import keras
+
+    from sngm_keras.models import build_model
+    from sngm_keras.training.factory import make_optimizer
+    from sngm_keras.training.jax_data import PreprocessedMicroBatchModel
+
+    net = build_model(config.model, info.num_classes, info.image_shape, seed=config.seed)
+    model = PreprocessedMicroBatchModel(net, micro, preprocessing)
+    model.compile(
+        optimizer=make_optimizer(config, steps),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=True,
+    )
+    model.optimizer.build(model.trainable_variables)
+    return model
 
 
 def _reached(model, max_updates):

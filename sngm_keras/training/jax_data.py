@@ -1,0 +1,186 @@
+"""The training run's input on Keras' JAX backend: arrays in memory, no tf.data.
+
+`make_datasets` mirrors `sngm_keras.data.make_datasets` for the datasets
+that fit in memory (the sample, cifar10/cifar100 from a TFDS-prepared
+data_dir, folders of class sub-folders): it returns `keras.utils.PyDataset`s
+that yield uint8 images and int32 labels, and the `CropFlipNormalize` layer
+that the training model applies on the device (pad, crop, flip with
+training=True, then normalize).
+
+Determinism, as on the tf.data path: epoch e's order is a permutation from
+``np.random.default_rng([seed, SALT, e])``, and its augmentation draws (one
+int32 per example, see `sngm_keras.augment`) come from the same generator,
+so epoch e depends only on (seed, e). The training PyDataset spans epochs
+``start_epoch .. num_epochs - 1`` back to back (item i is step
+``i % steps`` of epoch ``start_epoch + i // steps``) and keeps no state, so
+`fit(steps_per_epoch=steps, initial_epoch=start_epoch)` resumes exactly,
+whatever Keras calls `on_epoch_end` for.
+
+Nothing here imports TensorFlow, except that loading cifar10/cifar100 needs
+TensorFlow Datasets (and TensorFlow); without them pass the images as a
+folder (``--dataset=DIR`` with ``DIR/{train,test}/<class>/<image>``).
+"""
+
+import logging
+
+import keras
+import numpy as np
+
+from sngm_keras.accumulation import MicroBatchModel
+from sngm_keras.augment import CropFlipNormalize, num_draws
+from sngm_keras.data import DataError, DatasetInfo, load_arrays
+from sngm_keras.data import constants as C
+from sngm_keras.data import sources
+
+log = logging.getLogger("sngm_keras")
+
+_SALT = 0x4A4158  # "JAX": this path's streams, apart from other uses of `seed`
+
+
+class TrainBatches(keras.utils.PyDataset):
+    """Training batches of epochs ``start_epoch .. num_epochs - 1``, back to back.
+
+    Item i: ``({"images": uint8 [B, H, W, C], "crop_flip": int32 [B]},
+    labels int32 [B])``, "crop_flip" only with augmentation. Each epoch uses
+    ``num_train // batch_size`` batches of a fresh permutation.
+    """
+
+    def __init__(self, x, y, *, batch_size, seed, start_epoch, num_epochs, pad=None):
+        super().__init__()  # workers=1: items are built in the training thread, in order
+        self.x, self.y = x, y
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.start_epoch, self.num_epochs = int(start_epoch), int(num_epochs)
+        self.steps = len(x) // self.batch_size
+        self.draws = None if pad is None else num_draws(pad)
+        self._cached = (None, None, None)
+
+    @property
+    def num_batches(self):
+        return (self.num_epochs - self.start_epoch) * self.steps
+
+    def __len__(self):
+        return self.num_batches
+
+    def epoch_order(self, epoch):
+        """(indices [steps * B], draws [steps * B] or None) of `epoch`."""
+        if self._cached[0] != epoch:
+            rng = np.random.default_rng([self.seed, _SALT, int(epoch)])
+            used = self.steps * self.batch_size
+            order = rng.permutation(len(self.x))[:used]
+            draws = None if self.draws is None else rng.integers(0, self.draws, size=used, dtype=np.int32)
+            self._cached = (epoch, order, draws)
+        return self._cached[1], self._cached[2]
+
+    def __getitem__(self, index):
+        if not 0 <= index < self.num_batches:
+            raise IndexError(index)
+        epoch = self.start_epoch + index // self.steps
+        rows = slice((index % self.steps) * self.batch_size, (index % self.steps + 1) * self.batch_size)
+        order, draws = self.epoch_order(epoch)
+        idx = order[rows]
+        inputs = {"images": self.x[idx]}
+        if draws is not None:
+            inputs["crop_flip"] = draws[rows]
+        return inputs, self.y[idx]
+
+
+class TestBatches(keras.utils.PyDataset):
+    """The test split in order, batches of `batch_size` (the last one smaller)."""
+
+    def __init__(self, x, y, batch_size):
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, int(batch_size)
+
+    @property
+    def num_batches(self):
+        return -(-len(self.x) // self.batch_size)
+
+    def __len__(self):
+        return self.num_batches
+
+    def __getitem__(self, index):
+        if not 0 <= index < self.num_batches:
+            raise IndexError(index)
+        rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return {"images": self.x[rows]}, self.y[rows]
+
+
+@keras.saving.register_keras_serializable(package="sngm_keras")
+class PreprocessedMicroBatchModel(MicroBatchModel):
+    """`MicroBatchModel` whose inputs go through `preprocessing` first.
+
+    Takes what `TrainBatches` / `TestBatches` yield; `.model` is the network
+    alone, taking normalized images like the tf.data path's model (it is what
+    final.keras holds). The preprocessing runs inside the jitted step, on
+    each micro-batch, on the device.
+    """
+
+    def __init__(self, model, micro_batch_size, preprocessing, jit_compile=False, **kwargs):
+        super().__init__(model, micro_batch_size, jit_compile=jit_compile, **kwargs)
+        if isinstance(preprocessing, dict):
+            preprocessing = keras.saving.deserialize_keras_object(preprocessing)
+        self.preprocessing = preprocessing
+
+    def call(self, inputs, training=None):
+        return self.model(self.preprocessing(inputs, training=training), training=training)
+
+    def build(self, input_shape):
+        if not self.model.built:
+            shape = input_shape["images"] if isinstance(input_shape, dict) else input_shape
+            self.model.build(shape)
+        self.built = True
+
+    def get_config(self):
+        return {**super().get_config(), "preprocessing": keras.saving.serialize_keras_object(self.preprocessing)}
+
+
+def _tensorflow_datasets_available():
+    try:
+        import tensorflow_datasets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_datasets(dataset, *, data_dir=None, download=False, batch_size, eval_batch_size=None, augment=True,
+                  seed=0, start_epoch=0, num_epochs):
+    """``(train, test, info, preprocessing)`` for the JAX path.
+
+    `train` and `test` are `PyDataset`s (see `TrainBatches`, `TestBatches`),
+    `info` a `sngm_keras.data.DatasetInfo`, and `preprocessing` the
+    `CropFlipNormalize` layer with the dataset's normalization and padding
+    (as `sngm_keras.data.make_datasets` uses: CIFAR statistics for the
+    sample and CIFAR, the folder's own for folders). Raises `DataError`.
+    """
+    source = sources.resolve(dataset)
+    if source.kind == "tfds":
+        if source.name not in C.TFDS_IN_MEMORY:
+            raise DataError(f"{source.name} needs the TensorFlow input pipeline: run it with "
+                            "KERAS_BACKEND=tensorflow")
+        if not _tensorflow_datasets_available():
+            raise DataError(f"{source.name} is read from TFDS, which needs TensorFlow (not installed here): "
+                            "pass the images as a folder instead, --dataset=DIR with "
+                            "DIR/{train,test}/<class>/<image>")
+        from sngm_keras.data.pipeline import import_tf
+
+        import_tf()  # keeps TensorFlow off the accelerators before TFDS starts it
+    arrays = load_arrays(dataset, data_dir=data_dir, download=download)
+    if source.kind == "folder":  # as sngm_keras.data.pipeline does for folders
+        x = arrays.x_train.reshape(-1, arrays.image_shape[-1]).astype(np.float64) / 255.0
+        mean, std = tuple(x.mean(0)), tuple(np.maximum(x.std(0), 1e-3))
+        pad = max(1, round(min(arrays.image_shape[:2]) / 8))
+    else:
+        mean, std = C.NORMALIZATION[source.name]
+        pad = C.CIFAR_PAD
+    name = C.SAMPLE if source.kind == "sample" else source.name
+    if batch_size > arrays.num_train:
+        raise DataError(f"batch_size {batch_size} is larger than the {arrays.num_train} training "
+                        f"images of {name}; use a batch_size of at most {arrays.num_train}")
+    info = DatasetInfo(name=name, num_classes=arrays.num_classes, image_shape=tuple(arrays.image_shape),
+                       num_train=arrays.num_train, num_test=arrays.num_test,
+                       class_names=tuple(arrays.class_names))
+    train = TrainBatches(arrays.x_train, arrays.y_train, batch_size=batch_size, seed=seed,
+                         start_epoch=start_epoch, num_epochs=num_epochs, pad=pad if augment else None)
+    test = TestBatches(arrays.x_test, arrays.y_test, eval_batch_size or min(batch_size, 1000))
+    return train, test, info, CropFlipNormalize(mean, std, pad, name="crop_flip_normalize")
