@@ -2,10 +2,14 @@
 
 `SNGM`, `MSGD` and `LARS` are Keras optimizers; `MicroBatchModel` trains with an
 effective batch made of micro-batches, the gradient summed over them and
-across replicas before the one optimizer step.
+across replicas before the one optimizer step. Importing the package
+registers its optimizers, schedules and layers with Keras' serialization, so
+saved models load after `import sngm_keras`.
 """
 
+from sngm_keras import models, schedules
+from sngm_keras.accumulation import MicroBatchModel
 from sngm_keras.optimizers import LARS, MSGD, SNGM
 
 __version__ = "0.1.0"
-__all__ = ["SNGM", "MSGD", "LARS"]
+__all__ = ["SNGM", "MSGD", "LARS", "MicroBatchModel", "models", "schedules"]
