@@ -18,7 +18,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from apps._cli import fail, run  # noqa: E402
 
 from sngm_keras.training.config import ConfigError  # noqa: E402
 from sngm_keras.training import study as studies  # noqa: E402
@@ -41,17 +43,6 @@ flags.DEFINE_bool("dry_run", False, "Print the plan and stop.")
 PASSED = ("data_dir", "download", "dataset", "max_updates", "strategy", "num_cpu_devices", "jit_compile", "verbose")
 
 
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def parse_flags(argv):
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        fail(str(error))
-
 
 def flagfile_text(config):
     lines = []
@@ -67,9 +58,7 @@ def flagfile_text(config):
     return "\n".join(lines) + "\n"
 
 
-def main(argv):
-    if len(argv) > 1:
-        fail(f"unexpected arguments: {' '.join(argv[1:])}")
+def main():
     if FLAGS.study is None:
         fail("--study: required; choose one of " + ", ".join(studies.STUDIES))
     try:
@@ -123,4 +112,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    run(main)

@@ -10,11 +10,12 @@ checkpoint in --model_dir. See `sngm_keras.training` for what is written.
 
 import dataclasses
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from apps._cli import fail, run  # noqa: E402
 
 from sngm_keras.training.config import DATASETS, TrainConfig  # noqa: E402
 from sngm_keras.training.presets import PRESETS  # noqa: E402
@@ -58,18 +59,6 @@ flags.DEFINE_integer("verbose", _D.verbose, "Keras progress: 0 silent, 1 bar, 2 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset"]
 
 
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def parse_flags(argv):
-    """absl's parser, with errors as one line and exit code 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        fail(str(error))
-
 
 def config_from_flags():
     overrides = {name: FLAGS[name].value for name in FIELDS if FLAGS[name].present}
@@ -83,9 +72,7 @@ def config_from_flags():
     return TrainConfig.from_preset(FLAGS.preset, **overrides)
 
 
-def main(argv):
-    if len(argv) > 1:
-        fail(f"unexpected arguments: {' '.join(argv[1:])}")
+def main():
     from sngm_keras.data import DataError
     from sngm_keras.training import ConfigError, train
 
@@ -103,4 +90,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    run(main)

@@ -27,7 +27,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from apps._cli import fail, run  # noqa: E402
 
 from sngm_keras.training.config import DATASETS, TrainConfig  # noqa: E402
 
@@ -65,18 +67,6 @@ flags.DEFINE_integer("verbose", 1, "0 silent, 1 Keras Tuner's and Keras' progres
 _RENAMED = {"epochs": "epochs_per_trial", "model_dir": "directory", "batch_size": "batch_sizes"}
 
 
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def parse_flags(argv):
-    """absl's parser, with errors as one line and exit code 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        fail(str(error))
-
 
 def _numbers(name, kind=float):
     values = []
@@ -98,9 +88,7 @@ def _message(error):
     return str(error)
 
 
-def main(argv):
-    if len(argv) > 1:
-        fail(f"unexpected arguments: {' '.join(argv[1:])}")
+def main():
     from sngm_keras.data import DataError
     from sngm_keras.training import ConfigError
 
@@ -160,4 +148,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    run(main)

@@ -225,8 +225,7 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
     # -- data -------------------------------------------------------------
 
     def _load_data(self):
-        from sngm_keras.data import ArraySplits, load_arrays
-        from sngm_keras.data import constants, sources
+        from sngm_keras.data import ArraySplits, load_arrays, preprocessing, sources
 
         config = self.config
         source = sources.resolve(config.dataset)
@@ -247,13 +246,9 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
             x_test=arrays.x_train[held], y_test=arrays.y_train[held],
             num_classes=arrays.num_classes, class_names=arrays.class_names, image_shape=arrays.image_shape,
         )
-        if source.kind == "folder":  # as make_datasets does, from the images trained on
-            x = self.splits.x_train.reshape(-1, arrays.image_shape[-1]).astype(np.float64) / 255.0
-            self._normalization = (tuple(x.mean(0)), tuple(np.maximum(x.std(0), 1e-3)))
-            self._pad = max(1, round(min(arrays.image_shape[:2]) / 8))
-        else:
-            self._normalization = constants.NORMALIZATION[source.name]
-            self._pad = constants.CIFAR_PAD
+        # Statistics of the images trained on, as make_datasets computes them.
+        mean, std, self._pad = preprocessing(source, self.splits)
+        self._normalization = (mean, std)
 
     @property
     def num_train(self):

@@ -11,7 +11,6 @@ import sys
 import time
 
 import keras_tuner as kt
-import numpy as np
 import pytest
 
 from sngm_keras import tuning

@@ -13,14 +13,14 @@ Public API::
 Problems raise `DataError` (a ValueError) with a one-line message.
 Importing this package does not import TensorFlow.
 """
-from .arrays import SAMPLE_PATH, ArraySplits, load_arrays, read_sample_file, sample_jpegs
+from .arrays import SAMPLE_PATH, ArraySplits, load_arrays, preprocessing, read_sample_file, sample_jpegs
 from .constants import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD,
                         IMAGENET_MEAN, IMAGENET_STD, KNOWN_DATASETS, NORMALIZATION)
 from .errors import DataError
 from .pipeline import DatasetInfo, make_datasets, steps_per_epoch
 
 __all__ = [
-    "ArraySplits", "DataError", "DatasetInfo", "KNOWN_DATASETS", "NORMALIZATION",
+    "ArraySplits", "DataError", "preprocessing", "DatasetInfo", "KNOWN_DATASETS", "NORMALIZATION",
     "SAMPLE_PATH", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD",
     "IMAGENET_MEAN", "IMAGENET_STD", "load_arrays", "make_datasets", "read_sample_file",
     "sample_jpegs", "steps_per_epoch",

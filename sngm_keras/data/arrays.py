@@ -220,3 +220,15 @@ def load_arrays(dataset, data_dir=None, download: bool = False) -> ArraySplits:
                         "make_datasets() (tf.data) for it, or one of "
                         f"{', '.join((C.SAMPLE,) + C.TFDS_IN_MEMORY)} / a folder here")
     return _load_tfds(source.name, data_dir, download)
+
+
+def preprocessing(source, arrays: ArraySplits):
+    """`(mean, std, pad)` for CIFAR-style data: the dataset's standard
+    per-channel statistics, or for a folder those of its training images and
+    a padding of an eighth of the image side (4 pixels at 32x32)."""
+    if source.kind == "folder":
+        x = arrays.x_train.reshape(-1, arrays.image_shape[-1]).astype(np.float64) / 255.0
+        mean, std = tuple(x.mean(0)), tuple(np.maximum(x.std(0), 1e-3))
+        return mean, std, max(1, round(min(arrays.image_shape[:2]) / 8))
+    mean, std = C.NORMALIZATION[source.name]
+    return mean, std, C.CIFAR_PAD

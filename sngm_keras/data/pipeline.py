@@ -21,7 +21,7 @@ import numpy as np
 
 from . import constants as C
 from . import sources
-from .arrays import ArraySplits, load_arrays
+from .arrays import ArraySplits, load_arrays, preprocessing
 from .errors import DataError
 
 _SEED_SALT = 0x53474D  # "SGM": separates our streams from other uses of `seed`
@@ -156,13 +156,7 @@ def make_datasets(dataset, *, data_dir=None, download: bool = False, batch_size:
         raise DataError(f"image_size={image_size} is only supported for {C.IMAGENET}; "
                         f"{source.name} images are {arrays.image_shape[1]}x"
                         f"{arrays.image_shape[0]}: leave image_size unset")
-    if source.kind == "folder":
-        x = arrays.x_train.reshape(-1, arrays.image_shape[-1]).astype(np.float64) / 255.0
-        mean, std = tuple(x.mean(0)), tuple(np.maximum(x.std(0), 1e-3))
-        pad = max(1, round(min(arrays.image_shape[:2]) / 8))
-    else:
-        mean, std = C.NORMALIZATION[source.name]
-        pad = C.CIFAR_PAD
+    mean, std, pad = preprocessing(source, arrays)
     name = C.SAMPLE if source.kind == "sample" else source.name
     _check_batch(name, batch_size, arrays.num_train)
     info = DatasetInfo(name=name, num_classes=arrays.num_classes,

@@ -3,3 +3,5 @@
 from sngm_keras.optimizers.lars import LARS
 from sngm_keras.optimizers.msgd import MSGD
 from sngm_keras.optimizers.sngm import SNGM
+
+__all__ = ["SNGM", "MSGD", "LARS"]

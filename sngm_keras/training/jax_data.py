@@ -28,7 +28,7 @@ import numpy as np
 
 from sngm_keras.accumulation import MicroBatchModel
 from sngm_keras.augment import CropFlipNormalize, num_draws
-from sngm_keras.data import DataError, DatasetInfo, load_arrays
+from sngm_keras.data import DataError, DatasetInfo, load_arrays, preprocessing
 from sngm_keras.data import constants as C
 from sngm_keras.data import sources
 
@@ -166,13 +166,7 @@ def make_datasets(dataset, *, data_dir=None, download=False, batch_size, eval_ba
 
         import_tf()  # keeps TensorFlow off the accelerators before TFDS starts it
     arrays = load_arrays(dataset, data_dir=data_dir, download=download)
-    if source.kind == "folder":  # as sngm_keras.data.pipeline does for folders
-        x = arrays.x_train.reshape(-1, arrays.image_shape[-1]).astype(np.float64) / 255.0
-        mean, std = tuple(x.mean(0)), tuple(np.maximum(x.std(0), 1e-3))
-        pad = max(1, round(min(arrays.image_shape[:2]) / 8))
-    else:
-        mean, std = C.NORMALIZATION[source.name]
-        pad = C.CIFAR_PAD
+    mean, std, pad = preprocessing(source, arrays)
     name = C.SAMPLE if source.kind == "sample" else source.name
     if batch_size > arrays.num_train:
         raise DataError(f"batch_size {batch_size} is larger than the {arrays.num_train} training "

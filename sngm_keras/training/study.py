@@ -11,7 +11,6 @@ import json
 import os
 
 from sngm_keras.training.config import ConfigError, TrainConfig
-from sngm_keras.training.presets import PRESETS
 from sngm_keras.training.rundir import RunDir, read_json, write_atomic
 
 
