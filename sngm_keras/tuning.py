@@ -286,21 +286,15 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
 
         from sngm_keras.accumulation import MicroBatchModel
         from sngm_keras.models import build_model
-        from sngm_keras.training.factory import make_optimizer
+        from sngm_keras.training.factory import compile_for_training
 
         config = self.trial_config(hp)
         keras.mixed_precision.set_dtype_policy(config.dtype_policy)
         keras.utils.set_random_seed(config.seed)
         net = build_model(config.model, self.splits.num_classes, tuple(self.splits.image_shape), seed=config.seed)
         model = MicroBatchModel(net, config.micro_batch_size or config.batch_size)
-        model.compile(
-            optimizer=make_optimizer(config, self.steps_per_epoch(config.batch_size)),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
-        # Built now so that Hyperband's continued trials restore the optimizer too.
-        model.optimizer.build(model.trainable_variables)
-        return model
+        # The optimizer is built too, so Hyperband's continued trials restore it.
+        return compile_for_training(model, config, self.steps_per_epoch(config.batch_size))
 
     def fit(self, hp, model, *args, epochs=None, initial_epoch=0, callbacks=None, verbose=1, **kwargs):
         if args or kwargs.keys() - {"shuffle"}:

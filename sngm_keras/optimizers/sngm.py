@@ -48,8 +48,9 @@ class SNGM(ReducedGradientOptimizer):
 
     A step whose gradient holds NaN or Inf leaves weights and momentum as they
     are and adds one to `skipped_steps`; `iterations` still advances.
-    `gradient_norm` holds the last step's `||g||` (see
-    `sngm_keras.callbacks.GradientNormMonitor`).
+    `gradient_norm` holds the last step's `||g||` (the training app records it
+    per epoch; `sngm_keras.training.callbacks.SkippedStepsMonitor` logs a
+    warning when steps were skipped).
     """
 
     def __init__(

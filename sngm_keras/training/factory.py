@@ -31,6 +31,20 @@ def make_optimizer(config, steps_per_epoch):
     return MSGD(**common)
 
 
+def compile_for_training(model, config, steps_per_epoch, jit_compile=False):
+    """Compiles `model` with the configured optimizer, sparse cross-entropy on
+    logits and accuracy, and builds the optimizer so a checkpoint can be
+    loaded into it before the first step."""
+    model.compile(
+        optimizer=make_optimizer(config, steps_per_epoch),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
 def inner_optimizer(optimizer):
     """The optimizer under a LossScaleOptimizer, or the optimizer itself."""
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):

@@ -335,22 +335,12 @@ def _train_jax(config, run_dir, state, start_epoch, extra_callbacks):
 def _build_jax(config, info, steps, micro, preprocessing):
     """Like `_build`, with the images' preprocessing on the device; the whole
     step is always jitted on JAX (--jit_compile is TensorFlow's choice)."""
-    import keras
-
     from sngm_keras.models import build_model
-    from sngm_keras.training.factory import make_optimizer
+    from sngm_keras.training.factory import compile_for_training
     from sngm_keras.training.jax_data import PreprocessedMicroBatchModel
 
     net = build_model(config.model, info.num_classes, info.image_shape, seed=config.seed)
-    model = PreprocessedMicroBatchModel(net, micro, preprocessing)
-    model.compile(
-        optimizer=make_optimizer(config, steps),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        jit_compile=True,
-    )
-    model.optimizer.build(model.trainable_variables)
-    return model
+    return compile_for_training(PreprocessedMicroBatchModel(net, micro, preprocessing), config, steps, True)
 
 
 def _reached(model, max_updates):
@@ -360,24 +350,17 @@ def _reached(model, max_updates):
 
 
 def _build(config, strategy, info, steps, micro):
-    import keras
-
     from sngm_keras.accumulation import MicroBatchModel
     from sngm_keras.models import build_model
-    from sngm_keras.training.factory import make_optimizer
+    from sngm_keras.training.factory import compile_for_training
 
+    # Under a strategy XLA cannot compile the all-reduce: compile the
+    # micro-batch loop alone there, the whole step on one device.
     jit_whole_step = config.jit_compile and strategy.num_replicas_in_sync == 1
     with strategy.scope():
         net = build_model(config.model, info.num_classes, info.image_shape, seed=config.seed)
         model = MicroBatchModel(net, micro, jit_compile=config.jit_compile and not jit_whole_step)
-        model.compile(
-            optimizer=make_optimizer(config, steps),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-            jit_compile=jit_whole_step,
-        )
-        model.optimizer.build(model.trainable_variables)
-    return model
+        return compile_for_training(model, config, steps, jit_whole_step)
 
 
 def _label(config):
