@@ -58,9 +58,11 @@ def test_tiny_study_writes_table_and_curves_and_resumes(tmp_path):
     assert again.returncode == 0 and "\n== " not in again.stdout
     assert again.stdout.count(" finished") == 4
 
-    other = reproduce(*args[:-1], "--lr_grid=0.5,1", f"--output_dir={out}")
+    other = reproduce("--study=table2", "--epochs_scale=0.1", f"--output_dir={out}")
     assert other.returncode == 2
     assert other.stderr.strip().splitlines()[-1].startswith("error: --output_dir:")
+    rescaled = reproduce(*[a for a in args if not a.startswith("--epochs_scale")], "--epochs_scale=0.2")
+    assert rescaled.returncode == 2 and "epochs_scale=0.1" in rescaled.stderr
 
 
 @pytest.mark.parametrize(

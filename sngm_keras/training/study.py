@@ -81,25 +81,31 @@ def plan(study, output_dir, epochs_scale=1.0, lr_grid=None, overrides=None):
 
 
 def claim_output(output_dir, study, epochs_scale, lr_grid):
-    """Records the study in output_dir/study.json, or checks it is the same."""
+    """Records the study in output_dir/study.json, or checks it is the same
+    study at the same scale. The learning-rate grid may change between
+    invocations (to widen a sweep): runs of learning rates still in the grid
+    are reused, and the table reports the current grid only."""
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "study.json")
-    wanted = {"study": study, "epochs_scale": epochs_scale, "lr_grid": lr_grid}
+    wanted = {"study": study, "epochs_scale": epochs_scale}
     if os.path.exists(path):
         recorded = read_json(path)
-        if recorded != wanted:
+        if {k: recorded.get(k) for k in wanted} != wanted:
             raise ConfigError(
                 "output_dir",
-                f"{output_dir} holds the study {recorded.get('study')!r} with epochs_scale="
-                f"{recorded.get('epochs_scale')}, lr_grid={recorded.get('lr_grid')}; use another --output_dir",
+                f"{output_dir} holds the study {recorded.get('study')!r} at epochs_scale="
+                f"{recorded.get('epochs_scale')}; use another --output_dir",
             )
+        grids = recorded.get("lr_grids", [])
+        if lr_grid not in grids:
+            write_atomic(path, json.dumps(dict(recorded, lr_grids=grids + [lr_grid]), indent=2))
         return
     runs_dir = os.path.join(output_dir, "runs")
     if os.path.isdir(runs_dir) and any(
         os.path.exists(os.path.join(runs_dir, name, "config.json")) for name in os.listdir(runs_dir)
     ):
         raise ConfigError("output_dir", f"{output_dir} holds runs of an unknown study; use another --output_dir")
-    write_atomic(path, json.dumps(wanted, indent=2))
+    write_atomic(path, json.dumps(dict(wanted, lr_grids=[lr_grid]), indent=2))
 
 
 def is_finished(run):
