@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import time
 
 from sngm_keras.training.config import ConfigError
@@ -81,12 +82,8 @@ def _versions():
     import keras
 
     versions = {"keras": keras.__version__, "backend": keras.backend.backend()}
-    try:
-        import tensorflow as tf
-
-        versions["tensorflow"] = tf.__version__
-    except ImportError:
-        pass
+    if "tensorflow" in sys.modules:  # reported when used, never imported for it
+        versions["tensorflow"] = sys.modules["tensorflow"].__version__
     if keras.backend.backend() == "jax":
         import jax
 
