@@ -156,14 +156,24 @@ class ReducedGradientOptimizer(keras.optimizers.Optimizer):
         """True when this step's gradient is finite (read after the all-reduce)."""
         return ops.isfinite(self.gradient_norm)
 
-    def _momentum_update(self, variable, velocity_increment, learning_rate, ok):
-        """u <- beta u + increment; w <- w - lr u; both kept as they are unless ok."""
+    def _momentum_update(self, variable, direction, scale, learning_rate):
+        """u <- beta u + scale * direction; w <- w - lr u.
+
+        A skipped step (non-finite gradient) runs the same update with
+        scale 0, beta 1 and lr 0, and a product that is 0 even where the
+        direction is NaN: weights and momentum stay exactly as they were, with
+        no per-element select."""
         dtype = variable.dtype
+        ok = self._step_ok()
         u = self.momentums[self._get_variable_index(variable)]
-        beta = ops.cast(self.momentum, dtype)
+        scale = ops.where(ok, ops.cast(scale, dtype), ops.zeros((), dtype))
+        beta = ops.where(ok, ops.cast(self.momentum, dtype), ops.ones((), dtype))
         lr = ops.where(ok, ops.cast(learning_rate, dtype), ops.zeros((), dtype))
-        u_now = ops.convert_to_tensor(u)
-        new_u = ops.where(ok, u_now * beta + ops.cast(velocity_increment, dtype), u_now)
+        direction = ops.cast(direction, dtype)
+        if keras.backend.backend() == "tensorflow":
+            return _tf_apply_momentum(variable, u, direction, scale, beta, lr)
+        increment = ops.where(scale != 0, direction * scale, ops.zeros((), dtype))
+        new_u = ops.convert_to_tensor(u) * beta + increment
         self.assign(u, new_u)
         self.assign_sub(variable, lr * new_u)
 
@@ -178,3 +188,19 @@ class ReducedGradientOptimizer(keras.optimizers.Optimizer):
             }
         )
         return config
+
+
+def _tf_apply_momentum(variable, momentum, direction, scale, beta, lr):
+    """TensorFlow's fused kernel for exactly this update (one pass over w and
+    u instead of five element-wise kernels; XLA compiles it too), measured
+    faster than Keras SGD's own update without XLA. `multiply_no_nan` gives
+    0 where scale is 0, even for NaN or Inf directions."""
+    import tensorflow as tf
+
+    def handle(v):
+        return (v.value if isinstance(v, keras.Variable) else v).handle
+
+    tf.raw_ops.ResourceApplyMomentum(
+        var=handle(variable), accum=handle(momentum), lr=lr,
+        grad=tf.math.multiply_no_nan(direction, scale), momentum=beta, use_locking=False, use_nesterov=False,
+    )

@@ -79,7 +79,7 @@ class SNGM(ReducedGradientOptimizer):
         gradient = self._with_l2(gradient, variable)
         norm = robust_norm([gradient]) if self.layerwise else self.gradient_norm
         inverse_norm = 1.0 / ops.maximum(norm, self.epsilon)
-        self._momentum_update(variable, gradient * inverse_norm, learning_rate, self._step_ok())
+        self._momentum_update(variable, gradient, inverse_norm, learning_rate)
 
     def get_config(self):
         config = super().get_config()
