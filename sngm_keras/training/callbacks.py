@@ -71,14 +71,21 @@ class EpochRecorder(keras.callbacks.Callback):
 
 
 class StopAfterUpdates(keras.callbacks.Callback):
-    """Ends training once the optimizer has made `max_updates` updates."""
+    """Ends training once the optimizer has made `max_updates` updates.
+
+    The update count is read once, at the start; then each training batch is
+    one update, so no step waits for a device-to-host read."""
 
     def __init__(self, max_updates):
         super().__init__()
         self.max_updates = max_updates
 
+    def on_train_begin(self, logs=None):
+        self._updates = int(_value(inner_optimizer(self.model.optimizer).iterations))
+
     def on_train_batch_end(self, batch, logs=None):
-        if int(_value(inner_optimizer(self.model.optimizer).iterations)) >= self.max_updates:
+        self._updates += 1
+        if self._updates >= self.max_updates:
             self.model.stop_training = True
 
 

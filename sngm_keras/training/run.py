@@ -117,9 +117,7 @@ def train(config, extra_callbacks=()):
     prepare_devices(config)
     state = run_dir.load_state()
     _check_backend(run_dir, state, backend, write=_is_chief())
-    start_epoch = state["epoch"] if state else 0
-    if start_epoch >= config.epochs:
-        start_epoch = config.epochs
+    start_epoch = min(state["epoch"], config.epochs) if state else 0
     if backend == "jax":
         previous = keras.distribution.distribution()
         try:
