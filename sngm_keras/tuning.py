@@ -54,7 +54,7 @@ import keras_tuner
 import numpy as np
 
 from sngm_keras.training.config import DATASETS, ConfigError
-from sngm_keras.training.rundir import read_json, write_atomic
+from sngm_keras.training.rundir import first_difference, read_json, write_atomic
 
 TUNERS = ("random", "bayesian", "hyperband")
 # Scores on the validation split held out of the training images. Test-split
@@ -384,9 +384,8 @@ def claim_search(project_dir, settings):
     wanted = json.loads(json.dumps(settings))
     if os.path.exists(path):
         recorded = read_json(path)
-        differing = sorted(k for k in set(wanted) | set(recorded) if wanted.get(k) != recorded.get(k))
-        if differing:
-            k = differing[0]
+        k = first_difference(recorded, wanted)
+        if k is not None:
             raise ConfigError(
                 "project_name",
                 f"{project_dir} holds a search with other settings (--{k}: {_show(recorded.get(k))} there, "

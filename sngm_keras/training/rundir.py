@@ -32,6 +32,12 @@ def write_atomic(path, text):
     os.replace(tmp, path)
 
 
+def first_difference(recorded, wanted):
+    """The first key (sorted) whose value differs between two settings dicts, or None."""
+    differing = sorted(k for k in set(wanted) | set(recorded) if wanted.get(k) != recorded.get(k))
+    return differing[0] if differing else None
+
+
 def read_json(path):
     with open(path) as f:
         return json.load(f)
@@ -55,9 +61,8 @@ class RunDir:
         wanted = config.result_fields()
         if os.path.exists(self.config):
             recorded = read_json(self.config)
-            differing = sorted(k for k in set(wanted) | set(recorded) if wanted.get(k) != recorded.get(k))
-            if differing:
-                k = differing[0]
+            k = first_difference(recorded, wanted)
+            if k is not None:
                 raise ConfigError(
                     "model_dir",
                     f"{self.path} holds a run with other settings ({k}: {recorded.get(k)!r} there, "
