@@ -23,7 +23,8 @@ flags.DEFINE_integer("repeats", 7, "Timed repeats per configuration (the median 
 flags.DEFINE_integer("steps", 20, "Updates per timed repeat.", lower_bound=1)
 flags.DEFINE_string("output", "bench_optimizer.json", "Where to write the JSON results.")
 
-MODEL_INPUTS = {"resnet56": ((32, 32, 3), 10), "resnet50": ((224, 224, 3), 1000)}
+MODEL_INPUTS = {"resnet56": ((32, 32, 3), 10), "resnet50": ((224, 224, 3), 1000),
+                "resnet20": ((32, 32, 3), 10), "twoconv": ((32, 32, 3), 10)}
 
 
 def optimizers():

@@ -8,8 +8,9 @@ whole-gradient computation behind it:
 
 1. Keras clipping (`clipnorm`, `clipvalue`, `global_clipnorm`),
 2. coupled L2 weight decay, `g <- g + wd * w` (the paper's and PyTorch's
-   `weight_decay`), honouring `exclude_from_weight_decay`; subclasses add it
-   again in `update_step` with `_with_l2` rather than storing it,
+   `weight_decay`), honouring `exclude_from_weight_decay`: `update_step`
+   receives the decayed gradient (unless the subclass sets
+   `_l2_in_gradient = False` and applies the decay itself, as LARS does),
 3. the global gradient norm `||g||`, kept in the `gradient_norm` variable,
 4. non-finite protection: a step whose gradient holds NaN or Inf leaves the
    weights and momentum unchanged and adds one to `skipped_steps`.
@@ -24,25 +25,7 @@ and the step's validity through `_step_ok()` and `gradient_norm`.
 import keras
 from keras import ops
 
-# Below this sum of squares (or above float32's range) the plain
-# sqrt(sum g^2) loses precision, so the norm is recomputed scaled by max|g|.
-_SUM_OF_SQUARES_FLOOR = 1e-30
-
-
-def robust_norm(tensors):
-    """Euclidean norm of a list of tensors, in float32, safe from over- and
-    underflow: gradients of 1e30 or 1e-30 still give the right norm. NaN or
-    Inf anywhere gives a non-finite result."""
-    tensors = [ops.cast(t, "float32") for t in tensors]
-    sum_sq = sum(ops.sum(ops.square(t)) for t in tensors)
-
-    def scaled():
-        peak = ops.max(ops.stack([ops.max(ops.abs(t)) for t in tensors]))
-        peak = ops.where(peak > 0, peak, ops.ones_like(peak))
-        return peak * ops.sqrt(sum(ops.sum(ops.square(t / peak)) for t in tensors))
-
-    in_range = ops.logical_and(sum_sq > _SUM_OF_SQUARES_FLOOR, ops.isfinite(sum_sq))
-    return ops.cond(in_range, lambda: ops.sqrt(sum_sq), scaled)
+from sngm_keras.optimizers.norms import robust_norm
 
 
 def check_learning_rate(learning_rate):
@@ -72,6 +55,9 @@ def check_range(name, value, low, high=None, high_inclusive=False):
 
 class ReducedGradientOptimizer(keras.optimizers.Optimizer):
     """Base of SNGM, MSGD and LARS; see the module docstring."""
+
+    # Whether `update_step` receives `g + wd * w` (coupled L2) or the bare `g`.
+    _l2_in_gradient = True
 
     def __init__(
         self,
@@ -136,9 +122,11 @@ class ReducedGradientOptimizer(keras.optimizers.Optimizer):
 
     def _prepare_gradients(self, grads, variables):
         grads = super()._clip_gradients(grads)
-        # The L2 term enters the norm here and the step in update_step: never
-        # materialized, so XLA fuses it into both passes over the gradient.
-        norm = robust_norm([self._with_l2(g, v) for g, v in zip(grads, variables)])
+        if self._l2_in_gradient:
+            # Computed once for the norm and the update alike: without XLA a
+            # second `g + wd * w` in update_step is one more pass over both.
+            grads = [self._with_l2(g, v) for g, v in zip(grads, variables)]
+        norm = robust_norm(grads)
         self.assign(self.gradient_norm, norm)
         self.assign_add(self.skipped_steps, ops.cast(ops.logical_not(ops.isfinite(norm)), self.skipped_steps.dtype))
         return grads

@@ -3,7 +3,8 @@
 import keras
 from keras import ops
 
-from sngm_keras.optimizers.base import ReducedGradientOptimizer, check_range, robust_norm
+from sngm_keras.optimizers.base import ReducedGradientOptimizer, check_range
+from sngm_keras.optimizers.norms import robust_norm
 
 
 @keras.saving.register_keras_serializable(package="sngm_keras")
@@ -38,6 +39,9 @@ class LARS(ReducedGradientOptimizer):
         **kwargs: the keywords of `keras.optimizers.Optimizer` (clipping is
             applied to the all-reduced gradient).
     """
+
+    # The trust ratio needs the bare gradient's norm; the decay is added here.
+    _l2_in_gradient = False
 
     def __init__(
         self,

@@ -3,7 +3,8 @@
 import keras
 from keras import ops
 
-from sngm_keras.optimizers.base import ReducedGradientOptimizer, robust_norm
+from sngm_keras.optimizers.base import ReducedGradientOptimizer
+from sngm_keras.optimizers.norms import robust_norm
 
 
 @keras.saving.register_keras_serializable(package="sngm_keras")
@@ -76,7 +77,6 @@ class SNGM(ReducedGradientOptimizer):
         self.layerwise = bool(layerwise)
 
     def update_step(self, gradient, variable, learning_rate):
-        gradient = self._with_l2(gradient, variable)
         norm = robust_norm([gradient]) if self.layerwise else self.gradient_norm
         inverse_norm = 1.0 / ops.maximum(norm, self.epsilon)
         self._momentum_update(variable, gradient, inverse_norm, learning_rate)

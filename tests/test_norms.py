@@ -1,0 +1,132 @@
+"""The gradient norm's fast forms against float64 references, in every form
+the optimizers trace it: eager, tf.function, XLA (jit_compile) and JAX."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import sngm_keras
+from sngm_keras.optimizers import norms
+from tests import reference
+
+# Large tensors of one shape (grouped and summed as matrix-vector products on
+# a CPU under XLA), a large dense kernel, tensors too small or with too many
+# columns for the product, and small vectors.
+SHAPES = [(3, 3, 64, 64), (3, 3, 64, 64), (3, 3, 64, 64), (4096, 256), (256, 10), (10, 5000), (3, 3, 16, 16), (64,),
+          (64,), (7,)]
+MODES = ["eager", "function", "xla"]
+
+
+def arrays(scale=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(scale * rng.normal(loc=0.3, size=s)).astype("float32") for s in SHAPES]
+
+
+def traced(fn, mode):
+    if mode == "eager":
+        return fn
+    return tf.function(fn, jit_compile=(mode == "xla"))
+
+
+def float64_sum_of_squares(values):
+    return sum(float(np.sum(np.square(v.astype(np.float64)))) for v in values)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sum_of_squares_matches_float64(mode):
+    values = arrays()
+    total = traced(lambda ts: norms.sum_of_squares(ts), mode)([tf.constant(v) for v in values])
+    assert float(total) == pytest.approx(float64_sum_of_squares(values), rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("scale", [1e30, 1.0, 1e-30])
+def test_robust_norm_in_every_range(mode, scale):
+    values = arrays(scale)
+    norm = traced(lambda ts: norms.robust_norm(ts), mode)([tf.constant(v) for v in values])
+    assert float(norm) / scale == pytest.approx(reference.global_norm(arrays()), rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_robust_norm_of_non_finite_gradient_is_not_finite(mode):
+    values = arrays()
+    values[3][5, 7] = np.nan
+    norm = traced(lambda ts: norms.robust_norm(ts), mode)([tf.constant(v) for v in values])
+    assert not np.isfinite(float(norm))
+
+
+def test_xla_context_is_detected():
+    # The fast form is chosen by this check; if TensorFlow's private helper
+    # stopped answering, every path would silently take the XLA forms.
+    assert tf.function(lambda: tf.constant(norms._in_tf_xla_context()), jit_compile=True)().numpy()
+    assert not tf.function(lambda: tf.constant(norms._in_tf_xla_context()))().numpy()
+    assert not norms._in_tf_xla_context()
+
+
+@pytest.mark.parametrize(
+    ("shape", "columns"),
+    [
+        ((3, 3, 64, 64), 64),  # trailing dimension, already >= 64
+        ((3, 3, 16, 32), None),  # 4,608 elements: too small to pay off
+        ((3, 3, 128, 16), 2048),  # 16 < 64, so 128 * 16
+        ((4096, 256), 256),
+        ((2048, 1000), 1000),
+        ((10, 5000), None),  # 5,000 columns: rows would sum too many floats in sequence
+        ((100000,), None),
+    ],
+)
+def test_matvec_columns(shape, columns):
+    assert norms.matvec_columns(shape) == columns
+
+
+def test_sngm_under_xla_matches_algorithm_1_on_large_variables():
+    """The whole optimizer, compiled with XLA, on variables that take the
+    grouped matrix-vector norm: equal to the NumPy reference of Algorithm 1."""
+    shapes = [(3, 3, 64, 64), (3, 3, 64, 64), (4096, 256), (256,)]
+    rng = np.random.default_rng(3)
+    w0 = [rng.normal(scale=0.1, size=s).astype("float32") for s in shapes]
+    grads = [[rng.normal(loc=0.01, size=s).astype("float32") for s in shapes] for _ in range(5)]
+    variables = [keras.Variable(w) for w in w0]
+    opt = sngm_keras.SNGM(0.05, momentum=0.9, weight_decay=1e-3)
+    opt.build(variables)
+    step = tf.function(lambda g: opt.apply(g, variables), jit_compile=True)
+    for g in grads:
+        step([tf.constant(x) for x in g])
+    w_ref, _ = reference.sngm(w0, lambda w, t: [x.astype(np.float64) for x in grads[t]], lambda t: 0.05, 5, 0.9, 1e-3)
+    for a, e in zip(variables, w_ref):
+        np.testing.assert_allclose(a.numpy(), e, rtol=1e-5, atol=1e-6)
+    assert max(float(np.abs(v.numpy() - w).max()) for v, w in zip(variables, w0)) > 1e-3
+
+
+JAX_SCRIPT = r"""
+import json, sys, numpy as np
+import jax
+from sngm_keras.optimizers import norms
+shapes = [tuple(s) for s in json.loads(sys.argv[1])]
+out = {}
+for scale in (1e30, 1.0, 1e-30):
+    rng = np.random.default_rng(0)
+    ts = [jax.numpy.asarray((scale * rng.normal(loc=0.3, size=s)).astype("float32")) for s in shapes]
+    out[str(scale)] = {
+        "sum_of_squares": float(jax.jit(norms.sum_of_squares)(ts)) if scale == 1.0 else None,
+        "norm": float(jax.jit(norms.robust_norm)(ts)),
+    }
+print(json.dumps(out))
+"""
+
+
+def test_jax_forms_match_float64():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", JAX_SCRIPT, json.dumps(SHAPES)], env=env, capture_output=True, text=True,
+                         check=True, cwd=root)
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    assert results["1.0"]["sum_of_squares"] == pytest.approx(float64_sum_of_squares(arrays()), rel=1e-6)
+    for scale in (1e30, 1.0, 1e-30):
+        assert results[str(scale)]["norm"] / scale == pytest.approx(reference.global_norm(arrays()), rel=1e-5)
