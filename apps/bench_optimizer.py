@@ -1,4 +1,5 @@
-"""Time one optimizer update on the variable sets of ResNet-56 and ResNet-50.
+"""Time one optimizer update on the variable sets of ResNet-56 and ResNet-50
+(also resnet20 and twoconv, with --models).
 
 SNGM, LARS and Keras Lamb against Keras SGD(momentum=0.9), with XLA and
 without, interleaved in one process; medians of repeats, printed as ratios
@@ -10,6 +11,7 @@ to SGD under the same compilation, and written as JSON.
 import json
 import os
 import platform
+import random
 import statistics
 import time
 
@@ -89,14 +91,17 @@ def main(argv):
         del model
         configs = {(opt, xla): make_step(make, shapes, xla) for opt, make in optimizers().items() for xla in (False, True)}
         samples = {key: [] for key in configs}
-        for _ in range(FLAGS.repeats):  # interleaved, so drift hits every configuration alike
-            for key, step in configs.items():
-                samples[key].append(time_steps(step, FLAGS.steps))
+        order, shuffle = list(configs), random.Random(0)
+        for _ in range(FLAGS.repeats):  # interleaved, in a new order each round
+            shuffle.shuffle(order)
+            for key in order:
+                samples[key].append(time_steps(configs[key], FLAGS.steps))
         rows = {}
         for (opt, xla), times in samples.items():
-            median = statistics.median(times)
-            base = statistics.median(samples[("sgd", xla)])
-            rows[f"{opt}{'_xla' if xla else ''}"] = {"ms": median * 1e3, "ratio_to_sgd": median / base}
+            # Ratios paired within each round (drift of the machine cancels),
+            # the median over rounds reported.
+            ratio = statistics.median(t / s for t, s in zip(times, samples[("sgd", xla)]))
+            rows[f"{opt}{'_xla' if xla else ''}"] = {"ms": statistics.median(times) * 1e3, "ratio_to_sgd": ratio}
         results["models"][name] = {"variables": len(shapes), "parameters": params, "results": rows}
         print(f"\n{name}: {len(shapes)} variables, {params:,} parameters")
         print(f"{'optimizer':12s} {'XLA':>5s} {'ms/update':>10s} {'x SGD':>7s}")
