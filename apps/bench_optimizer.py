@@ -6,6 +6,10 @@ without, interleaved in one process; medians of repeats, printed as ratios
 to SGD under the same compilation, and written as JSON.
 
     python -m apps.bench_optimizer --repeats=7 --steps=20 --output=bench_optimizer.json
+
+With KERAS_BACKEND=jax it times one jitted `stateless_apply` instead (JAX
+is always XLA), on whatever device JAX has: the way to measure a GPU where
+TensorFlow is not installed.
 """
 
 import json
@@ -46,23 +50,55 @@ def optimizers():
 
 
 def make_step(make_optimizer, shapes, xla):
-    import numpy as np
-    import tensorflow as tf
+    """A function that runs one update and returns a value to wait on."""
     import keras
 
     rng = np.random.default_rng(0)
     variables = [keras.Variable(rng.normal(size=s).astype("float32") * 0.05) for s in shapes]
-    grads = [tf.constant(rng.normal(size=s).astype("float32") * 1e-3) for s in shapes]
+    grads = [rng.normal(size=s).astype("float32") * 1e-3 for s in shapes]
     optimizer = make_optimizer()
     optimizer.build(variables)
+    step = _jax_step(optimizer, variables, grads) if keras.backend.backend() == "jax" else \
+        _tf_step(optimizer, variables, grads, xla)
+    step()  # trace, compile and warm up
+    step()
+    return step
+
+
+def _tf_step(optimizer, variables, grads, xla):
+    import tensorflow as tf
+
+    grads = [tf.constant(g) for g in grads]
 
     @tf.function(jit_compile=xla)
     def step():
         optimizer.apply(grads, variables)
         return optimizer.iterations
 
-    step()  # trace, compile and warm up
-    step()
+    return step
+
+
+def _jax_step(optimizer, variables, grads):
+    # JAX is always XLA: one jitted stateless update, its buffers donated so
+    # it updates in place as a training step does.
+    import functools
+
+    import jax
+
+    grads = [jax.numpy.asarray(g) for g in grads]
+    state = [[v.value for v in optimizer.variables], [v.value for v in variables]]
+
+    # The gradients are an argument, not a closure: as constants XLA would
+    # fold the norm at compile time.
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def apply(optimizer_values, trainable_values, gradients):
+        trainable_values, optimizer_values = optimizer.stateless_apply(optimizer_values, gradients, trainable_values)
+        return optimizer_values, trainable_values
+
+    def step():
+        state[0], state[1] = apply(*state, grads)
+        return state[1][0]
+
     return step
 
 
@@ -70,26 +106,31 @@ def time_steps(step, n):
     start = time.perf_counter()
     for _ in range(n):
         out = step()
-    out.numpy()  # wait for the last update
+    np.asarray(out)  # wait for the last update
     return (time.perf_counter() - start) / n
 
 
 def main(argv):
     del argv
+    import keras
+
     from sngm_keras.models import build_model
 
     for name in FLAGS.models:
         if name not in MODEL_INPUTS:
             raise app.UsageError(f"--models: unknown {name!r}; choose from {', '.join(MODEL_INPUTS)}")
-    results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "steps": FLAGS.steps,
-               "repeats": FLAGS.repeats, "models": {}}
+    backend = keras.backend.backend()
+    compile_modes = (True,) if backend == "jax" else (False, True)
+    results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "backend": backend,
+               "devices": _devices(backend), "steps": FLAGS.steps, "repeats": FLAGS.repeats, "models": {}}
     for name in FLAGS.models:
         input_shape, classes = MODEL_INPUTS[name]
         model = build_model(name, classes, input_shape)
         shapes = [tuple(v.shape) for v in model.trainable_weights]
         params = sum(int(np.prod(s)) for s in shapes)
         del model
-        configs = {(opt, xla): make_step(make, shapes, xla) for opt, make in optimizers().items() for xla in (False, True)}
+        configs = {(opt, xla): make_step(make, shapes, xla) for opt, make in optimizers().items()
+                   for xla in compile_modes}
         samples = {key: [] for key in configs}
         order, shuffle = list(configs), random.Random(0)
         for _ in range(FLAGS.repeats):  # interleaved, in a new order each round
@@ -111,6 +152,16 @@ def main(argv):
     with open(FLAGS.output, "w") as f:
         json.dump(results, f, indent=2)
     print(f"\nwritten {FLAGS.output}")
+
+
+def _devices(backend):
+    if backend == "jax":
+        import jax
+
+        return [str(d) for d in jax.devices()]
+    import tensorflow as tf
+
+    return [d.name for d in tf.config.list_logical_devices()]
 
 
 import numpy as np  # noqa: E402  (after the absl flags, used in main)

@@ -11,17 +11,18 @@ backend and compiler it is traced under (measured with
 
 - TensorFlow without XLA: `2 * tf.nn.l2_loss(t)` per tensor, one fused,
   multi-threaded kernel instead of a square kernel and a reduction kernel;
-- under XLA (TensorFlow with `jit_compile`, JAX), tensors of the same shape
-  are squared and added element-wise first, in one fused kernel, and reduced
-  once per shape: XLA:CPU runs every reduction as a kernel of its own, and a
-  ResNet-56 has 167 gradients but 11 shapes;
-- on a CPU, XLA:CPU emits a reduction to a scalar as one scalar loop, several
-  times slower than the momentum update itself on large models. A large
-  tensor is summed instead as a matrix-vector product, `[rows, k] @ ones[k]`,
-  which XLA:CPU vectorizes; `k` (the product of trailing dimensions, so the
-  reshape is free) stays between 64 and 4096, so each row's float32 sum is as
-  accurate as the reduction's. XLA on GPU and TPU already reduces in parallel
-  and keeps `sum(square(t))`.
+- under XLA (TensorFlow with `jit_compile`, JAX), small tensors of the same
+  shape are squared and added element-wise first, in one fused kernel, and
+  reduced once per shape: XLA runs each reduction as a kernel of its own,
+  and a ResNet-56 has 167 gradients but 11 shapes;
+- TensorFlow's XLA:CPU emits a reduction to a scalar as one scalar loop,
+  several times slower than the momentum update itself on large models.
+  There, all tensors are grouped by shape and a large group is summed as a
+  matrix-vector product, `[rows, k] @ ones[k]`, which XLA:CPU vectorizes;
+  `k` (the product of trailing dimensions, so the reshape is free) stays
+  between 64 and 4096, so each row's float32 sum is as accurate as the
+  reduction's. JAX's own, newer XLA:CPU reduces large tensors fast, and XLA
+  on GPU and TPU reduces in parallel: they keep `sum(square(t))`.
 """
 
 import functools
@@ -66,28 +67,35 @@ def sum_of_squares(tensors):
         import tensorflow as tf
 
         return 2.0 * tf.add_n([tf.nn.l2_loss(t) for t in tensors])
-    on_cpu = _tf_runs_on_cpu() if backend == "tensorflow" else _jax_runs_on_cpu() if backend == "jax" else False
-    # XLA:CPU launches one kernel per reduction; tensors of one shape are
-    # first added element-wise (one fused kernel), then reduced once.
+    # Only the XLA:CPU inside TensorFlow reduces slowly enough for the
+    # matrix-vector form to win; JAX's newer XLA:CPU reduces large tensors
+    # well, and summing them first as groups costs it more than it saves.
+    tf_cpu = backend == "tensorflow" and _tf_runs_on_cpu()
     groups = {}
-    for t in tensors:
-        groups.setdefault(tuple(t.shape), []).append(t)
+    for i, t in enumerate(tensors):
+        shape = tuple(t.shape)
+        key = shape if tf_cpu or _size(shape) < _MATVEC_MIN_SIZE else (shape, i)
+        groups.setdefault(key, []).append(t)
     total = 0.0
-    for shape, group in groups.items():
+    for group in groups.values():
         squares = sum(ops.square(t) for t in group)
-        columns = matvec_columns(shape) if on_cpu else None
+        columns = matvec_columns(tuple(squares.shape)) if tf_cpu else None
         total = total + (_matvec_sum(squares, columns) if columns else ops.sum(squares))
     return total
+
+
+def _size(shape):
+    size = 1
+    for d in shape:
+        size *= d
+    return size
 
 
 def matvec_columns(shape):
     """Columns `k` of the [rows, k] matrix a tensor of `shape` is summed as,
     the product of its trailing dimensions (so the reshape is free); None
     where the tensor is small or no product lands in [64, 4096]."""
-    size = 1
-    for d in shape:
-        size *= d
-    if size < _MATVEC_MIN_SIZE:
+    if _size(shape) < _MATVEC_MIN_SIZE:
         return None
     columns = 1
     for d in reversed(shape):
@@ -100,12 +108,7 @@ def matvec_columns(shape):
 def _matvec_sum(tensor, columns):
     """sum(tensor) as [rows, columns] @ ones[columns]: vectorized by XLA:CPU."""
     rows = ops.reshape(tensor, (-1, columns))
-    ones = ops.ones((columns, 1), dtype="float32")
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return ops.sum(jax.numpy.matmul(rows, ones, precision=jax.lax.Precision.HIGHEST))
-    return ops.sum(ops.matmul(rows, ones))
+    return ops.sum(ops.matmul(rows, ops.ones((columns, 1), dtype="float32")))
 
 
 def _cond(pred, true_fn, false_fn):
@@ -139,13 +142,6 @@ def _in_tf_xla_context():
     except ImportError:  # private module moved: assume XLA, the safe choice
         return True
     return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
-
-
-@functools.cache
-def _jax_runs_on_cpu():
-    import jax
-
-    return jax.default_backend() == "cpu"
 
 
 @functools.cache
