@@ -25,9 +25,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["resnet20", "twoconv"], "Networks to time.")
 flags.DEFINE_string("dataset", "sample", "Dataset for the input pipeline (sample, cifar10 with --data_dir, ...).")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir.")
-flags.DEFINE_integer("batch_size", 128, "Batch size of both optimizers.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 128, "Batch size of every model.", lower_bound=1)
 flags.DEFINE_integer("steps", 20, "Training steps per timed repeat.", lower_bound=1)
-flags.DEFINE_integer("repeats", 21, "Timed repeats per optimizer (median reported).", lower_bound=1)
+flags.DEFINE_integer("repeats", 21, "Timed rounds; each model runs once per round, in a new order (medians reported).", lower_bound=1)
 flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.")
 flags.DEFINE_string("output", "bench_train.json", "JSON results.")
 

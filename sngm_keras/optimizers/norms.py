@@ -26,6 +26,7 @@ backend and compiler it is traced under (measured with
 """
 
 import functools
+import math
 
 import keras
 from keras import ops
@@ -74,7 +75,7 @@ def sum_of_squares(tensors):
     groups = {}
     for i, t in enumerate(tensors):
         shape = tuple(t.shape)
-        key = shape if tf_cpu or _size(shape) < _MATVEC_MIN_SIZE else (shape, i)
+        key = shape if tf_cpu or math.prod(shape) < _MATVEC_MIN_SIZE else (shape, i)
         groups.setdefault(key, []).append(t)
     total = 0.0
     for group in groups.values():
@@ -84,18 +85,11 @@ def sum_of_squares(tensors):
     return total
 
 
-def _size(shape):
-    size = 1
-    for d in shape:
-        size *= d
-    return size
-
-
 def matvec_columns(shape):
     """Columns `k` of the [rows, k] matrix a tensor of `shape` is summed as,
     the product of its trailing dimensions (so the reshape is free); None
     where the tensor is small or no product lands in [64, 4096]."""
-    if _size(shape) < _MATVEC_MIN_SIZE:
+    if math.prod(shape) < _MATVEC_MIN_SIZE:
         return None
     columns = 1
     for d in reversed(shape):
