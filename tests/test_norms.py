@@ -61,6 +61,27 @@ def test_robust_norm_of_non_finite_gradient_is_not_finite(mode):
     assert not np.isfinite(float(norm))
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("scale", [1e30, 1.0])
+def test_guarded_norm_passes_finite_tensors_through(mode, scale):
+    values = arrays(scale)
+    norm, out = traced(lambda ts: norms.guarded_norm(ts), mode)([tf.constant(v) for v in values])
+    assert float(norm) / scale == pytest.approx(reference.global_norm(arrays()), rel=1e-5)
+    for o, v in zip(out, values):
+        np.testing.assert_array_equal(np.asarray(o), v)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_guarded_norm_zeroes_non_finite_tensors(mode, bad):
+    values = arrays()
+    values[6][1, 2, 3, 4] = bad
+    norm, out = traced(lambda ts: norms.guarded_norm(ts), mode)([tf.constant(v) for v in values])
+    assert not np.isfinite(float(norm))
+    assert [tuple(o.shape) for o in out] == SHAPES
+    assert all(not np.any(np.asarray(o)) for o in out)
+
+
 def test_xla_context_is_detected():
     # The fast form is chosen by this check; if TensorFlow's private helper
     # stopped answering, every path would silently take the XLA forms.
@@ -98,9 +119,11 @@ def test_sngm_under_xla_matches_algorithm_1_on_large_variables():
     step = tf.function(lambda g: opt.apply(g, variables), jit_compile=True)
     for g in grads:
         step([tf.constant(x) for x in g])
-    w_ref, _ = reference.sngm(w0, lambda w, t: [x.astype(np.float64) for x in grads[t]], lambda t: 0.05, 5, 0.9, 1e-3)
+    w_ref, u_ref = reference.sngm(w0, lambda w, t: [x.astype(np.float64) for x in grads[t]], lambda t: 0.05, 5, 0.9, 1e-3)
     for a, e in zip(variables, w_ref):
         np.testing.assert_allclose(a.numpy(), e, rtol=1e-5, atol=1e-6)
+    for a, e in zip(opt.momentum_buffers(), u_ref):
+        np.testing.assert_allclose(np.asarray(a), e, rtol=1e-5, atol=1e-6)
     assert max(float(np.abs(v.numpy() - w).max()) for v, w in zip(variables, w0)) > 1e-3
 
 
@@ -117,6 +140,12 @@ for scale in (1e30, 1.0, 1e-30):
         "sum_of_squares": float(jax.jit(norms.sum_of_squares)(ts)) if scale == 1.0 else None,
         "norm": float(jax.jit(norms.robust_norm)(ts)),
     }
+    guarded_norm, passed = jax.jit(norms.guarded_norm)(ts)
+    out[str(scale)]["guarded_norm"] = float(guarded_norm)
+    out[str(scale)]["passed_unchanged"] = all(bool((p == t).all()) for p, t in zip(passed, ts))
+ts[1] = ts[1].at[0, 0, 0, 0].set(float("nan"))
+guarded_norm, zeroed = jax.jit(norms.guarded_norm)(ts)
+out["nan"] = {"norm_finite": bool(np.isfinite(float(guarded_norm))), "all_zero": all(not bool(z.any()) for z in zeroed)}
 print(json.dumps(out))
 """
 
@@ -130,3 +159,6 @@ def test_jax_forms_match_float64():
     assert results["1.0"]["sum_of_squares"] == pytest.approx(float64_sum_of_squares(arrays()), rel=1e-6)
     for scale in (1e30, 1.0, 1e-30):
         assert results[str(scale)]["norm"] / scale == pytest.approx(reference.global_norm(arrays()), rel=1e-5)
+        assert results[str(scale)]["guarded_norm"] / scale == pytest.approx(reference.global_norm(arrays()), rel=1e-5)
+        assert results[str(scale)]["passed_unchanged"]
+    assert results["nan"] == {"norm_finite": False, "all_zero": True}

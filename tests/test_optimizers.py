@@ -34,7 +34,7 @@ def run_keras(optimizer, steps, weights=None, grad_fn=quadratic_grad):
     for t in range(steps):
         grads = grad_fn([np.asarray(v.numpy(), np.float64) for v in variables], t)
         optimizer.apply([keras.ops.convert_to_tensor(g, "float32") for g in grads], variables)
-    return [v.numpy() for v in variables], [m.numpy() for m in optimizer.momentums]
+    return [v.numpy() for v in variables], [np.asarray(u) for u in optimizer.momentum_buffers()]
 
 
 def assert_close(actual, expected, rtol=1e-5, atol=1e-6):
@@ -110,17 +110,48 @@ def test_decoupled_weight_decay_is_keras_semantics():
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
 def test_msgd_matches_pytorch_sgd(weight_decay):
     lr = PolynomialWarmup(0.05, total_steps=40, power=2.0)
-    w, _ = run_keras(sngm_keras.MSGD(lr, momentum=0.9, weight_decay=weight_decay), 20)
-    w_ref, _ = reference.msgd(initial_weights(), quadratic_grad, poly(0.05, 40, 2.0), 20, 0.9, weight_decay)
+    w, u = run_keras(sngm_keras.MSGD(lr, momentum=0.9, weight_decay=weight_decay), 20)
+    w_ref, u_ref = reference.msgd(initial_weights(), quadratic_grad, poly(0.05, 40, 2.0), 20, 0.9, weight_decay)
     assert_close(w, w_ref)
+    assert_close(u, u_ref)
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
 def test_lars_matches_reference(weight_decay):
     lr = PolynomialWarmup(2.0, total_steps=30, power=1.1)
-    w, _ = run_keras(sngm_keras.LARS(lr, momentum=0.9, weight_decay=weight_decay, trust_coefficient=0.02), 20)
-    w_ref, _ = reference.lars(initial_weights(), quadratic_grad, poly(2.0, 30, 1.1), 20, 0.9, weight_decay, 0.02)
+    w, u = run_keras(sngm_keras.LARS(lr, momentum=0.9, weight_decay=weight_decay, trust_coefficient=0.02), 20)
+    w_ref, u_ref = reference.lars(initial_weights(), quadratic_grad, poly(2.0, 30, 1.1), 20, 0.9, weight_decay, 0.02)
     assert_close(w, w_ref)
+    assert_close(u, u_ref)
+
+
+def test_sngm_layerwise_matches_reference():
+    w, u = run_keras(sngm_keras.SNGM(learning_rate=0.1, layerwise=True), 8)
+    w_ref, u_ref = reference.sngm(initial_weights(), quadratic_grad, lambda t: 0.1, 8, 0.9, layerwise=True)
+    assert_close(w, w_ref)
+    assert_close(u, u_ref)
+
+
+def test_sngm_exact_across_gradient_norm_jumps():
+    # The momentum is stored scaled by the last ||g||; gradients whose norm
+    # jumps by 1e30 from one step to the next must still give Algorithm 1.
+    def jumping(w, t):
+        return [g * 10.0 ** (15 * (-1) ** t) for g in quadratic_grad(w, t)]
+
+    w, u = run_keras(sngm_keras.SNGM(learning_rate=0.1, momentum=0.9, weight_decay=0.0), 12, grad_fn=jumping)
+    w_ref, u_ref = reference.sngm(initial_weights(), jumping, lambda t: 0.1, 12, 0.9)
+    assert_close(w, w_ref)
+    assert_close(u, u_ref)
+
+
+def test_sngm_zero_gradient_steps_then_normal_ones():
+    def late(w, t):
+        return quadratic_grad(w, t - 3) if t >= 3 else [np.zeros_like(a) for a in w]
+
+    w, u = run_keras(sngm_keras.SNGM(learning_rate=0.1, momentum=0.9), 10, grad_fn=late)
+    w_ref, u_ref = reference.sngm(initial_weights(), quadratic_grad, lambda t: 0.1, 7, 0.9)
+    assert_close(w, w_ref)
+    assert_close(u, u_ref)
 
 
 @pytest.mark.parametrize("scale", [1e30, 1e-20])
@@ -133,7 +164,7 @@ def test_lemma2_momentum_bound(scale):
     for _ in range(30):
         raw = [rng.normal(size=s) for s in SHAPES]
         opt.apply([keras.ops.convert_to_tensor(scale * r, "float32") for r in raw], variables)
-        norms.append(reference.global_norm([m.numpy() for m in opt.momentums]))
+        norms.append(reference.global_norm([np.asarray(u) for u in opt.momentum_buffers()]))
     assert np.all(np.isfinite(norms))
     assert max(norms) <= 1 / (1 - beta) * (1 + 1e-5)
     # Each normalized step is a unit vector, so the first momentum has norm 1.

@@ -13,7 +13,9 @@ whole-gradient computation behind it:
    `_l2_in_gradient = False` and applies the decay itself, as LARS does),
 3. the global gradient norm `||g||`, kept in the `gradient_norm` variable,
 4. non-finite protection: a step whose gradient holds NaN or Inf leaves the
-   weights and momentum unchanged and adds one to `skipped_steps`.
+   weights and momentum unchanged and adds one to `skipped_steps` (the
+   gradient `update_step` receives is then zero, and the update runs with
+   momentum 1 and learning rate 0).
 
 On TensorFlow this runs in the replica context right after
 `_all_reduce_sum_gradients`; on JAX (and any other backend) the gradient the
@@ -25,7 +27,7 @@ and the step's validity through `_step_ok()` and `gradient_norm`.
 import keras
 from keras import ops
 
-from sngm_keras.optimizers.norms import robust_norm
+from sngm_keras.optimizers.norms import guarded_norm
 
 
 def check_learning_rate(learning_rate):
@@ -126,10 +128,16 @@ class ReducedGradientOptimizer(keras.optimizers.Optimizer):
             # Computed once for the norm and the update alike: without XLA a
             # second `g + wd * w` in update_step is one more pass over both.
             grads = [self._with_l2(g, v) for g, v in zip(grads, variables)]
-        norm = robust_norm(grads)
+        norm, grads = guarded_norm(grads)
+        ok = ops.isfinite(norm)
         self.assign(self.gradient_norm, norm)
-        self.assign_add(self.skipped_steps, ops.cast(ops.logical_not(ops.isfinite(norm)), self.skipped_steps.dtype))
+        self.assign_add(self.skipped_steps, ops.cast(ops.logical_not(ok), self.skipped_steps.dtype))
+        self._record_gradient_norm(norm, ok)
         return grads
+
+    def _record_gradient_norm(self, norm, ok):
+        """Hook for per-step scalars derived from `||g||`, run once per step
+        before any `update_step` (in the replica context on TensorFlow)."""
 
     # -- helpers for update_step ----------------------------------------------
 
@@ -144,26 +152,31 @@ class ReducedGradientOptimizer(keras.optimizers.Optimizer):
         """True when this step's gradient is finite (read after the all-reduce)."""
         return ops.isfinite(self.gradient_norm)
 
-    def _momentum_update(self, variable, direction, scale, learning_rate):
-        """u <- beta u + scale * direction; w <- w - lr u.
+    def _momentum_update(self, variable, direction, learning_rate, decay=None):
+        """u <- decay * u + direction; w <- w - learning_rate * u, with decay
+        the momentum unless given.
 
-        A skipped step (non-finite gradient) runs the same update with
-        scale 0, beta 1 and lr 0, and a product that is 0 even where the
-        direction is NaN: weights and momentum stay exactly as they were, with
-        no per-element select."""
+        A skipped step (non-finite gradient) runs with decay 1 and learning
+        rate 0 on the zeros `_prepare_gradients` passed on instead of the
+        gradient: weights and momentum stay exactly as they were. `direction`
+        must be the gradient times a finite factor for that to hold."""
         dtype = variable.dtype
         ok = self._step_ok()
         u = self.momentums[self._get_variable_index(variable)]
-        scale = ops.where(ok, ops.cast(scale, dtype), ops.zeros((), dtype))
-        beta = ops.where(ok, ops.cast(self.momentum, dtype), ops.ones((), dtype))
+        decay = self.momentum if decay is None else decay
+        decay = ops.where(ok, ops.cast(decay, dtype), ops.ones((), dtype))
         lr = ops.where(ok, ops.cast(learning_rate, dtype), ops.zeros((), dtype))
         direction = ops.cast(direction, dtype)
         if keras.backend.backend() == "tensorflow":
-            return _tf_apply_momentum(variable, u, direction, scale, beta, lr)
-        increment = ops.where(scale != 0, direction * scale, ops.zeros((), dtype))
-        new_u = ops.convert_to_tensor(u) * beta + increment
+            return _tf_apply_momentum(variable, u, direction, decay, lr)
+        new_u = ops.convert_to_tensor(u) * decay + direction
         self.assign(u, new_u)
         self.assign_sub(variable, lr * new_u)
+
+    def momentum_buffers(self):
+        """The momentum `u` of each trainable variable, as the paper defines
+        it (Algorithm 1), as tensors in the order of `momentums`."""
+        return [ops.convert_to_tensor(u) for u in self.momentums]
 
     def get_config(self):
         config = super().get_config()
@@ -178,17 +191,15 @@ class ReducedGradientOptimizer(keras.optimizers.Optimizer):
         return config
 
 
-def _tf_apply_momentum(variable, momentum, direction, scale, beta, lr):
-    """TensorFlow's fused kernel for exactly this update (one pass over w and
-    u instead of five element-wise kernels; XLA compiles it too), measured
-    faster than Keras SGD's own update without XLA. `multiply_no_nan` gives
-    0 where scale is 0, even for NaN or Inf directions."""
+def _tf_apply_momentum(variable, momentum, direction, decay, lr):
+    """TensorFlow's fused kernel for exactly this update, one in-place pass
+    over w and u instead of five element-wise kernels (XLA compiles it too)."""
     import tensorflow as tf
 
     def handle(v):
         return (v.value if isinstance(v, keras.Variable) else v).handle
 
     tf.raw_ops.ResourceApplyMomentum(
-        var=handle(variable), accum=handle(momentum), lr=lr,
-        grad=tf.math.multiply_no_nan(direction, scale), momentum=beta, use_locking=False, use_nesterov=False,
+        var=handle(variable), accum=handle(momentum), lr=lr, grad=direction, momentum=decay,
+        use_locking=False, use_nesterov=False,
     )

@@ -75,7 +75,7 @@ class LARS(ReducedGradientOptimizer):
     def update_step(self, gradient, variable, learning_rate):
         gradient = ops.cast(gradient, "float32")
         if not self._adapts(variable):
-            self._momentum_update(variable, gradient, learning_rate, 1.0)
+            self._momentum_update(variable, gradient * ops.cast(learning_rate, gradient.dtype), 1.0)
             return
         w = ops.cast(variable, "float32")
         wd = self._weight_decay_value if self._use_weight_decay(variable) else 0.0
@@ -83,7 +83,7 @@ class LARS(ReducedGradientOptimizer):
         g_norm = robust_norm([gradient])
         trust = self.trust_coefficient * w_norm / (g_norm + wd * w_norm + self.epsilon)
         trust = ops.where(ops.logical_and(w_norm > 0, g_norm > 0), trust, ops.ones_like(trust))
-        self._momentum_update(variable, gradient + wd * w, learning_rate * trust, 1.0)
+        self._momentum_update(variable, (gradient + wd * w) * (learning_rate * trust), 1.0)
 
     def get_config(self):
         config = super().get_config()

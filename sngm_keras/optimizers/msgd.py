@@ -56,4 +56,4 @@ class MSGD(ReducedGradientOptimizer):
         )
 
     def update_step(self, gradient, variable, learning_rate):
-        self._momentum_update(variable, gradient, 1.0, learning_rate)
+        self._momentum_update(variable, gradient, learning_rate)

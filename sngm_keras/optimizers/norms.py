@@ -47,15 +47,40 @@ def robust_norm(tensors):
     underflow: gradients of 1e30 or 1e-30 still give the right norm. NaN or
     Inf anywhere gives a non-finite result."""
     tensors = [ops.cast(t, "float32") for t in tensors]
+    return _norm_cond(tensors, lambda norm: [norm])[0]
+
+
+def guarded_norm(tensors):
+    """`(robust_norm(tensors), tensors)`, except that the tensors come back as
+    zeros when the norm is not finite (NaN or Inf anywhere in them).
+
+    Both come out of the one conditional the norm needs anyway, so an update
+    that multiplies the returned tensors by zero on a skipped step gets zero,
+    with no per-element NaN mask on every step."""
+    tensors = [ops.cast(t, "float32") for t in tensors]
+
+    def zeroed_if_bad(norm):
+        ok = ops.isfinite(norm)
+        return [norm] + [ops.where(ok, t, ops.zeros_like(t)) for t in tensors]
+
+    outputs = _norm_cond(tensors, lambda norm: [norm] + tensors, zeroed_if_bad)
+    return outputs[0], list(outputs[1:])
+
+
+def _norm_cond(tensors, in_range_outputs, rescued_outputs=None):
+    """Runs `in_range_outputs(sqrt(sum t^2))` when the float32 sum of squares
+    is finite and above the floor, else `rescued_outputs(norm)` with the norm
+    recomputed scaled by max|t| (a second pass, on such steps only)."""
+    rescued_outputs = rescued_outputs or in_range_outputs
     sum_sq = sum_of_squares(tensors)
 
     def scaled():
         peak = ops.max(ops.stack([ops.max(ops.abs(t)) for t in tensors]))
         peak = ops.where(peak > 0, peak, ops.ones_like(peak))
-        return peak * ops.sqrt(sum(ops.sum(ops.square(t / peak)) for t in tensors))
+        return rescued_outputs(peak * ops.sqrt(sum(ops.sum(ops.square(t / peak)) for t in tensors)))
 
     in_range = ops.logical_and(sum_sq > _SUM_OF_SQUARES_FLOOR, ops.isfinite(sum_sq))
-    return _cond(in_range, lambda: ops.sqrt(sum_sq), scaled)
+    return _cond(in_range, lambda: in_range_outputs(ops.sqrt(sum_sq)), scaled)
 
 
 def sum_of_squares(tensors):

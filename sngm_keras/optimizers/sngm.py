@@ -52,6 +52,23 @@ class SNGM(ReducedGradientOptimizer):
     `gradient_norm` holds the last step's `||g||` (the training app records it
     per epoch; `sngm_keras.training.callbacks.SkippedStepsMonitor` logs a
     warning when steps were skipped).
+
+    Stored momentum: with the global norm (the default) each slot in
+    `momentums` holds `v = ||g|| * u`, scaled by the norm of the last applied
+    step (kept in `momentum_scale`), and `momentum_buffers()` returns the
+    paper's `u = v / momentum_scale`. In that form the step is
+
+    ```python
+    v = momentum * (||g_t|| / ||g_{t-1}||) * v + g     # = ||g_t|| * u_t
+    w = w - (learning_rate / ||g_t||) * v
+    ```
+
+    which is Algorithm 1 exactly, with two per-step scalars and the gradient
+    used as it is: one fused in-place pass per variable, with no pass that
+    first divides the gradient by its norm. (Norms are taken as
+    `max(||g||, epsilon)`; as with the gradient itself, float32 range limits
+    what `v` can hold: consecutive norms must differ by less than about
+    1e38.) `layerwise=True` keeps `u` itself in `momentums`.
     """
 
     def __init__(
@@ -76,10 +93,41 @@ class SNGM(ReducedGradientOptimizer):
         )
         self.layerwise = bool(layerwise)
 
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        # ||g|| of the last applied step, by which `momentums` are scaled, and
+        # the factor momentum * ||g_t|| / ||g_{t-1}|| of this step's update.
+        self.momentum_scale = self.add_variable(
+            (), initializer="ones", dtype="float32", aggregation="only_first_replica", name="momentum_scale"
+        )
+        self.momentum_decay = self.add_variable(
+            (), initializer="ones", dtype="float32", aggregation="only_first_replica", name="momentum_decay"
+        )
+
+    def _record_gradient_norm(self, norm, ok):
+        if self.layerwise:
+            return
+        norm = ops.maximum(norm, self.epsilon)
+        previous = ops.convert_to_tensor(self.momentum_scale)
+        self.assign(self.momentum_decay, ops.where(ok, self.momentum * (norm / previous), 1.0))
+        self.assign(self.momentum_scale, ops.where(ok, norm, previous))
+
     def update_step(self, gradient, variable, learning_rate):
-        norm = robust_norm([gradient]) if self.layerwise else self.gradient_norm
-        inverse_norm = 1.0 / ops.maximum(norm, self.epsilon)
-        self._momentum_update(variable, gradient, inverse_norm, learning_rate)
+        if self.layerwise:
+            # A zeroed gradient (skipped step) gives 0 * (1 / epsilon) = 0.
+            inverse_norm = 1.0 / ops.maximum(robust_norm([gradient]), self.epsilon)
+            self._momentum_update(variable, gradient * inverse_norm, learning_rate)
+            return
+        lr = ops.cast(learning_rate, "float32") / self.momentum_scale
+        self._momentum_update(variable, gradient, lr, decay=self.momentum_decay)
+
+    def momentum_buffers(self):
+        if self.layerwise:
+            return super().momentum_buffers()
+        scale = ops.convert_to_tensor(self.momentum_scale)
+        return [ops.convert_to_tensor(v) / ops.cast(scale, v.dtype) for v in self.momentums]
 
     def get_config(self):
         config = super().get_config()
