@@ -88,12 +88,17 @@ def main(argv):
         rate = {k: FLAGS.steps * FLAGS.batch_size / statistics.median(v) for k, v in times.items()}
         # Ratios paired within each round, so that drift of the machine's
         # speed over the run cancels; the median over rounds is reported.
-        ratio = {k: statistics.median(s / t for s, t in zip(times["sgd"], v)) for k, v in times.items() if k != "sgd"}
+        per_round = {k: [s / t for s, t in zip(times["sgd"], v)] for k, v in times.items() if k != "sgd"}
+        ratio = {k: statistics.median(r) for k, r in per_round.items()}
+        # The spread of the per-round ratios: how far one round is to be trusted.
+        quartiles = {k: statistics.quantiles(r, n=4)[::2] if len(r) > 1 else r * 2 for k, r in per_round.items()}
         row = {f"{k}_images_per_second": r for k, r in rate.items()}
         row.update({f"{k}_over_sgd": r for k, r in ratio.items()})
+        row.update({f"{k}_over_sgd_quartiles": q for k, q in quartiles.items()})
         results["models"][name] = row
         print(f"{name}: SGD {rate['sgd']:,.0f} images/s; "
-              + ", ".join(f"{k} {rate[k]:,.0f} images/s ({r:.3f}x SGD)" for k, r in ratio.items()))
+              + ", ".join(f"{k} {rate[k]:,.0f} images/s ({r:.3f}x SGD, quartiles {quartiles[k][0]:.3f}-{quartiles[k][1]:.3f})"
+                          for k, r in ratio.items()))
     with open(FLAGS.output, "w") as f:
         json.dump(results, f, indent=2)
 
