@@ -7,16 +7,16 @@ def global_norm(arrays):
     return np.sqrt(sum(np.sum(np.square(a.astype(np.float64))) for a in arrays))
 
 
-def sngm(weights, grad_fn, lr_fn, steps, momentum=0.9, weight_decay=0.0, layerwise=False):
-    """Algorithm 1: u <- beta u + g/||g||, w <- w - lr u (float64)."""
+def sngm(weights, grad_fn, lr_fn, steps, momentum=0.9, weight_decay=0.0, layerwise=False, epsilon=1e-30):
+    """Algorithm 1: u <- beta u + g/max(||g||, epsilon), w <- w - lr u (float64)."""
     w = [np.array(a, np.float64) for a in weights]
     u = [np.zeros_like(a) for a in w]
     for t in range(steps):
         g = [gi + weight_decay * wi for gi, wi in zip(grad_fn(w, t), w)]
         if layerwise:
-            g = [gi / global_norm([gi]) for gi in g]
+            g = [gi / max(global_norm([gi]), epsilon) for gi in g]
         else:
-            n = global_norm(g)
+            n = max(global_norm(g), epsilon)
             g = [gi / n for gi in g]
         u = [momentum * ui + gi for ui, gi in zip(u, g)]
         w = [wi - lr_fn(t) * ui for wi, ui in zip(w, u)]

@@ -62,21 +62,38 @@ def test_robust_norm_of_non_finite_gradient_is_not_finite(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("scale", [1e30, 1.0])
+@pytest.mark.parametrize("scale", [1e30, 1.0, 1e-30])
 def test_guarded_norm_passes_finite_tensors_through(mode, scale):
     values = arrays(scale)
-    norm, out = traced(lambda ts: norms.guarded_norm(ts), mode)([tf.constant(v) for v in values])
+    norm, out, divisor = traced(lambda ts: norms.guarded_norm(ts), mode)([tf.constant(v) for v in values])
     assert float(norm) / scale == pytest.approx(reference.global_norm(arrays()), rel=1e-5)
+    assert float(divisor) == 1.0
     for o, v in zip(out, values):
         np.testing.assert_array_equal(np.asarray(o), v)
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("scale", [1e30, 1.0, 1e-30])
+def test_guarded_norm_rescales_only_out_of_range_tensors(mode, scale):
+    values = arrays(scale)
+    norm, out, divisor = traced(lambda ts: norms.guarded_norm(ts, rescale=True), mode)([tf.constant(v) for v in values])
+    peak = max(float(np.max(np.abs(v))) for v in values)
+    expected_divisor = 1.0 if scale == 1.0 else peak
+    assert float(divisor) == pytest.approx(expected_divisor, rel=1e-6)
+    assert float(norm) / scale == pytest.approx(reference.global_norm(arrays()), rel=1e-5)
+    if scale != 1.0:  # rescaled: the norm is between 1 and sqrt(size)
+        assert 1.0 <= reference.global_norm([np.asarray(o) for o in out]) <= np.sqrt(sum(v.size for v in values))
+    for o, v in zip(out, values):
+        np.testing.assert_allclose(np.asarray(o), v / expected_divisor, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_guarded_norm_zeroes_non_finite_tensors(mode, bad):
+@pytest.mark.parametrize("rescale", [False, True])
+def test_guarded_norm_zeroes_non_finite_tensors(mode, bad, rescale):
     values = arrays()
     values[6][1, 2, 3, 4] = bad
-    norm, out = traced(lambda ts: norms.guarded_norm(ts), mode)([tf.constant(v) for v in values])
+    norm, out, _ = traced(lambda ts: norms.guarded_norm(ts, rescale=rescale), mode)([tf.constant(v) for v in values])
     assert not np.isfinite(float(norm))
     assert [tuple(o.shape) for o in out] == SHAPES
     assert all(not np.any(np.asarray(o)) for o in out)
@@ -140,11 +157,15 @@ for scale in (1e30, 1.0, 1e-30):
         "sum_of_squares": float(jax.jit(norms.sum_of_squares)(ts)) if scale == 1.0 else None,
         "norm": float(jax.jit(norms.robust_norm)(ts)),
     }
-    guarded_norm, passed = jax.jit(norms.guarded_norm)(ts)
+    guarded_norm, passed, divisor = jax.jit(norms.guarded_norm)(ts)
     out[str(scale)]["guarded_norm"] = float(guarded_norm)
-    out[str(scale)]["passed_unchanged"] = all(bool((p == t).all()) for p, t in zip(passed, ts))
+    out[str(scale)]["passed_unchanged"] = all(bool((p == t).all()) for p, t in zip(passed, ts)) and float(divisor) == 1
+    _, rescaled, divisor = jax.jit(lambda ts: norms.guarded_norm(ts, rescale=True))(ts)
+    peak = max(float(abs(t).max()) for t in ts)
+    out[str(scale)]["rescaled_by_peak"] = float(divisor) == (1.0 if scale == 1.0 else peak) and all(
+        np.allclose(np.asarray(r), np.asarray(t) / float(divisor), rtol=1e-6, atol=0) for r, t in zip(rescaled, ts))
 ts[1] = ts[1].at[0, 0, 0, 0].set(float("nan"))
-guarded_norm, zeroed = jax.jit(norms.guarded_norm)(ts)
+guarded_norm, zeroed, _ = jax.jit(norms.guarded_norm)(ts)
 out["nan"] = {"norm_finite": bool(np.isfinite(float(guarded_norm))), "all_zero": all(not bool(z.any()) for z in zeroed)}
 print(json.dumps(out))
 """
@@ -161,4 +182,5 @@ def test_jax_forms_match_float64():
         assert results[str(scale)]["norm"] / scale == pytest.approx(reference.global_norm(arrays()), rel=1e-5)
         assert results[str(scale)]["guarded_norm"] / scale == pytest.approx(reference.global_norm(arrays()), rel=1e-5)
         assert results[str(scale)]["passed_unchanged"]
+        assert results[str(scale)]["rescaled_by_peak"]
     assert results["nan"] == {"norm_finite": False, "all_zero": True}

@@ -126,24 +126,35 @@ def test_lars_matches_reference(weight_decay):
     assert_close(u, u_ref)
 
 
-def test_sngm_exact_across_gradient_norm_jumps():
-    # The momentum is stored scaled by the last ||g||; gradients whose norm
-    # jumps by 1e30 from one step to the next must still give Algorithm 1.
-    def jumping(w, t):
-        return [g * 10.0 ** (15 * (-1) ** t) for g in quadratic_grad(w, t)]
-
-    w, u = run_keras(sngm_keras.SNGM(learning_rate=0.1, momentum=0.9, weight_decay=0.0), 12, grad_fn=jumping)
-    w_ref, u_ref = reference.sngm(initial_weights(), jumping, lambda t: 0.1, 12, 0.9)
-    assert_close(w, w_ref)
-    assert_close(u, u_ref)
+def zero_grad(w, t):
+    return [np.zeros_like(a) for a in w]
 
 
-def test_sngm_zero_gradient_steps_then_normal_ones():
-    def late(w, t):
-        return quadratic_grad(w, t - 3) if t >= 3 else [np.zeros_like(a) for a in w]
+def scaled_grad(scale):
+    return lambda w, t: [scale * g for g in quadratic_grad(w, t)]
 
-    w, u = run_keras(sngm_keras.SNGM(learning_rate=0.1, momentum=0.9), 10, grad_fn=late)
-    w_ref, u_ref = reference.sngm(initial_weights(), quadratic_grad, lambda t: 0.1, 7, 0.9)
+
+# Gradient sequences (one function per step) whose norm jumps: the momentum
+# is stored scaled by the last ||g||, and must still give Algorithm 1.
+NORM_JUMPS = {
+    "alternating_1e15_1e-15": [scaled_grad(10.0 ** (15 * (-1) ** t)) for t in range(12)],
+    "alternating_1e30_1e-33": [scaled_grad(1e30 if t % 2 else 1e-33) for t in range(12)],
+    "zero_then_1e9": [zero_grad] + [scaled_grad(1e9)] * 5,
+    "zero_steps_then_normal": [zero_grad] * 3 + [quadratic_grad] * 7,
+    "normal_zero_1e9": [quadratic_grad, zero_grad, zero_grad, scaled_grad(1e9), quadratic_grad, scaled_grad(1e-25),
+                        scaled_grad(1e20)],
+}
+
+
+@pytest.mark.parametrize("sequence", sorted(NORM_JUMPS))
+def test_sngm_exact_across_gradient_norm_jumps(sequence):
+    steps = NORM_JUMPS[sequence]
+
+    def grad_fn(w, t):
+        return steps[t](w, t)
+
+    w, u = run_keras(sngm_keras.SNGM(learning_rate=0.1, momentum=0.9), len(steps), grad_fn=grad_fn)
+    w_ref, u_ref = reference.sngm(initial_weights(), grad_fn, lambda t: 0.1, len(steps), 0.9)
     assert_close(w, w_ref)
     assert_close(u, u_ref)
 
@@ -219,10 +230,11 @@ def test_zero_gradient_gives_no_nan():
     assert all(np.all(m == 0) for m in u)
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 @pytest.mark.parametrize("cls", [sngm_keras.SNGM, sngm_keras.MSGD, sngm_keras.LARS])
-def test_non_finite_step_is_skipped(cls, bad):
-    opt = cls(0.1)
+def test_non_finite_step_is_skipped(cls, bad, weight_decay):
+    opt = cls(0.1, weight_decay=weight_decay)
     variables = [keras.Variable(w) for w in initial_weights()]
     good = [keras.ops.convert_to_tensor(g, "float32") for g in quadratic_grad(initial_weights(), 0)]
     opt.apply(good, variables)

@@ -128,16 +128,23 @@ class ReducedGradientOptimizer(keras.optimizers.Optimizer):
             # Computed once for the norm and the update alike: without XLA a
             # second `g + wd * w` in update_step is one more pass over both.
             grads = [self._with_l2(g, v) for g, v in zip(grads, variables)]
-        norm, grads = guarded_norm(grads)
+        norm, grads, divisor = guarded_norm(grads, rescale=self._rescales_gradient())
         ok = ops.isfinite(norm)
         self.assign(self.gradient_norm, norm)
         self.assign_add(self.skipped_steps, ops.cast(ops.logical_not(ok), self.skipped_steps.dtype))
-        self._record_gradient_norm(norm, ok)
+        self._record_gradient_norm(norm, ok, divisor)
         return grads
 
-    def _record_gradient_norm(self, norm, ok):
-        """Hook for per-step scalars derived from `||g||`, run once per step
-        before any `update_step` (in the replica context on TensorFlow)."""
+    def _rescales_gradient(self):
+        """Whether `update_step` may receive `g / divisor` (see
+        `norms.guarded_norm`) on steps whose sum of squares over- or
+        underflows; only a scale-invariant update can."""
+        return False
+
+    def _record_gradient_norm(self, norm, ok, divisor):
+        """Hook for per-step scalars derived from `||g||` and the `divisor`
+        the gradients were divided by, run once per step before any
+        `update_step` (in the replica context on TensorFlow)."""
 
     # -- helpers for update_step ----------------------------------------------
 

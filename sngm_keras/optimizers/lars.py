@@ -83,7 +83,9 @@ class LARS(ReducedGradientOptimizer):
         g_norm = robust_norm([gradient])
         trust = self.trust_coefficient * w_norm / (g_norm + wd * w_norm + self.epsilon)
         trust = ops.where(ops.logical_and(w_norm > 0, g_norm > 0), trust, ops.ones_like(trust))
-        self._momentum_update(variable, (gradient + wd * w) * (learning_rate * trust), 1.0)
+        # On a skipped step the gradient is zero but wd * w is not: scale it away.
+        scale = ops.where(self._step_ok(), learning_rate * trust, ops.zeros_like(trust))
+        self._momentum_update(variable, (gradient + wd * w) * scale, 1.0)
 
     def get_config(self):
         config = super().get_config()

@@ -47,46 +47,54 @@ def robust_norm(tensors):
     underflow: gradients of 1e30 or 1e-30 still give the right norm. NaN or
     Inf anywhere gives a non-finite result."""
     tensors = [ops.cast(t, "float32") for t in tensors]
-    return _norm_cond(tensors, lambda norm: [norm])[0]
+    return _norm_cond(tensors, lambda norm, divisor: [norm])[0]
 
 
-def guarded_norm(tensors):
-    """`(robust_norm(tensors), tensors)`, except that the tensors come back as
-    zeros when the norm is not finite (NaN or Inf anywhere in them).
+def guarded_norm(tensors, rescale=False):
+    """`(norm, tensors / divisor, divisor)` with `norm = robust_norm(tensors)`.
 
-    An update that multiplies the returned tensors by zero on a skipped step
-    then gets zero. On TensorFlow without XLA both come out of the one
-    conditional the norm needs anyway, saving a masking pass per tensor at
-    every step; a compiler fuses the mask into the update instead, and would
-    copy tensors passed through a conditional."""
+    - Where `norm` is not finite (NaN or Inf anywhere), the tensors come back
+      as zeros: an update that multiplies them by zero on a skipped step then
+      gets zero.
+    - `divisor` is 1, except with `rescale=True` on the rare steps whose
+      plain float32 sum of squares over- or underflows: there it is
+      `max|t|`, so the tensors returned and their norm `norm / divisor`
+      (between 1 and sqrt(size)) are safely inside float32's range.
+
+    On TensorFlow without XLA all of it comes out of the one conditional the
+    norm needs anyway, saving a masking pass per tensor at every step; a
+    compiler fuses the mask into the update instead, and would copy tensors
+    passed through a conditional."""
     tensors = [ops.cast(t, "float32") for t in tensors]
-    if not _tf_graph_without_xla():
-        norm = robust_norm(tensors)
-        ok = ops.isfinite(norm)
-        return norm, [ops.where(ok, t, ops.zeros_like(t)) for t in tensors]
 
-    def zeroed_if_bad(norm):
+    def guarded(norm, divisor):
         ok = ops.isfinite(norm)
-        return [norm] + [ops.where(ok, t, ops.zeros_like(t)) for t in tensors]
+        divisor = divisor if rescale else ops.ones_like(divisor)
+        return [norm, divisor] + [ops.where(ok, t / divisor if rescale else t, ops.zeros_like(t)) for t in tensors]
 
-    outputs = _norm_cond(tensors, lambda norm: [norm] + tensors, zeroed_if_bad)
-    return outputs[0], list(outputs[1:])
+    if _tf_graph_without_xla():
+        outputs = _norm_cond(tensors, lambda norm, divisor: [norm, divisor] + tensors, guarded)
+        return outputs[0], list(outputs[2:]), outputs[1]
+    norm, divisor = _norm_cond(tensors, lambda norm, divisor: [norm, divisor])
+    outputs = guarded(norm, divisor)
+    return outputs[0], list(outputs[2:]), outputs[1]
 
 
 def _norm_cond(tensors, in_range_outputs, rescued_outputs=None):
-    """Runs `in_range_outputs(sqrt(sum t^2))` when the float32 sum of squares
-    is finite and above the floor, else `rescued_outputs(norm)` with the norm
-    recomputed scaled by max|t| (a second pass, on such steps only)."""
+    """Runs `in_range_outputs(sqrt(sum t^2), 1)` when the float32 sum of
+    squares is finite and above the floor, else `rescued_outputs(norm, peak)`
+    with the norm recomputed scaled by `peak = max|t|` (a second pass, on such
+    steps only)."""
     rescued_outputs = rescued_outputs or in_range_outputs
     sum_sq = sum_of_squares(tensors)
 
     def scaled():
         peak = ops.max(ops.stack([ops.max(ops.abs(t)) for t in tensors]))
         peak = ops.where(peak > 0, peak, ops.ones_like(peak))
-        return rescued_outputs(peak * ops.sqrt(sum(ops.sum(ops.square(t / peak)) for t in tensors)))
+        return rescued_outputs(peak * ops.sqrt(sum(ops.sum(ops.square(t / peak)) for t in tensors)), peak)
 
     in_range = ops.logical_and(sum_sq > _SUM_OF_SQUARES_FLOOR, ops.isfinite(sum_sq))
-    return _cond(in_range, lambda: in_range_outputs(ops.sqrt(sum_sq)), scaled)
+    return _cond(in_range, lambda: in_range_outputs(ops.sqrt(sum_sq), ops.ones_like(sum_sq)), scaled)
 
 
 def sum_of_squares(tensors):

@@ -54,21 +54,23 @@ class SNGM(ReducedGradientOptimizer):
     warning when steps were skipped).
 
     Stored momentum: with the global norm (the default) each slot in
-    `momentums` holds `v = ||g|| * u`, scaled by the norm of the last applied
+    `momentums` holds `v = s * u`, scaled by `s = ||g||` of the last applied
     step (kept in `momentum_scale`), and `momentum_buffers()` returns the
     paper's `u = v / momentum_scale`. In that form the step is
 
     ```python
-    v = momentum * (||g_t|| / ||g_{t-1}||) * v + g     # = ||g_t|| * u_t
-    w = w - (learning_rate / ||g_t||) * v
+    v = momentum * (s_t / s_{t-1}) * v + g     # = s_t * u_t
+    w = w - (learning_rate / s_t) * v
     ```
 
     which is Algorithm 1 exactly, with two per-step scalars and the gradient
     used as it is: one fused in-place pass per variable, with no pass that
-    first divides the gradient by its norm. (Norms are taken as
-    `max(||g||, epsilon)`; as with the gradient itself, float32 range limits
-    what `v` can hold: consecutive norms must differ by less than about
-    1e38.) `layerwise=True` keeps `u` itself in `momentums`.
+    first divides the gradient by its norm. On the rare steps whose float32
+    sum of squares over- or underflows (`||g||` below about 1e-15 or above
+    about 1e19), `g` arrives divided by `max|g|` and `s_t` is its norm in
+    those units, and an all-zero gradient keeps `s`, so `s` and the ratio
+    `s_t / s_{t-1}` stay well inside float32's range whatever the gradients
+    do. `layerwise=True` keeps `u` itself in `momentums`.
     """
 
     def __init__(
@@ -106,13 +108,21 @@ class SNGM(ReducedGradientOptimizer):
             (), initializer="ones", dtype="float32", aggregation="only_first_replica", name="momentum_decay"
         )
 
-    def _record_gradient_norm(self, norm, ok):
+    def _rescales_gradient(self):
+        return not self.layerwise
+
+    def _record_gradient_norm(self, norm, ok, divisor):
         if self.layerwise:
             return
-        norm = ops.maximum(norm, self.epsilon)
+        # ||g|| in the units of the gradient update_step receives.
+        scale = ops.maximum(norm, self.epsilon) / divisor
         previous = ops.convert_to_tensor(self.momentum_scale)
-        self.assign(self.momentum_decay, ops.where(ok, self.momentum * (norm / previous), 1.0))
-        self.assign(self.momentum_scale, ops.where(ok, norm, previous))
+        # A zero gradient adds nothing, so v may keep its scale: a ratio to
+        # epsilon could overflow at the next step.
+        rescaled = ops.logical_and(ok, norm > 0)
+        decay = ops.where(rescaled, self.momentum * (scale / previous), ops.where(ok, self.momentum, 1.0))
+        self.assign(self.momentum_decay, decay)
+        self.assign(self.momentum_scale, ops.where(rescaled, scale, previous))
 
     def update_step(self, gradient, variable, learning_rate):
         if self.layerwise:
