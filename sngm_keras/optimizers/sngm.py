@@ -99,8 +99,8 @@ class SNGM(ReducedGradientOptimizer):
         if self.built:
             return
         super().build(variables)
-        # ||g|| of the last applied step, by which `momentums` are scaled, and
-        # the factor momentum * ||g_t|| / ||g_{t-1}|| of this step's update.
+        # s, the norm of the last applied step by which `momentums` are
+        # scaled, and this step's factor momentum * s_t / s_{t-1}.
         self.momentum_scale = self.add_variable(
             (), initializer="ones", dtype="float32", aggregation="only_first_replica", name="momentum_scale"
         )
