@@ -69,8 +69,9 @@ def guarded_norm(tensors, rescale=False):
 
     def guarded(norm, divisor):
         ok = ops.isfinite(norm)
-        divisor = divisor if rescale else ops.ones_like(divisor)
-        return [norm, divisor] + [ops.where(ok, t / divisor if rescale else t, ops.zeros_like(t)) for t in tensors]
+        if not rescale:
+            return [norm, ops.ones_like(divisor)] + [ops.where(ok, t, ops.zeros_like(t)) for t in tensors]
+        return [norm, divisor] + [ops.where(ok, t / divisor, ops.zeros_like(t)) for t in tensors]
 
     if _tf_graph_without_xla():
         outputs = _norm_cond(tensors, lambda norm, divisor: [norm, divisor] + tensors, guarded)
