@@ -4,6 +4,7 @@ its table (results.md) and curves (curves.png).
     python -m apps.reproduce --study=figure1_cpu --data_dir=DIR
     python -m apps.reproduce --study=table2 --data_dir=DIR --lr_grid=0.5,1,2
     python -m apps.reproduce --study=table2 --epochs_scale=0.05   # a quick look
+    python -m apps.reproduce --study=batch_scaling --data_dir=DIR  # Shallue-style batch scaling
 
 Each run goes through `python -m apps.train` with a flagfile kept beside it.
 Finished runs are skipped and an interrupted one resumes from its last
@@ -23,10 +24,12 @@ from absl import flags  # noqa: E402
 from apps._cli import fail, run  # noqa: E402
 
 from sngm_keras.training.config import ConfigError  # noqa: E402
+from sngm_keras.training import batch_scaling as scaling  # noqa: E402
 from sngm_keras.training import study as studies  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("study", None, f"One of {', '.join(studies.STUDIES)}.")
+STUDY_NAMES = (*studies.STUDIES, "batch_scaling")
+flags.DEFINE_string("study", None, f"One of {', '.join(STUDY_NAMES)}.")
 flags.DEFINE_string("output_dir", None, "Where the runs, results.md and curves.png go (default runs/<study>).")
 flags.DEFINE_float("epochs_scale", 1.0, "Multiply every run's epochs (and decay / warm-up epochs) by this.")
 flags.DEFINE_list("lr_grid", None, "Factors of each row's initial learning rate to sweep; best reported.")
@@ -38,7 +41,19 @@ flags.DEFINE_string("strategy", None, "Passed to every run.")
 flags.DEFINE_integer("num_cpu_devices", None, "Passed to every run.")
 flags.DEFINE_bool("jit_compile", None, "Passed to every run.")
 flags.DEFINE_integer("verbose", 2, "Keras progress of every run.")
-flags.DEFINE_bool("dry_run", False, "Print the plan and stop.")
+flags.DEFINE_bool("dry_run", False, "Print the plan (and for batch_scaling a time estimate) and stop.")
+flags.DEFINE_list("models", None, "Table studies: train only the rows of these models (e.g. resnet20).")
+flags.DEFINE_integer("validation_size", None, "Training images held out to choose learning rates on "
+                     "(default: 5000 for table2 and batch_scaling, none for the others).")
+# batch_scaling
+flags.DEFINE_list("methods", list(scaling.METHODS), "batch_scaling: the optimizers compared.")
+flags.DEFINE_list("batch_sizes", [str(b) for b in scaling.BATCH_SIZES], "batch_scaling: the batch sizes B.")
+flags.DEFINE_integer("epochs", None, "batch_scaling: the epoch budget of every run (default 10).")
+flags.DEFINE_float("target_accuracy", scaling.TARGET, "batch_scaling: validation accuracy of steps-to-target.")
+flags.DEFINE_integer("max_extensions", scaling.MAX_EXTENSIONS,
+                     "batch_scaling: how often a grid whose best rate is on its edge is extended.")
+flags.DEFINE_float("images_per_second", None, "batch_scaling --dry_run: training speed assumed for the "
+                   "estimate (default: measured from finished runs, else 2000).")
 
 PASSED = ("data_dir", "download", "dataset", "max_updates", "strategy", "num_cpu_devices", "jit_compile", "verbose")
 
@@ -58,17 +73,48 @@ def flagfile_text(config):
     return "\n".join(lines) + "\n"
 
 
-def main():
-    if FLAGS.study is None:
-        fail("--study: required; choose one of " + ", ".join(studies.STUDIES))
+def _train(run_id, config, output_dir):
+    """Trains (or resumes) one run through apps.train, with its flagfile beside it."""
+    flagfile = os.path.join(output_dir, "runs", f"{run_id}.flags")
+    os.makedirs(os.path.dirname(flagfile), exist_ok=True)
+    with open(flagfile, "w") as f:
+        f.write(flagfile_text(config))
+    print(f"\n== {run_id}", flush=True)
+    result = subprocess.run([sys.executable, "-m", "apps.train", f"--flagfile={flagfile}"])
+    if result.returncode:
+        fail(f"run {run_id} failed (exit {result.returncode}); rerun the same command to resume")
+
+
+def _context(overrides, dataset):
+    return {
+        "command": "python -m apps.reproduce " + " ".join(sys.argv[1:]),
+        "data": overrides.get("dataset") or f"{dataset} (data_dir {overrides.get('data_dir')})",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def _grid():
     try:
-        grid = None if FLAGS.lr_grid is None else [float(f) for f in FLAGS.lr_grid]
+        return None if FLAGS.lr_grid is None else [float(f) for f in FLAGS.lr_grid]
     except ValueError:
         fail(f"--lr_grid: must be a list of positive numbers, got {','.join(FLAGS.lr_grid)}")
+
+
+def main():
+    if FLAGS.study is None:
+        fail("--study: required; choose one of " + ", ".join(STUDY_NAMES))
+    grid = _grid()
     output_dir = FLAGS.output_dir or os.path.join("runs", FLAGS.study)
     overrides = {name: FLAGS[name].value for name in PASSED if FLAGS[name].value is not None}
+    if FLAGS.validation_size is not None:
+        overrides["validation_size"] = FLAGS.validation_size
+    if FLAGS.study == "batch_scaling":
+        return batch_scaling(output_dir, grid, overrides)
+    if FLAGS.study in ("table2",) and FLAGS.validation_size is None:
+        overrides["validation_size"] = 5000
     try:
-        runs = studies.plan(FLAGS.study, output_dir, FLAGS.epochs_scale, grid, overrides)
+        runs = studies.plan(FLAGS.study, output_dir, FLAGS.epochs_scale, grid, overrides, models=FLAGS.models)
         for run in runs:
             run.config.validate()
         if not FLAGS.dry_run:
@@ -86,29 +132,77 @@ def main():
         return
     started = time.time()
     for run in runs:
-        if studies.is_finished(run):
-            continue
-        flagfile = os.path.join(output_dir, "runs", f"{run.run_id}.flags")
-        with open(flagfile, "w") as f:
-            f.write(flagfile_text(run.config))
-        print(f"\n== {run.run_id}", flush=True)
-        result = subprocess.run([sys.executable, "-m", "apps.train", f"--flagfile={flagfile}"])
-        if result.returncode:
-            fail(f"run {run.run_id} failed (exit {result.returncode}); rerun the same command to resume")
-    context = {
-        "command": "python -m apps.reproduce " + " ".join(sys.argv[1:]),
-        "data": overrides.get("dataset") or f"{runs[0].config.dataset} (data_dir {overrides.get('data_dir')})",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "date": time.strftime("%Y-%m-%d"),
-        "epochs_scale": FLAGS.epochs_scale,
-        "lr_grid": grid,
-    }
+        if not studies.is_finished(run):
+            _train(run.run_id, run.config, output_dir)
+    context = dict(_context(overrides, runs[0].config.dataset), epochs_scale=FLAGS.epochs_scale, lr_grid=grid)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(studies.results_markdown(FLAGS.study, runs, context))
     from sngm_keras.training.curves import plot_curves
 
     plot_curves(studies.curve_groups(runs), os.path.join(output_dir, "curves.png"))
     print(f"\nwrote {output_dir}/results.md and curves.png ({time.time() - started:.0f} s)")
+
+
+def _batch_sizes():
+    try:
+        return [int(b) for b in FLAGS.batch_sizes]
+    except ValueError:
+        fail(f"--batch_sizes: must be a list of positive integers, got {','.join(FLAGS.batch_sizes)}")
+
+
+def batch_scaling(output_dir, grid, overrides):
+    from sngm_keras.training import batch_scaling_report as report
+
+    if FLAGS.epochs is not None:
+        overrides["epochs"] = FLAGS.epochs
+    try:
+        study = scaling.Study(output_dir, methods=FLAGS.methods, batch_sizes=_batch_sizes(),
+                              lr_factors=grid or scaling.LR_FACTORS, target=FLAGS.target_accuracy,
+                              max_extensions=FLAGS.max_extensions, overrides=overrides)
+        if not study.config(study.cells[0], 1.0).validation_size:
+            raise ConfigError("validation_size", "batch_scaling chooses learning rates on a validation split: "
+                              "it must be > 0")
+        study.validate()
+        if not FLAGS.dry_run:
+            studies.claim_settings(output_dir, study.settings())
+    except ConfigError as error:
+        fail(str(error))
+    _print_plan(study)
+    if FLAGS.dry_run:
+        return
+    started = time.time()
+    while (config := study.next_config()) is not None:
+        _train(os.path.basename(config.model_dir), config, output_dir)
+    table = study.results()
+    context = dict(_context(overrides, study.config(study.cells[0], 1.0).dataset),
+                   epochs=study.config(study.cells[0], 1.0).epochs)
+    with open(os.path.join(output_dir, "results.md"), "w") as f:
+        f.write(report.markdown(study, table, context))
+    report.plot(study, table, os.path.join(output_dir, "batch_scaling.png"))
+    print(f"\nwrote {output_dir}/results.md and batch_scaling.png ({time.time() - started:.0f} s)")
+
+
+def _print_plan(study):
+    first = study.config(study.cells[0], 1.0)
+    runs = [c for cell in study.cells for c in study.grid(cell)]
+    done = [scaling.finished(c) for c in runs]
+    rates = [s["examples_per_second"] for s in done if s and s.get("examples_per_second")]
+    speed = FLAGS.images_per_second or (sorted(rates)[len(rates) // 2] if rates else 2000.0)
+    source = "given" if FLAGS.images_per_second else ("measured" if rates else "assumed")
+    left = sum(s is None for s in done)
+    # Training examples per run, plus evaluations (forward passes, about a third of a training step each).
+    num_train = 50_000 - first.validation_size if first.dataset in ("cifar10", "cifar100") else None
+    print(f"study batch_scaling: {len(study.cells)} cells x {len(study.lr_factors)} rates = {len(runs)} runs "
+          f"({left} to run) into {study.output_dir}, plus up to {len(study.cells) * study.max_extensions} "
+          "grid extensions")
+    for config, summary in zip(runs, done):
+        print(f"  {os.path.basename(config.model_dir):28s} B={config.batch_size:<5d} lr={config.learning_rate:<9g} "
+              f"epochs={config.epochs} {'finished' if summary else 'to run'}")
+    if num_train:
+        evals = first.epochs * (first.validations_per_epoch * first.validation_size + 10_000) / 3
+        hours = left * (first.epochs * num_train + evals) / speed / 3600
+        print(f"estimate: {hours:.1f} h for the {left} grid runs left at {speed:.0f} training images/s ({source}); "
+              f"each grid extension adds {(first.epochs * num_train + evals) / speed / 60:.0f} min")
 
 
 if __name__ == "__main__":

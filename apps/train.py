@@ -53,6 +53,10 @@ flags.DEFINE_bool("jit_compile", _D.jit_compile, "XLA: the whole step on one dev
 flags.DEFINE_string("dtype_policy", _D.dtype_policy, "float32, mixed_float16 or mixed_bfloat16.")
 flags.DEFINE_integer("eval_every", _D.eval_every, "Evaluate on the test split every N epochs.")
 flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size, "Batch size of evaluation.")
+flags.DEFINE_integer("validation_size", _D.validation_size,
+                     "Hold this many training images out (a fixed random subset) as a validation split.")
+flags.DEFINE_integer("validations_per_epoch", _D.validations_per_epoch,
+                     "Evaluate the validation split this many times per epoch (validation.csv).")
 flags.DEFINE_integer("image_size", None, "ImageNet image size (default 224).")
 flags.DEFINE_integer("verbose", _D.verbose, "Keras progress: 0 silent, 1 bar, 2 a line per epoch.")
 

@@ -5,22 +5,24 @@ Public API::
     load_arrays(dataset, data_dir=None, download=False) -> ArraySplits
     make_datasets(dataset, *, data_dir=None, download=False, batch_size,
                   eval_batch_size=None, augment=True, seed=0, start_epoch=0,
-                  num_epochs, image_size=None) -> (train_ds, test_ds, DatasetInfo)
+                  num_epochs, image_size=None, validation_size=0)
+        -> (train_ds, test_ds, DatasetInfo[, validation_ds])
     steps_per_epoch(info, batch_size) -> int
+    hold_out_validation(arrays, size) -> (kept ArraySplits, x_val, y_val)
 
 ``dataset`` is "sample" (embedded CIFAR-10 subset), "cifar10", "cifar100",
 "imagenet2012" (TFDS) or a folder ``DIR/{train,test}/<class>/<image>``.
 Problems raise `DataError` (a ValueError) with a one-line message.
 Importing this package does not import TensorFlow.
 """
-from .arrays import SAMPLE_PATH, ArraySplits, load_arrays, preprocessing, read_sample_file, sample_jpegs
+from .arrays import SAMPLE_PATH, ArraySplits, hold_out_validation, load_arrays, preprocessing, read_sample_file, sample_jpegs
 from .constants import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD,
                         IMAGENET_MEAN, IMAGENET_STD, KNOWN_DATASETS, NORMALIZATION)
 from .errors import DataError
 from .pipeline import DatasetInfo, make_datasets, steps_per_epoch
 
 __all__ = [
-    "ArraySplits", "DataError", "preprocessing", "DatasetInfo", "KNOWN_DATASETS", "NORMALIZATION",
+    "ArraySplits", "DataError", "hold_out_validation", "preprocessing", "DatasetInfo", "KNOWN_DATASETS", "NORMALIZATION",
     "SAMPLE_PATH", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD",
     "IMAGENET_MEAN", "IMAGENET_STD", "load_arrays", "make_datasets", "read_sample_file",
     "sample_jpegs", "steps_per_epoch",

@@ -222,6 +222,30 @@ def load_arrays(dataset, data_dir=None, download: bool = False) -> ArraySplits:
     return _load_tfds(source.name, data_dir, download)
 
 
+# One fixed split for every run, whatever its --seed, so that the runs of a
+# study are compared on the same held-out images.
+_VALIDATION_SPLIT_SEED = 0x56414C  # "VAL"
+
+
+def hold_out_validation(arrays: ArraySplits, size: int):
+    """``(kept, x_validation, y_validation)``: ``size`` training images held out.
+
+    The held-out images are a random subset drawn with a fixed seed (the
+    same for every run; folders are read class by class, so "the last N"
+    would be a few classes). ``kept`` is ``arrays`` without them, test split
+    unchanged, both in their original order.
+    """
+    n = arrays.num_train
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 0 < size < n:
+        raise DataError(f"validation_size must be in 1..{n - 1} for the {n} training images, got {size!r}")
+    order = np.random.default_rng(_VALIDATION_SPLIT_SEED).permutation(n)
+    held, kept = np.sort(order[:size]), np.sort(order[size:])
+    kept_splits = ArraySplits(
+        x_train=arrays.x_train[kept], y_train=arrays.y_train[kept], x_test=arrays.x_test, y_test=arrays.y_test,
+        num_classes=arrays.num_classes, class_names=arrays.class_names, image_shape=arrays.image_shape)
+    return kept_splits, arrays.x_train[held], arrays.y_train[held]
+
+
 def preprocessing(source, arrays: ArraySplits):
     """`(mean, std, pad)` for CIFAR-style data: the dataset's standard
     per-channel statistics, or for a folder those of its training images and

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import constants as C
 from . import sources
-from .arrays import ArraySplits, load_arrays, preprocessing
+from .arrays import ArraySplits, hold_out_validation, load_arrays, preprocessing
 from .errors import DataError
 
 _SEED_SALT = 0x53474D  # "SGM": separates our streams from other uses of `seed`
@@ -36,6 +36,7 @@ class DatasetInfo:
     num_train: int
     num_test: int
     class_names: tuple
+    num_validation: int = 0  # training images held out (not in num_train)
 
 
 def steps_per_epoch(info: DatasetInfo, batch_size: int) -> int:
@@ -94,8 +95,10 @@ def _check_batch(name, batch_size, num_train):
 
 def make_datasets(dataset, *, data_dir=None, download: bool = False, batch_size: int,
                   eval_batch_size: int | None = None, augment: bool = True, seed: int = 0,
-                  start_epoch: int = 0, num_epochs: int, image_size: int | None = None):
-    """Builds ``(train_ds, test_ds, info)`` for `keras.Model.fit`.
+                  start_epoch: int = 0, num_epochs: int, image_size: int | None = None,
+                  validation_size: int = 0):
+    """Builds ``(train_ds, test_ds, info)`` for `keras.Model.fit`, and
+    ``validation_ds`` after them when ``validation_size`` > 0.
 
     ``train_ds`` yields ``(images float32 normalized NHWC, labels int32)`` in
     batches of exactly ``batch_size`` and covers epochs ``start_epoch`` ..
@@ -129,6 +132,10 @@ def make_datasets(dataset, *, data_dir=None, download: bool = False, batch_size:
       start_epoch, num_epochs: the epochs ``train_ds`` covers.
       image_size: ImageNet output size (default 224); for the other datasets
         leave it None (or equal to their native size).
+      validation_size: hold this many training images out (a fixed random
+        subset, the same for every seed; `hold_out_validation`) and return
+        them, batched like ``test_ds``, as a fourth value; ``train_ds``
+        and ``info.num_train`` then cover the rest. In-memory datasets only.
 
     Normalization: per channel ``(x / 255 - mean) / std`` with the standard
     statistics of CIFAR-10 (also for the sample), CIFAR-100 or ImageNet
@@ -144,6 +151,9 @@ def make_datasets(dataset, *, data_dir=None, download: bool = False, batch_size:
     eval_batch_size = eval_batch_size or min(batch_size, 1000)
     source = sources.resolve(dataset)
     if source.kind == "tfds" and source.name == C.IMAGENET:
+        if validation_size:
+            raise DataError(f"validation_size: {C.IMAGENET} is streamed from files; holding out training "
+                            "images is supported for in-memory datasets only")
         from . import imagenet
         return imagenet.make_imagenet_datasets(
             data_dir=data_dir, download=download, batch_size=batch_size,
@@ -156,17 +166,22 @@ def make_datasets(dataset, *, data_dir=None, download: bool = False, batch_size:
         raise DataError(f"image_size={image_size} is only supported for {C.IMAGENET}; "
                         f"{source.name} images are {arrays.image_shape[1]}x"
                         f"{arrays.image_shape[0]}: leave image_size unset")
+    if validation_size:
+        arrays, x_val, y_val = hold_out_validation(arrays, validation_size)
     mean, std, pad = preprocessing(source, arrays)
     name = C.SAMPLE if source.kind == "sample" else source.name
     _check_batch(name, batch_size, arrays.num_train)
     info = DatasetInfo(name=name, num_classes=arrays.num_classes,
                        image_shape=tuple(arrays.image_shape), num_train=arrays.num_train,
-                       num_test=arrays.num_test, class_names=tuple(arrays.class_names))
+                       num_test=arrays.num_test, class_names=tuple(arrays.class_names),
+                       num_validation=validation_size)
     train_ds, test_ds = in_memory_datasets(
         arrays, mean=mean, std=std, pad=pad, batch_size=batch_size,
         eval_batch_size=eval_batch_size, augment=augment, seed=seed,
         start_epoch=start_epoch, num_epochs=num_epochs)
-    return train_ds, test_ds, info
+    if not validation_size:
+        return train_ds, test_ds, info
+    return train_ds, test_ds, info, eval_dataset(x_val, y_val, mean, std, eval_batch_size)
 
 
 def in_memory_datasets(arrays: ArraySplits, *, mean, std, pad, batch_size, eval_batch_size,
@@ -190,11 +205,7 @@ def in_memory_datasets(arrays: ArraySplits, *, mean, std, pad, batch_size, eval_
     with tf.device("/CPU:0"):
         x_train = tf.constant(arrays.x_train)
         y_train = tf.constant(arrays.y_train, dtype=tf.int32)
-        scale = tf.constant([1.0 / (255.0 * s) for s in std], tf.float32)
-        offset = tf.constant([-m / s for m, s in zip(mean, std)], tf.float32)
-
-    def normalize(images):
-        return tf.cast(images, tf.float32) * scale + offset
+        normalize = _normalizer(tf, mean, std)
 
     def epoch_indices(epoch):
         perm_key, aug_key = tf.unstack(
@@ -233,15 +244,31 @@ def in_memory_datasets(arrays: ArraySplits, *, mean, std, pad, batch_size, eval_
                 .apply(tf.data.experimental.assert_cardinality((num_epochs - start_epoch) * steps))
                 .prefetch(tf.data.AUTOTUNE))
 
-    def test_batch(images, labels):
-        return normalize(images), labels
+    test_ds = eval_dataset(arrays.x_test, arrays.y_test, mean, std, eval_batch_size)
+    return train_ds.with_options(_deterministic(tf)), test_ds
 
-    with tf.device("/CPU:0"):
-        test_ds = (tf.data.Dataset.from_tensor_slices(
-                       (arrays.x_test, arrays.y_test.astype(np.int32)))
-                   .batch(eval_batch_size)
-                   .map(test_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-                   .prefetch(tf.data.AUTOTUNE))
+
+def _normalizer(tf, mean, std):
+    """uint8 images -> float32 ``(x / 255 - mean) / std`` per channel."""
+    scale = tf.constant([1.0 / (255.0 * s) for s in std], tf.float32)
+    offset = tf.constant([-m / s for m, s in zip(mean, std)], tf.float32)
+    return lambda images: tf.cast(images, tf.float32) * scale + offset
+
+
+def _deterministic(tf):
     options = tf.data.Options()
     options.deterministic = True
-    return train_ds.with_options(options), test_ds.with_options(options)
+    return options
+
+
+def eval_dataset(images, labels, mean, std, batch_size):
+    """Normalized ``(images, labels)`` in order, batches of ``batch_size``."""
+    tf = import_tf()
+    with tf.device("/CPU:0"):
+        normalize = _normalizer(tf, mean, std)
+        dataset = (tf.data.Dataset.from_tensor_slices((images, np.asarray(labels, np.int32)))
+                   .batch(batch_size)
+                   .map(lambda x, y: (normalize(x), y), num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=True)
+                   .prefetch(tf.data.AUTOTUNE))
+    return dataset.with_options(_deterministic(tf))

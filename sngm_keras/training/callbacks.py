@@ -1,10 +1,12 @@
 """Keras callbacks of a training run: per-epoch history and checkpoints,
-update-count stopping, and a warning when non-finite steps were skipped."""
+update-count stopping, a warning when non-finite steps were skipped, and
+evaluations of a held-out validation split within epochs."""
 
 import logging
 import time
 
 import keras
+import numpy as np
 
 from sngm_keras.training.factory import inner_optimizer
 
@@ -22,8 +24,9 @@ class EpochRecorder(keras.callbacks.Callback):
     training throughput."""
 
     def __init__(self, run_dir, rows, batch_size, num_train, base_wall_seconds, base_train_seconds,
-                 is_chief=True):
+                 is_chief=True, validation=None):
         super().__init__()
+        self.validation = validation  # a ValidationMonitor, whose time within epochs is not training
         self.run_dir = run_dir
         self.rows = rows
         self.batch_size = batch_size
@@ -44,6 +47,8 @@ class EpochRecorder(keras.callbacks.Callback):
         logs = logs or {}
         now = time.perf_counter()
         train_time = (self._train_end or now) - self._epoch_start
+        if self.validation is not None:
+            train_time -= self.validation.epoch_seconds
         self.train_seconds += train_time
         self.wall_seconds += now - self._epoch_start
         optimizer = inner_optimizer(self.model.optimizer)
@@ -57,6 +62,8 @@ class EpochRecorder(keras.callbacks.Callback):
             "train_accuracy": logs.get("accuracy"),
             "test_loss": logs.get("val_loss", ""),
             "test_accuracy": logs.get("val_accuracy", ""),
+            "validation_loss": logs.get("validation_loss", ""),
+            "validation_accuracy": logs.get("validation_accuracy", ""),
             "gradient_norm": _value(optimizer.gradient_norm) if hasattr(optimizer, "gradient_norm") else "",
             "skipped_steps": int(_value(optimizer.skipped_steps)) if hasattr(optimizer, "skipped_steps") else "",
             "epoch_seconds": round(train_time, 3),
@@ -105,3 +112,83 @@ class SkippedStepsMonitor(keras.callbacks.Callback):
             log.warning("epoch %d: %d step(s) with a non-finite gradient skipped (%d in all)",
                         epoch + 1, count - self._seen, count)
         self._seen = count
+
+
+def dataset_labels(dataset):
+    """The labels of an evaluation dataset (tf.data or `PyDataset` of `(x, y)` batches), in order."""
+    if isinstance(dataset, keras.utils.PyDataset):
+        batches = (dataset[i] for i in range(len(dataset)))
+    else:
+        batches = iter(dataset)
+    return np.concatenate([np.asarray(keras.ops.convert_to_numpy(y)).reshape(-1) for _, y in batches])
+
+
+def logits_loss_and_accuracy(logits, labels):
+    """Mean sparse cross-entropy on logits and accuracy, in float64."""
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    labels = np.asarray(labels, np.int64)
+    loss = -log_probs[np.arange(len(labels)), labels].mean()
+    return float(loss), float(np.mean(logits.argmax(axis=1) == labels))
+
+
+class ValidationMonitor(keras.callbacks.Callback):
+    """Evaluates the held-out validation split every `every` updates and at
+    the end of every epoch; writes each evaluation to validation.csv and adds
+    `validation_loss` / `validation_accuracy` to the epoch's logs.
+
+    It goes through `predict`, not `evaluate`: `evaluate` resets the compiled
+    metrics, which in the middle of an epoch would cut the epoch's training
+    loss short. Rows past the resumed checkpoint are dropped on resume, so
+    the file always matches the checkpointed run."""
+
+    def __init__(self, run_dir, dataset, every, batch_size, num_train, is_chief=True):
+        super().__init__()
+        self.run_dir = run_dir
+        self.dataset = dataset
+        self.labels = dataset_labels(dataset)
+        self.every = every
+        self.batch_size = batch_size
+        self.num_train = num_train
+        self.is_chief = is_chief
+        self.rows = []
+
+    def on_train_begin(self, logs=None):
+        self._updates = int(_value(inner_optimizer(self.model.optimizer).iterations))
+        self.rows = [r for r in self.run_dir.read_validation() if int(r["updates"]) <= self._updates]
+
+    def _evaluate(self, epoch):
+        if self.rows and int(self.rows[-1]["updates"]) == self._updates:
+            return self.rows[-1]
+        started = time.perf_counter()
+        logits = keras.ops.convert_to_numpy(self.model.predict(self.dataset, verbose=0))
+        loss, accuracy = logits_loss_and_accuracy(logits, self.labels)
+        row = {"updates": self._updates, "epoch": round(epoch, 6),
+               "grad_per_n": round(self._updates * self.batch_size / self.num_train, 6),
+               "validation_loss": loss, "validation_accuracy": accuracy}
+        self.rows.append(row)
+        if self.is_chief:
+            self.run_dir.write_validation(self.rows)
+        self.epoch_seconds += time.perf_counter() - started
+        return row
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._batches = 0
+        self.epoch_seconds = 0.0  # spent evaluating within the epoch's training
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._updates += 1
+        self._batches += 1
+        if self._updates % self.every == 0:
+            steps = self.params.get("steps") if self.params else None
+            if steps and self._batches == steps:
+                return  # the epoch's end evaluates it
+            self._evaluate(self._epoch + (self._batches / steps if steps else 0))
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = self._evaluate(epoch + 1)
+        if logs is not None:
+            logs["validation_loss"] = row["validation_loss"]
+            logs["validation_accuracy"] = row["validation_accuracy"]

@@ -61,6 +61,8 @@ class TrainConfig:
     dtype_policy: str = "float32"
     eval_every: int = 1
     eval_batch_size: int = 1000
+    validation_size: int = 0
+    validations_per_epoch: int = 1
     image_size: Optional[int] = None
     verbose: int = 1
     preset: Optional[str] = None
@@ -137,6 +139,15 @@ class TrainConfig:
             raise ConfigError("strategy", "multi_worker needs the TF_CONFIG environment variable (the cluster)")
         _positive_int("eval_every", self.eval_every)
         _positive_int("eval_batch_size", self.eval_batch_size)
+        if isinstance(self.validation_size, bool) or not isinstance(self.validation_size, int) \
+                or self.validation_size < 0:
+            raise ConfigError("validation_size", f"must be a non-negative integer, got {self.validation_size!r}")
+        if self.validation_size and self.dataset == "imagenet2012":
+            raise ConfigError("validation_size", "holds training images out of in-memory datasets; "
+                              "imagenet2012 is streamed from files")
+        _positive_int("validations_per_epoch", self.validations_per_epoch)
+        if self.validations_per_epoch > 1 and not self.validation_size:
+            raise ConfigError("validations_per_epoch", "needs a validation split: set --validation_size")
         if self.image_size is not None:
             _positive_int("image_size", self.image_size)
             if self.dataset != "imagenet2012":

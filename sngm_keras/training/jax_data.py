@@ -28,7 +28,7 @@ import numpy as np
 
 from sngm_keras.accumulation import MicroBatchModel
 from sngm_keras.augment import CropFlipNormalize, num_draws
-from sngm_keras.data import DataError, DatasetInfo, load_arrays, preprocessing
+from sngm_keras.data import DataError, DatasetInfo, hold_out_validation, load_arrays, preprocessing
 from sngm_keras.data import constants as C
 from sngm_keras.data import sources
 
@@ -144,8 +144,10 @@ def _tensorflow_datasets_available():
 
 
 def make_datasets(dataset, *, data_dir=None, download=False, batch_size, eval_batch_size=None, augment=True,
-                  seed=0, start_epoch=0, num_epochs):
-    """``(train, test, info, preprocessing)`` for the JAX path.
+                  seed=0, start_epoch=0, num_epochs, validation_size=0):
+    """``(train, test, info, preprocessing)`` for the JAX path, and the
+    held-out ``validation`` batches after them when ``validation_size`` > 0
+    (the same images as `sngm_keras.data.make_datasets` holds out).
 
     `train` and `test` are `PyDataset`s (see `TrainBatches`, `TestBatches`),
     `info` a `sngm_keras.data.DatasetInfo`, and `preprocessing` the
@@ -166,6 +168,8 @@ def make_datasets(dataset, *, data_dir=None, download=False, batch_size, eval_ba
 
         import_tf()  # keeps TensorFlow off the accelerators before TFDS starts it
     arrays = load_arrays(dataset, data_dir=data_dir, download=download)
+    if validation_size:
+        arrays, x_val, y_val = hold_out_validation(arrays, validation_size)
     mean, std, pad = preprocessing(source, arrays)
     name = C.SAMPLE if source.kind == "sample" else source.name
     if batch_size > arrays.num_train:
@@ -173,8 +177,12 @@ def make_datasets(dataset, *, data_dir=None, download=False, batch_size, eval_ba
                         f"images of {name}; use a batch_size of at most {arrays.num_train}")
     info = DatasetInfo(name=name, num_classes=arrays.num_classes, image_shape=tuple(arrays.image_shape),
                        num_train=arrays.num_train, num_test=arrays.num_test,
-                       class_names=tuple(arrays.class_names))
+                       class_names=tuple(arrays.class_names), num_validation=validation_size)
     train = TrainBatches(arrays.x_train, arrays.y_train, batch_size=batch_size, seed=seed,
                          start_epoch=start_epoch, num_epochs=num_epochs, pad=pad if augment else None)
-    test = TestBatches(arrays.x_test, arrays.y_test, eval_batch_size or min(batch_size, 1000))
-    return train, test, info, CropFlipNormalize(mean, std, pad, name="crop_flip_normalize")
+    eval_batch_size = eval_batch_size or min(batch_size, 1000)
+    test = TestBatches(arrays.x_test, arrays.y_test, eval_batch_size)
+    preprocess = CropFlipNormalize(mean, std, pad, name="crop_flip_normalize")
+    if not validation_size:
+        return train, test, info, preprocess
+    return train, test, info, preprocess, TestBatches(x_val, y_val, eval_batch_size)

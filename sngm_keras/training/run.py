@@ -136,15 +136,16 @@ def train(config, extra_callbacks=()):
     strategy = make_strategy(config)
     replicas = strategy.num_replicas_in_sync
     micro = _micro_batch_size(config, replicas)
-    train_ds, test_ds, info = make_datasets(
+    train_ds, test_ds, info, *validation_ds = make_datasets(
         config.dataset, data_dir=config.data_dir, download=config.download, batch_size=config.batch_size,
         eval_batch_size=config.eval_batch_size, augment=config.augment, seed=config.seed,
         start_epoch=min(start_epoch, config.epochs - 1), num_epochs=config.epochs, image_size=config.image_size,
+        validation_size=config.validation_size,
     )
     steps = steps_per_epoch(info, config.batch_size)
     model = _build(config, strategy, info, steps, micro)
     return _fit(config, run_dir, state, start_epoch, model, train_ds, test_ds, info, steps, replicas, micro,
-                extra_callbacks, tensorboard=True)
+                extra_callbacks, tensorboard=True, validation_ds=validation_ds[0] if validation_ds else None)
 
 
 def _micro_batch_size(config, replicas):
@@ -177,7 +178,7 @@ def _check_backend(run_dir, state, backend, write=True):
 
 
 def _fit(config, run_dir, state, start_epoch, model, train_ds, test_ds, info, steps, replicas, micro,
-         extra_callbacks, tensorboard):
+         extra_callbacks, tensorboard, validation_ds=None):
     """Resume, fit, evaluate, and write the run's files (both backends)."""
     import keras
 
@@ -189,13 +190,18 @@ def _fit(config, run_dir, state, start_epoch, model, train_ds, test_ds, info, st
     rows = [r for r in run_dir.read_history() if int(r["epoch"]) <= start_epoch]
     from sngm_keras.training import callbacks as cb
 
+    monitor = None
+    if validation_ds is not None:
+        every = max(1, steps // config.validations_per_epoch)
+        monitor = cb.ValidationMonitor(run_dir, validation_ds, every, config.batch_size, info.num_train, is_chief)
     recorder = cb.EpochRecorder(
         run_dir, rows, config.batch_size, info.num_train,
         base_wall_seconds=state["wall_seconds"] if state else 0.0,
         base_train_seconds=state["train_seconds"] if state else 0.0,
-        is_chief=is_chief,
+        is_chief=is_chief, validation=monitor,
     )
-    callbacks = [recorder, cb.SkippedStepsMonitor(), *extra_callbacks]
+    # The monitor first: the recorder's history row takes its epoch-end figures.
+    callbacks = [*([monitor] if monitor else []), recorder, cb.SkippedStepsMonitor(), *extra_callbacks]
     if config.max_updates:
         callbacks.append(cb.StopAfterUpdates(config.max_updates))
     if is_chief and tensorboard:
@@ -209,6 +215,9 @@ def _fit(config, run_dir, state, start_epoch, model, train_ds, test_ds, info, st
         )
     results = model.evaluate(test_ds, verbose=0, return_dict=True)
     summary = _summary(config, model, recorder, rows, results, replicas, micro, info)
+    if monitor is not None:
+        summary.update(_validation_summary(run_dir.read_validation() if is_chief else monitor.rows,
+                                           info.num_validation))
     if is_chief:
         model.model.save(run_dir.final_model)
         from sngm_keras.training.curves import plot_curves
@@ -306,25 +315,27 @@ def _train_jax(config, run_dir, state, start_epoch, extra_callbacks):
     keras.distribution.set_distribution(distribution)
     replicas = 1 if distribution is None else int(np.prod(distribution.device_mesh.shape))
     micro = _micro_batch_size(config, replicas)
-    train_ds, test_ds, info, preprocessing = jax_data.make_datasets(
+    train_ds, test_ds, info, preprocessing, *validation_ds = jax_data.make_datasets(
         config.dataset, data_dir=config.data_dir, download=config.download, batch_size=config.batch_size,
         eval_batch_size=config.eval_batch_size, augment=config.augment, seed=config.seed,
         start_epoch=min(start_epoch, config.epochs - 1), num_epochs=config.epochs,
+        validation_size=config.validation_size,
     )
-    last = info.num_test % test_ds.batch_size or test_ds.batch_size
-    if replicas > 1 and (test_ds.batch_size % replicas or last % replicas):
-        # JAX shards every batch evenly; a padded batch would bias the metrics.
-        raise ConfigError(
-            "eval_batch_size",
-            f"test batches of {test_ds.batch_size} (the last of {last}) do not split over {replicas} devices; "
-            "pick an --eval_batch_size that does",
-        )
+    for name, count in (("test", info.num_test), ("validation", info.num_validation)):
+        last = count % test_ds.batch_size or test_ds.batch_size
+        if count and replicas > 1 and (test_ds.batch_size % replicas or last % replicas):
+            # JAX shards every batch evenly; a padded batch would bias the metrics.
+            raise ConfigError(
+                "eval_batch_size",
+                f"{name} batches of {test_ds.batch_size} (the last of {last}) do not split over {replicas} "
+                "devices; pick an --eval_batch_size that does",
+            )
     steps = steps_per_epoch(info, config.batch_size)
     model = _build_jax(config, info, steps, micro, preprocessing)
     if not has_tensorflow:
         log.info("TensorFlow is not installed: no TensorBoard logs")
     return _fit(config, run_dir, state, start_epoch, model, train_ds, test_ds, info, steps, replicas, micro,
-                extra_callbacks, tensorboard=has_tensorflow)
+                extra_callbacks, tensorboard=has_tensorflow, validation_ds=validation_ds[0] if validation_ds else None)
 
 
 def _build_jax(config, info, steps, micro, preprocessing):
@@ -356,6 +367,19 @@ def _build(config, strategy, info, steps, micro):
         net = build_model(config.model, info.num_classes, info.image_shape, seed=config.seed)
         model = MicroBatchModel(net, micro, jit_compile=config.jit_compile and not jit_whole_step)
         return compile_for_training(model, config, steps, jit_whole_step)
+
+
+def _validation_summary(rows, num_validation):
+    """The validation split's figures: after the last update, and the best of all evaluations."""
+    if not rows:
+        return {"num_validation": num_validation}
+    accuracies = [float(r["validation_accuracy"]) for r in rows]
+    return {
+        "validation_accuracy": accuracies[-1],
+        "validation_loss": float(rows[-1]["validation_loss"]),
+        "best_validation_accuracy": max(accuracies),
+        "num_validation": num_validation,
+    }
 
 
 def _label(config):

@@ -4,6 +4,8 @@ a half-written file behind and a different run never overwrites them.
     config.json          the run's configuration (checked on every start)
     checkpoints/         epoch-NNNN.weights.h5 (model + optimizer) and state.json
     history.csv          one row per epoch
+    validation.csv       every evaluation of the held-out validation split
+                         (with --validation_size), several per epoch
     logs/                TensorBoard
     summary.json         final figures, written last
     curves.png           training loss and test accuracy against #grad/n
@@ -11,6 +13,7 @@ a half-written file behind and a different run never overwrites them.
 """
 
 import csv
+import io
 import json
 import os
 
@@ -18,9 +21,11 @@ from sngm_keras.training.config import ConfigError
 
 HISTORY_FIELDS = (
     "epoch", "updates", "grad_per_n", "learning_rate", "train_loss", "train_accuracy",
-    "test_loss", "test_accuracy", "gradient_norm", "skipped_steps", "epoch_seconds", "wall_seconds",
+    "test_loss", "test_accuracy", "validation_loss", "validation_accuracy", "gradient_norm", "skipped_steps",
+    "epoch_seconds", "wall_seconds",
 )
-OUTPUT_NAMES = ("checkpoints", "history.csv", "summary.json", "final.keras", "curves.png")
+VALIDATION_FIELDS = ("updates", "epoch", "grad_per_n", "validation_loss", "validation_accuracy")
+OUTPUT_NAMES = ("checkpoints", "history.csv", "validation.csv", "summary.json", "final.keras", "curves.png")
 
 
 def write_atomic(path, text):
@@ -49,6 +54,7 @@ class RunDir:
         self.checkpoints = os.path.join(self.path, "checkpoints")
         self.config = os.path.join(self.path, "config.json")
         self.history = os.path.join(self.path, "history.csv")
+        self.validation = os.path.join(self.path, "validation.csv")
         self.summary = os.path.join(self.path, "summary.json")
         self.curves = os.path.join(self.path, "curves.png")
         self.final_model = os.path.join(self.path, "final.keras")
@@ -120,16 +126,28 @@ class RunDir:
     # -- history -------------------------------------------------------------
 
     def read_history(self):
-        if not os.path.exists(self.history):
-            return []
-        with open(self.history, newline="") as f:
-            return list(csv.DictReader(f))
+        return _read_csv(self.history)
 
     def write_history(self, rows):
-        import io
+        _write_csv(self.history, HISTORY_FIELDS, rows)
 
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_atomic(self.history, out.getvalue())
+    def read_validation(self):
+        return _read_csv(self.validation)
+
+    def write_validation(self, rows):
+        _write_csv(self.validation, VALIDATION_FIELDS, rows)
+
+
+def _read_csv(path):
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_csv(path, fields, rows):
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, out.getvalue())

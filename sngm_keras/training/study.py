@@ -57,16 +57,25 @@ def check_study_args(study, epochs_scale, lr_grid):
             raise ConfigError("lr_grid", f"must be a list of positive numbers, got {lr_grid!r}")
 
 
-def plan(study, output_dir, epochs_scale=1.0, lr_grid=None, overrides=None):
+def plan(study, output_dir, epochs_scale=1.0, lr_grid=None, overrides=None, models=None):
     """The runs of `study`, each a validated TrainConfig under output_dir/runs.
 
     `lr_grid`: factors applied to each row's initial learning rate; each
-    method is then reported at its best factor, as the paper reports each
-    method at its tuned learning rate."""
+    method is then reported at its best factor (by validation accuracy when
+    the runs hold a validation split out, `validation_size`), as the paper
+    reports each method at its tuned learning rate. `models`: keep only the
+    rows of these models."""
     check_study_args(study, epochs_scale, lr_grid)
+    groups = {preset.split("_", 2)[1] for preset in STUDIES[study]}
+    for model in models or ():
+        if model not in groups:
+            raise ConfigError("models", f"study {study} has no rows for {model!r}; choose from "
+                              f"{', '.join(sorted(groups))}")
     runs = []
     for preset in STUDIES[study]:
         row = preset.split("_", 2)[2]
+        if models and preset.split("_", 2)[1] not in models:
+            continue
         base = scaled(TrainConfig.from_preset(preset, **(overrides or {})), epochs_scale)
         group = base.model
         for factor in lr_grid or [None]:
@@ -108,6 +117,22 @@ def claim_output(output_dir, study, epochs_scale, lr_grid):
     write_atomic(path, json.dumps(dict(wanted, lr_grids=[lr_grid]), indent=2))
 
 
+def claim_settings(output_dir, settings):
+    """Records a study's `settings` in output_dir/study.json, or checks that
+    the study already there has the same ones."""
+    path = os.path.join(output_dir, "study.json")
+    if os.path.exists(path):
+        recorded = read_json(path)
+        differing = sorted(k for k in set(settings) | set(recorded) if settings.get(k) != recorded.get(k))
+        if differing:
+            shown = "; ".join(f"{k}: {recorded.get(k)!r} there, {settings.get(k)!r} now" for k in differing)
+            raise ConfigError("output_dir", f"{output_dir} holds a study with other settings ({shown}); "
+                              "use another --output_dir")
+        return
+    os.makedirs(output_dir, exist_ok=True)
+    write_atomic(path, json.dumps(settings, indent=2))
+
+
 def is_finished(run):
     return RunDir(run.config.model_dir).completed_summary() is not None
 
@@ -124,10 +149,20 @@ def collect(runs):
         entry = {"run": run, "summary": summary, "history": run_dir.read_history()}
         every.append(entry)
         key = (run.group, run.row)
-        if key not in best or summary["test_accuracy"] > best[key]["summary"]["test_accuracy"]:
+        if key not in best or _score(summary) > _score(best[key]["summary"]):
             best[key] = entry
     order = [(r.group, r.row) for r in runs]
     return [best[k] for k in sorted(best, key=order.index)], every
+
+
+def _score(summary):
+    """What picks a row's learning rate: the final validation accuracy where
+    the run held a validation split out, else (older runs) the test accuracy."""
+    return summary.get("validation_accuracy", summary["test_accuracy"])
+
+
+def _validation(summary):
+    return f"{100 * summary['validation_accuracy']:.2f}%" if "validation_accuracy" in summary else "-"
 
 
 def _table_row(entry):
@@ -137,15 +172,16 @@ def _table_row(entry):
     minutes = summary["wall_seconds"] / 60
     return (
         f"| {entry['run'].group} | {config.optimizer.upper()} | {warmup} | {config.learning_rate:g} | {power} | "
-        f"{config.batch_size} | {100 * summary['test_accuracy']:.2f}% | {100 * summary['best_test_accuracy']:.2f}% | "
+        f"{config.batch_size} | {_validation(summary)} | {100 * summary['test_accuracy']:.2f}% | "
+        f"{100 * summary['best_test_accuracy']:.2f}% | "
         f"{summary['updates']} | {config.epochs} | {minutes:.1f} |"
     )
 
 
 HEADER = (
-    "| model | method | warm-up | initial learning rate | power / schedule | batch size | test accuracy | "
-    "best test accuracy | updates | epochs | wall minutes |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|"
+    "| model | method | warm-up | initial learning rate | power / schedule | batch size | validation accuracy | "
+    "test accuracy | best test accuracy | updates | epochs | wall minutes |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -158,7 +194,9 @@ def results_markdown(study, runs, context):
               "evaluations (reported for reference, not used to pick anything).", ""]
     grid = len(runs) > len({(r.group, r.row) for r in runs})
     if grid:
-        lines += ["Each method at the initial learning rate of its grid that gave the highest final test accuracy:", ""]
+        by = "validation" if all("validation_accuracy" in e["summary"] for e in every) else "test"
+        lines += [f"Each method at the initial learning rate of its grid that gave the highest final {by} accuracy"
+                  + (" (on training images held out of training):" if by == "validation" else ":"), ""]
     lines += [HEADER] + [_table_row(e) for e in best] + [""]
     if grid:
         lines += ["## Every run of the learning-rate grid", "", HEADER] + [_table_row(e) for e in every] + [""]

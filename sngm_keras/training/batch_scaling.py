@@ -1,0 +1,231 @@
+"""The batch-scaling study: how far each optimizer's batch can grow at a fixed
+budget of epochs, measured as Shallue et al. ("Measuring the Effects of Data
+Parallelism on Neural Network Training", JMLR 2019) measure it.
+
+For every (method, batch size B) cell the study trains a log-spaced grid of
+initial learning rates, all for the same number of epochs (the same number
+of gradient computations C for every B), holding a validation split out of
+the training images. Two measures per cell:
+
+- the test accuracy of the run whose final *validation* accuracy is the
+  highest of its grid (the test split never picks anything);
+- steps-to-target: the fewest updates after which the validation accuracy
+  first reached the target, over the grid (Shallue's steps-to-result, each
+  B at its best learning rate for that measure), or "not reached".
+
+A grid whose best learning rate (by final validation accuracy; ties go to
+the smaller rate) lies on its edge is extended by one more rate beyond that
+edge, up to `max_extensions` times per cell. Extensions are derived from the
+finished runs alone, so a restarted study plans the same runs.
+"""
+
+import dataclasses
+import math
+import os
+
+from sngm_keras.training.config import ConfigError, TrainConfig
+from sngm_keras.training.rundir import RunDir
+
+METHODS = ("msgd", "lars", "sngm")
+BATCH_SIZES = (128, 512, 2048, 8192)
+MICRO_BATCH_SIZE = 128
+# Four rates spaced by 2, symmetric about the rule's rate (which is not run itself).
+LR_FACTORS = tuple(2.0 ** (k - 1.5) for k in range(4))
+TARGET = 0.6
+MAX_EXTENSIONS = 4
+
+BASE = dict(dataset="cifar10", model="twoconv", epochs=10, weight_decay=1e-4, momentum=0.9, lr_schedule="poly",
+            power=1.1, validation_size=5000, validations_per_epoch=4)
+
+# Where each method's grid is centred: rate(B) = rate0 * (B / B0) ** exponent.
+# MSGD: the linear scaling rule (Goyal et al.) from its rate at B = 128;
+# SNGM: the square-root rule, eta ~ sqrt(B / C) at fixed C (the paper's
+# Corollary 1); LARS: the square-root rule too (You et al.'s practice for
+# layer-wise rates). The anchors are the figure1_cpu study's rates on this
+# network (docs/RESULTS.md); MSGD's is the geometric mean of its two best
+# rates there at B = 128 (0.0125 and 0.025), so its grid holds both.
+RULES = {
+    "msgd": (0.0125 * 2 ** 0.5, 128, 1.0, "linear"),
+    "lars": (2.0, 4096, 0.5, "square root"),
+    "sngm": (0.2, 4096, 0.5, "square root"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    method: str
+    batch_size: int
+
+
+def centre_rate(method, batch_size):
+    rate0, batch0, exponent, _ = RULES[method]
+    return rate0 * (batch_size / batch0) ** exponent
+
+
+def check_args(methods, batch_sizes, lr_factors, target, micro_batch_size, max_extensions):
+    if not methods:
+        raise ConfigError("methods", "must name at least one method")
+    for method in methods:
+        if method not in METHODS:
+            raise ConfigError("methods", f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise ConfigError("methods", f"lists a method twice: {','.join(methods)}")
+    if not batch_sizes:
+        raise ConfigError("batch_sizes", "must name at least one batch size")
+    for b in batch_sizes:
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise ConfigError("batch_sizes", f"must be positive integers, got {b!r}")
+        if b > micro_batch_size and b % micro_batch_size:
+            raise ConfigError("batch_sizes", f"{b} is not a multiple of the micro-batch {micro_batch_size}")
+    if len(set(batch_sizes)) != len(batch_sizes):
+        raise ConfigError("batch_sizes", "lists a batch size twice")
+    if not lr_factors:
+        raise ConfigError("lr_grid", "must hold at least one factor")
+    if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) and f > 0
+               for f in lr_factors):
+        raise ConfigError("lr_grid", f"must be positive numbers, got {lr_factors!r}")
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target < 1:
+        raise ConfigError("target_accuracy", f"must be in (0, 1), got {target!r}")
+    if isinstance(max_extensions, bool) or not isinstance(max_extensions, int) or max_extensions < 0:
+        raise ConfigError("max_extensions", f"must be a non-negative integer, got {max_extensions!r}")
+
+
+class Study:
+    """The runs of one batch-scaling study under `output_dir/runs`."""
+
+    def __init__(self, output_dir, methods=METHODS, batch_sizes=BATCH_SIZES, lr_factors=LR_FACTORS,
+                 target=TARGET, micro_batch_size=MICRO_BATCH_SIZE, max_extensions=MAX_EXTENSIONS,
+                 overrides=None):
+        methods, batch_sizes, lr_factors = list(methods), list(batch_sizes), sorted(lr_factors)
+        check_args(methods, batch_sizes, lr_factors, target, micro_batch_size, max_extensions)
+        self.output_dir = output_dir
+        self.methods, self.batch_sizes = methods, batch_sizes
+        self.lr_factors = lr_factors
+        self.target = float(target)
+        self.micro_batch_size = micro_batch_size
+        self.max_extensions = max_extensions
+        self.overrides = dict(overrides or {})
+        self.cells = [Cell(m, b) for m in methods for b in batch_sizes]
+        # Extensions step by the grid's own spacing (2 for the default grid).
+        ratios = [b / a for a, b in zip(lr_factors, lr_factors[1:])]
+        self.spacing = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else 2.0
+
+    def settings(self):
+        """What must stay the same when the study is continued in the same folder."""
+        config = self.config(self.cells[0], 1.0)
+        return {"study": "batch_scaling", "methods": self.methods, "batch_sizes": self.batch_sizes,
+                "micro_batch_size": self.micro_batch_size, "target_accuracy": self.target,
+                "epochs": config.epochs, "dataset": config.dataset, "model": config.model,
+                "validation_size": config.validation_size}
+
+    def config(self, cell, rate):
+        micro = self.micro_batch_size if cell.batch_size > self.micro_batch_size else None
+        values = dict(BASE, optimizer=cell.method, batch_size=cell.batch_size, micro_batch_size=micro,
+                      learning_rate=float(f"{rate:.6g}"))
+        values.update(self.overrides)
+        config = TrainConfig.from_preset(None, **values)
+        run_id = f"{cell.method}_b{cell.batch_size}_lr{config.learning_rate:g}"
+        return dataclasses.replace(config, model_dir=os.path.join(self.output_dir, "runs", run_id))
+
+    def grid(self, cell, factors=None):
+        centre = centre_rate(cell.method, cell.batch_size)
+        return [self.config(cell, centre * f) for f in (factors or self.lr_factors)]
+
+    def validate(self):
+        for cell in self.cells:
+            for config in self.grid(cell):
+                config.validate()
+
+    # -- runs and their results ---------------------------------------------------
+
+    def cell_configs(self, cell):
+        """The cell's grid plus the extensions its finished runs call for, and
+        whether the grid's best rate still lies on an edge that may not be extended."""
+        factors = list(self.lr_factors)
+        while True:
+            configs = self.grid(cell, factors)
+            results = [finished(c) for c in configs]
+            if any(r is None for r in results):
+                return configs, False
+            best = configs.index(select(configs, results))
+            if 0 < best < len(configs) - 1:
+                return configs, False
+            if len(factors) - len(self.lr_factors) == self.max_extensions:
+                return configs, True
+            if best == 0:
+                factors.insert(0, factors[0] / self.spacing)
+            else:
+                factors.append(factors[-1] * self.spacing)
+
+    def next_config(self):
+        """The next run to train: the initial grids first (every cell covered
+        early), then the extensions; None when the study is complete."""
+        for cell in self.cells:
+            for config in self.grid(cell):
+                if finished(config) is None:
+                    return config
+        for cell in self.cells:
+            for config in self.cell_configs(cell)[0]:
+                if finished(config) is None:
+                    return config
+        return None
+
+    def results(self):
+        """Per cell: every finished run, the selected one, steps-to-target."""
+        table = []
+        for cell in self.cells:
+            configs, on_edge = self.cell_configs(cell)
+            runs = [(c, finished(c)) for c in configs]
+            done = [(c, s) for c, s in runs if s is not None]
+            entry = {"cell": cell, "runs": [], "selected": None, "on_edge": on_edge,
+                     "complete": len(done) == len(runs)}
+            for config, summary in done:
+                rows = RunDir(config.model_dir).read_validation()
+                entry["runs"].append({"config": config, "summary": summary,
+                                      "steps_to_target": steps_to_target(rows, self.target)})
+            if done:
+                entry["selected"] = next(r for r in entry["runs"]
+                                         if r["config"] is select([c for c, _ in done], [s for _, s in done]))
+                reached = [r for r in entry["runs"] if r["steps_to_target"] is not None]
+                entry["fastest"] = min(reached, key=lambda r: r["steps_to_target"]) if reached else None
+            table.append(entry)
+        return table
+
+
+def finished(config):
+    """The summary of the finished run of `config`, or None."""
+    return RunDir(config.model_dir).completed_summary()
+
+
+def select(configs, summaries):
+    """The config whose run ended with the highest validation accuracy (ties: the smaller rate)."""
+    pairs = sorted(zip(configs, summaries), key=lambda p: p[0].learning_rate)
+    return max(pairs, key=lambda p: p[1]["validation_accuracy"])[0]
+
+
+def steps_to_target(rows, target):
+    """The update count of the first validation evaluation at or above `target`, or None."""
+    for row in sorted(rows, key=lambda r: int(r["updates"])):
+        if float(row["validation_accuracy"]) >= target:
+            return int(row["updates"])
+    return None
+
+
+def scaling_summary(table, methods, batch_sizes, tolerance=0.01):
+    """Per method: the largest B whose selected test accuracy is within `tolerance` of the smallest B's."""
+    out = {}
+    smallest = min(batch_sizes)
+    for method in methods:
+        selected = {e["cell"].batch_size: e["selected"] for e in table
+                    if e["cell"].method == method and e["selected"] is not None}
+        if smallest not in selected:
+            continue
+        base = selected[smallest]["summary"]["test_accuracy"]
+        held = [b for b in sorted(selected) if selected[b]["summary"]["test_accuracy"] >= base - tolerance]
+        largest = smallest
+        for b in sorted(selected):
+            if b not in held:
+                break
+            largest = b
+        out[method] = {"base_accuracy": base, "largest_batch_within": largest}
+    return out

@@ -1,0 +1,142 @@
+"""The batch-scaling study: steps-to-target, selection on validation, grid
+extension, bad input, and a tiny study end to end with resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sngm_keras.training import ConfigError
+from sngm_keras.training import batch_scaling as scaling
+from sngm_keras.training.rundir import RunDir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_steps_to_target_is_the_first_evaluation_at_or_above_it():
+    rows = [{"updates": u, "validation_accuracy": a}
+            for u, a in [(30, "0.41"), (10, "0.2"), (20, "0.6"), (40, "0.7"), (50, "0.55")]]
+    assert scaling.steps_to_target(rows, 0.6) == 20  # reached exactly, rows out of order
+    assert scaling.steps_to_target(rows, 0.65) == 40
+    assert scaling.steps_to_target(rows, 0.71) is None  # not reached
+    assert scaling.steps_to_target([], 0.1) is None
+
+
+def test_grid_centres_follow_the_scaling_rules():
+    assert scaling.centre_rate("msgd", 512) == pytest.approx(4 * scaling.centre_rate("msgd", 128))
+    assert scaling.centre_rate("sngm", 8192) == pytest.approx(2 * scaling.centre_rate("sngm", 2048))
+    assert scaling.centre_rate("lars", 4096) == pytest.approx(2.0)
+    study = scaling.Study("out")
+    rates = [c.learning_rate for c in study.grid(scaling.Cell("sngm", 2048))]
+    assert rates == pytest.approx([0.05, 0.1, 0.2, 0.4])  # symmetric about 0.2 * sqrt(2048 / 4096)
+    msgd = [c.learning_rate for c in study.grid(scaling.Cell("msgd", 128))]
+    assert msgd == pytest.approx([0.00625, 0.0125, 0.025, 0.05])
+    config = study.grid(scaling.Cell("lars", 8192))[0]
+    assert (config.micro_batch_size, config.epochs, config.validation_size, config.power) == (128, 10, 5000, 1.1)
+    assert study.grid(scaling.Cell("lars", 128))[0].micro_batch_size is None
+    assert len(study.cells) * len(study.lr_factors) == 48
+
+
+def _finish(config, validation_accuracy):
+    run_dir = RunDir(config.model_dir)
+    os.makedirs(run_dir.path, exist_ok=True)
+    with open(run_dir.summary, "w") as f:
+        json.dump({"complete": True, "validation_accuracy": validation_accuracy, "test_accuracy": 0.5}, f)
+
+
+def test_a_grid_whose_best_rate_is_on_its_edge_is_extended(tmp_path):
+    study = scaling.Study(str(tmp_path), methods=["sngm"], batch_sizes=[512], max_extensions=2)
+    cell = study.cells[0]
+    grid = study.grid(cell)
+    assert study.next_config() == grid[0]
+    for config, accuracy in zip(grid, [0.3, 0.4, 0.5, 0.6]):  # best at the top edge
+        _finish(config, accuracy)
+    configs, on_edge = study.cell_configs(cell)
+    assert [c.learning_rate for c in configs] == pytest.approx([0.025, 0.05, 0.1, 0.2, 0.4])
+    assert not on_edge
+    assert study.next_config().learning_rate == pytest.approx(0.4)
+    _finish(configs[-1], 0.55)  # the optimum is now inside: no more runs
+    assert study.next_config() is None
+    assert study.cell_configs(cell)[1] is False
+    assert study.results()[0]["selected"]["config"].learning_rate == pytest.approx(0.2)
+
+
+def test_extension_stops_at_its_limit_and_ties_pick_the_smaller_rate(tmp_path):
+    study = scaling.Study(str(tmp_path), methods=["msgd"], batch_sizes=[8192], max_extensions=1)
+    cell = study.cells[0]
+    for config in study.grid(cell):
+        _finish(config, 0.1)  # all diverged: the smallest rate wins the tie, extend downwards
+    configs, _ = study.cell_configs(cell)
+    assert configs[0].learning_rate == pytest.approx(study.grid(cell)[0].learning_rate / 2)
+    _finish(configs[0], 0.1)
+    configs, on_edge = study.cell_configs(cell)
+    assert len(configs) == 5 and on_edge  # still the edge, and no extension left
+    assert study.next_config() is None
+
+
+@pytest.mark.parametrize("kwargs, flag", [
+    (dict(methods=["adam"]), "--methods"),
+    (dict(methods=[]), "--methods"),
+    (dict(batch_sizes=[128, 1000]), "--batch_sizes"),
+    (dict(batch_sizes=[]), "--batch_sizes"),
+    (dict(lr_factors=[]), "--lr_grid"),
+    (dict(lr_factors=[1.0, -1.0]), "--lr_grid"),
+    (dict(target=1.0), "--target_accuracy"),
+    (dict(target=0.0), "--target_accuracy"),
+    (dict(max_extensions=-1), "--max_extensions"),
+])
+def test_bad_study_arguments_name_their_flag(kwargs, flag):
+    with pytest.raises(ConfigError, match=flag):
+        scaling.Study("out", **kwargs)
+
+
+def reproduce(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "apps.reproduce", "--study=batch_scaling", *args], cwd=ROOT, capture_output=True,
+        text=True, timeout=900, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--methods=msgd,adam"], "--methods"),
+    (["--batch_sizes=128,300"], "--batch_sizes"),
+    (["--target_accuracy=1.5"], "--target_accuracy"),
+    (["--lr_grid="], "--lr_grid"),
+])
+def test_the_app_refuses_bad_input_in_one_line_writing_nothing(tmp_path, args, flag):
+    out = tmp_path / "study"
+    result = reproduce("--dataset=sample", f"--output_dir={out}", *args)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {flag}") and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_tiny_study_selects_on_validation_writes_table_and_figure_and_resumes(tmp_path):
+    out = tmp_path / "study"
+    args = ["--dataset=sample", "--validation_size=500", "--batch_sizes=128,512", "--methods=msgd,sngm",
+            "--lr_grid=0.5,2", "--epochs=1", "--max_extensions=0", "--verbose=0", f"--output_dir={out}"]
+    first = reproduce(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count("\n== ") == 8
+    results = (out / "results.md").read_text()
+    assert "| MSGD | 128 | 35 |" in results and "| SNGM | 512 | 8 |" in results  # 4500 training images kept
+    assert results.count("(selected)") == 4
+    for run in scaling.Study(str(out), methods=["msgd", "sngm"], batch_sizes=[128, 512], lr_factors=[0.5, 2],
+                             max_extensions=0, overrides={"dataset": "sample", "validation_size": 500,
+                                                          "epochs": 1}).results():
+        chosen = run["selected"]["summary"]["validation_accuracy"]
+        assert chosen == max(r["summary"]["validation_accuracy"] for r in run["runs"])
+        rows = RunDir(run["selected"]["config"].model_dir).read_validation()
+        # 4 evaluations an epoch (every 35 // 4 updates, plus the end), or every 8 // 4 updates
+        assert len(rows) == (5 if run["cell"].batch_size == 128 else 4)
+    assert (out / "batch_scaling.png").stat().st_size > 10_000
+
+    # A killed study: one run's summary gone, as if stopped before its end. Only that run trains again.
+    lost = next((out / "runs").glob("sngm_b512_*/summary.json"))
+    lost.unlink()
+    again = reproduce(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("\n== ") == 1 and f"== {lost.parent.name}" in again.stdout
