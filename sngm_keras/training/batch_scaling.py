@@ -158,9 +158,10 @@ class Study:
                 factors.append(factors[-1] * self.spacing)
 
     def next_config(self):
-        """The next run to train: the initial grids first (every cell covered
-        early), then the extensions; None when the study is complete."""
-        for cell in self.cells:
+        """The next run to train: the initial grids first, smallest B first and
+        every method at each B (so a study cut short still compares the
+        methods), then the extensions; None when the study is complete."""
+        for cell in sorted(self.cells, key=lambda c: c.batch_size):
             for config in self.grid(cell):
                 if finished(config) is None:
                     return config
