@@ -157,7 +157,7 @@ def batch_scaling(output_dir, grid, overrides):
         overrides["epochs"] = FLAGS.epochs
     try:
         study = scaling.Study(output_dir, methods=FLAGS.methods, batch_sizes=_batch_sizes(),
-                              lr_factors=grid or scaling.LR_FACTORS, target=FLAGS.target_accuracy,
+                              lr_factors=scaling.LR_FACTORS if grid is None else grid, target=FLAGS.target_accuracy,
                               max_extensions=FLAGS.max_extensions, overrides=overrides)
         if not study.config(study.cells[0], 1.0).validation_size:
             raise ConfigError("validation_size", "batch_scaling chooses learning rates on a validation split: "

@@ -35,6 +35,8 @@ flags.DEFINE_float("learning_rate", _D.learning_rate, "Initial learning rate.")
 flags.DEFINE_float("momentum", _D.momentum, "Momentum beta in [0, 1).")
 flags.DEFINE_float("weight_decay", _D.weight_decay, "L2 weight decay added to the gradient.")
 flags.DEFINE_float("trust_coefficient", _D.trust_coefficient, "LARS trust coefficient eta.")
+flags.DEFINE_bool("pytorch_lars", _D.pytorch_lars, "LARS as the pytorch-lars code: every variable adapted and "
+                  "decayed, zero-norm variables frozen (default: biases and BatchNorm excluded).")
 flags.DEFINE_string("lr_schedule", _D.lr_schedule, "poly, step or constant.")
 flags.DEFINE_float("power", _D.power, "Power of the poly schedule.")
 flags.DEFINE_list("decay_epochs", list(map(str, _D.decay_epochs)), "Epochs where --lr_schedule=step divides the rate.")

@@ -34,15 +34,19 @@ def msgd(weights, grad_fn, lr_fn, steps, momentum=0.9, weight_decay=0.0):
     return w, u
 
 
-def lars(weights, grad_fn, lr_fn, steps, momentum=0.9, weight_decay=0.0, eta=0.001):
-    """pytorch-lars, rank <= 1 variables excluded from adaptation and decay."""
+def lars(weights, grad_fn, lr_fn, steps, momentum=0.9, weight_decay=0.0, eta=0.001, pytorch_lars=False):
+    """pytorch-lars; unless `pytorch_lars`, rank <= 1 variables are excluded
+    from adaptation and decay. pytorch-lars itself (lars.py's step):
+        local_lr = eta * ||w|| / (||g|| + wd * ||w||)
+        buf = momentum * buf + local_lr * global_lr * (g + wd * w);  w -= buf
+    for every parameter."""
     w = [np.array(a, np.float64) for a in weights]
     u = [np.zeros_like(a) for a in w]
     for t in range(steps):
         g = grad_fn(w, t)
         new_u = []
         for wi, gi, ui in zip(w, g, u):
-            if wi.ndim <= 1:
+            if wi.ndim <= 1 and not pytorch_lars:
                 new_u.append(momentum * ui + lr_fn(t) * gi)
                 continue
             wn, gn = np.linalg.norm(wi), np.linalg.norm(gi)

@@ -126,6 +126,26 @@ def test_lars_matches_reference(weight_decay):
     assert_close(u, u_ref)
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_pytorch_lars_matches_reference_and_freezes_zero_weights(weight_decay):
+    # A kernel, a zero-initialised offset (as BatchNorm's beta and biases start) and a non-zero scale.
+    weights = [initial_weights()[0], np.zeros(4, "float32"), np.full(3, 1.5, "float32")]
+    lr = PolynomialWarmup(2.0, total_steps=30, power=1.1)
+    opt = sngm_keras.LARS(lr, momentum=0.9, weight_decay=weight_decay, trust_coefficient=0.02, pytorch_lars=True)
+    w, u = run_keras(opt, 20, weights=weights)
+    w_ref, u_ref = reference.lars(weights, quadratic_grad, poly(2.0, 30, 1.1), 20, 0.9, weight_decay, 0.02,
+                                  pytorch_lars=True)
+    assert_close(w, w_ref)
+    assert_close(u, u_ref)
+    np.testing.assert_array_equal(w[1], 0.0)  # a zero norm gives a zero local rate: never moves
+    assert np.max(np.abs(w[2] - 1.5)) > 1e-3  # rank-1 variables are adapted too
+    default, _ = run_keras(sngm_keras.LARS(lr, momentum=0.9, weight_decay=weight_decay, trust_coefficient=0.02,
+                                           exclude_bias_and_norm=False), 20, weights=weights)
+    assert np.max(np.abs(default[1])) > 1e-3  # the default's trust of 1 moves it
+    config = opt.get_config()
+    assert config["pytorch_lars"] is True and config["exclude_bias_and_norm"] is False
+
+
 def zero_grad(w, t):
     return [np.zeros_like(a) for a in w]
 

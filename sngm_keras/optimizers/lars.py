@@ -25,7 +25,14 @@ class LARS(ReducedGradientOptimizer):
     by default those of rank <= 1 (biases, BatchNorm scale and offset), as
     in You et al.; plus any excluded through `exclude_from_weight_decay()`
     (which then skip decay only). Where `||w||` or `||g||` is zero the trust
-    ratio is 1 (pytorch-lars would freeze such a variable at zero).
+    ratio is 1 by default.
+
+    `pytorch_lars=True` is the pytorch-lars code exactly: every variable is
+    adapted and decayed (also biases and BatchNorm), and the trust ratio is
+    the formula above everywhere, so a variable whose norm is zero gets a
+    zero local rate and never moves (zero-initialised BatchNorm offsets and
+    biases stay zero), and one whose gradient is zero takes a pure decay
+    step of `learning_rate * trust_coefficient * w`.
 
     Args:
         learning_rate: float > 0 or a `LearningRateSchedule` (the global
@@ -34,7 +41,8 @@ class LARS(ReducedGradientOptimizer):
         weight_decay: float >= 0.
         trust_coefficient: eta of the paper, default 0.001.
         exclude_bias_and_norm: exclude rank <= 1 variables from adaptation
-            and decay.
+            and decay (ignored with `pytorch_lars=True`).
+        pytorch_lars: the pytorch-lars semantics (see above).
         epsilon: guards the trust ratio's denominator.
         **kwargs: the keywords of `keras.optimizers.Optimizer` (clipping is
             applied to the all-reduced gradient).
@@ -50,6 +58,7 @@ class LARS(ReducedGradientOptimizer):
         weight_decay=0.0,
         trust_coefficient=0.001,
         exclude_bias_and_norm=True,
+        pytorch_lars=False,
         epsilon=1e-30,
         name="LARS",
         **kwargs,
@@ -67,7 +76,8 @@ class LARS(ReducedGradientOptimizer):
         self.trust_coefficient = check_range("trust_coefficient", trust_coefficient, 0.0)
         if not self.trust_coefficient > 0:
             raise ValueError(f"trust_coefficient must be > 0, got {trust_coefficient!r}")
-        self.exclude_bias_and_norm = bool(exclude_bias_and_norm)
+        self.pytorch_lars = bool(pytorch_lars)
+        self.exclude_bias_and_norm = bool(exclude_bias_and_norm) and not self.pytorch_lars
 
     def _adapts(self, variable):
         return not (self.exclude_bias_and_norm and len(variable.shape) <= 1)
@@ -82,7 +92,8 @@ class LARS(ReducedGradientOptimizer):
         w_norm = robust_norm([w])
         g_norm = robust_norm([gradient])
         trust = self.trust_coefficient * w_norm / (g_norm + wd * w_norm + self.epsilon)
-        trust = ops.where(ops.logical_and(w_norm > 0, g_norm > 0), trust, ops.ones_like(trust))
+        if not self.pytorch_lars:
+            trust = ops.where(ops.logical_and(w_norm > 0, g_norm > 0), trust, ops.ones_like(trust))
         # On a skipped step the gradient is zero but wd * w is not: scale it away.
         scale = ops.where(self._step_ok(), learning_rate * trust, ops.zeros_like(trust))
         self._momentum_update(variable, (gradient + wd * w) * scale, 1.0)
@@ -94,6 +105,7 @@ class LARS(ReducedGradientOptimizer):
             {
                 "trust_coefficient": self.trust_coefficient,
                 "exclude_bias_and_norm": self.exclude_bias_and_norm,
+                "pytorch_lars": self.pytorch_lars,
             }
         )
         return config

@@ -181,7 +181,7 @@ class ValidationMonitor(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self._updates += 1
         self._batches += 1
-        if self._updates % self.every == 0:
+        if self._batches % self.every == 0:  # the same places in every epoch
             steps = self.params.get("steps") if self.params else None
             if steps and self._batches == steps:
                 return  # the epoch's end evaluates it

@@ -43,6 +43,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     trust_coefficient: float = 0.001
+    pytorch_lars: bool = False
     lr_schedule: str = "poly"
     power: float = 1.1
     decay_epochs: Tuple[int, ...] = (80, 120)
@@ -114,6 +115,8 @@ class TrainConfig:
         if _number("weight_decay", self.weight_decay) < 0:
             raise ConfigError("weight_decay", f"must be >= 0, got {self.weight_decay}")
         _positive("trust_coefficient", self.trust_coefficient)
+        if self.pytorch_lars and self.optimizer != "lars":
+            raise ConfigError("pytorch_lars", f"applies to --optimizer=lars, not {self.optimizer}")
         _positive("power", self.power)
         _positive("decay_factor", self.decay_factor)
         _positive_int("epochs", self.epochs)

@@ -27,7 +27,7 @@ def make_optimizer(config, steps_per_epoch):
     if config.optimizer == "sngm":
         return SNGM(**common)
     if config.optimizer == "lars":
-        return LARS(trust_coefficient=config.trust_coefficient, **common)
+        return LARS(trust_coefficient=config.trust_coefficient, pytorch_lars=config.pytorch_lars, **common)
     return MSGD(**common)
 
 
