@@ -43,6 +43,8 @@ flags.DEFINE_bool("jit_compile", None, "Passed to every run.")
 flags.DEFINE_integer("verbose", 2, "Keras progress of every run.")
 flags.DEFINE_bool("dry_run", False, "Print the plan (and for batch_scaling a time estimate) and stop.")
 flags.DEFINE_list("models", None, "Table studies: train only the rows of these models (e.g. resnet20).")
+flags.DEFINE_list("lr_grid_rows", None, "Table studies: the rows --lr_grid sweeps (e.g. msgd_b4096,sngm_b4096); "
+                  "the others run at their preset's rate (default: all rows).")
 flags.DEFINE_integer("validation_size", None, "Training images held out to choose learning rates on "
                      "(default: 5000 for table2 and batch_scaling, none for the others).")
 # batch_scaling
@@ -114,7 +116,8 @@ def main():
     if FLAGS.study in ("table2",) and FLAGS.validation_size is None:
         overrides["validation_size"] = 5000
     try:
-        runs = studies.plan(FLAGS.study, output_dir, FLAGS.epochs_scale, grid, overrides, models=FLAGS.models)
+        runs = studies.plan(FLAGS.study, output_dir, FLAGS.epochs_scale, grid, overrides, models=FLAGS.models,
+                            grid_rows=FLAGS.lr_grid_rows)
         for run in runs:
             run.config.validate()
         if not FLAGS.dry_run:
@@ -123,18 +126,24 @@ def main():
         fail(str(error))
 
     print(f"study {FLAGS.study}: {len(runs)} runs into {output_dir}")
-    for run in runs:
-        state = "finished" if studies.is_finished(run) else "to run"
-        c = run.config
-        print(f"  {run.run_id:40s} {c.optimizer:5s} B={c.batch_size:<5d} lr={c.learning_rate:<8g} "
+    for run, resolved in zip(runs, studies.resolve_rates(runs)):
+        c = (resolved or run).config
+        state = "finished" if resolved and studies.is_finished(resolved) else "to run"
+        rate = f"lr={c.learning_rate:<8g}" if resolved else f"lr=that selected for {run.rate_from}"
+        print(f"  {(resolved or run).run_id:40s} {c.optimizer:5s} B={c.batch_size:<5d} {rate} "
               f"epochs={c.epochs:<4d} {state}")
     if FLAGS.dry_run:
         return
     started = time.time()
+    for run in runs:  # the rows with their own rates first, then those that take a selected rate
+        if run.rate_from is None and not studies.is_finished(run):
+            _train(run.run_id, run.config, output_dir)
+    runs = studies.resolve_rates(runs)
     for run in runs:
         if not studies.is_finished(run):
             _train(run.run_id, run.config, output_dir)
-    context = dict(_context(overrides, runs[0].config.dataset), epochs_scale=FLAGS.epochs_scale, lr_grid=grid)
+    context = dict(_context(overrides, runs[0].config.dataset), epochs_scale=FLAGS.epochs_scale, lr_grid=grid,
+                   lr_grid_rows=FLAGS.lr_grid_rows or "all")
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(studies.results_markdown(FLAGS.study, runs, context))
     from sngm_keras.training.curves import plot_curves

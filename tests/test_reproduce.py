@@ -1,5 +1,6 @@
 """apps.reproduce: the plan of each study, a whole (tiny) study, resume, bad input."""
 
+import json
 import os
 import subprocess
 import sys
@@ -21,12 +22,12 @@ def reproduce(*args):
 
 def test_plans(tmp_path):
     table2 = studies.plan("table2", str(tmp_path))
-    assert len(table2) == 10
+    assert len(table2) == 12
     sngm = next(r for r in table2 if r.run_id == "resnet56_sngm_b4096")
     assert (sngm.config.learning_rate, sngm.config.batch_size, sngm.config.epochs) == (1.3, 4096, 160)
     assert sngm.config.model_dir == os.path.join(str(tmp_path), "runs", "resnet56_sngm_b4096")
     quick = studies.plan("table2", str(tmp_path), epochs_scale=0.05, lr_grid=[0.5, 2])
-    assert len(quick) == 20
+    assert len(quick) == 22  # 10 rows swept, the two pytorch-lars rows once each
     msgd = next(r for r in quick if r.run_id == "resnet20_msgd_b128_lr0.2")
     assert (msgd.config.epochs, msgd.config.decay_epochs) == (8, (4, 6))
     warm = next(r for r in quick if r.run_id.startswith("resnet20_lars_warmup") and r.config.learning_rate == 1.2)
@@ -38,6 +39,35 @@ def test_plans(tmp_path):
         studies.plan("table2", str(tmp_path), lr_grid=[1.0, -2.0])
     with pytest.raises(ConfigError, match="--epochs_scale"):
         studies.plan("table2", str(tmp_path), epochs_scale=0)
+
+
+def _finish(run, validation_accuracy):
+    os.makedirs(run.config.model_dir, exist_ok=True)
+    with open(os.path.join(run.config.model_dir, "summary.json"), "w") as f:
+        json.dump({"complete": True, "validation_accuracy": validation_accuracy, "test_accuracy": 0.5}, f)
+
+
+def test_models_grid_rows_and_the_pytorch_lars_row_at_the_selected_rate(tmp_path):
+    runs = studies.plan("table2", str(tmp_path), epochs_scale=0.125, lr_grid=[0.5, 1, 2], models=["resnet20"],
+                        grid_rows=["msgd_b4096", "lars_b4096", "sngm_b4096"])
+    assert {r.group for r in runs} == {"resnet20"}
+    assert sorted(r.run_id for r in runs if r.row in ("msgd_b128", "lars_warmup_b4096", "lars_pytorch_b4096")) == [
+        "resnet20_lars_pytorch_b4096", "resnet20_lars_warmup_b4096", "resnet20_msgd_b128"]
+    assert len(runs) == 3 * 3 + 3
+    assert all(r.config.epochs == 20 and r.config.decay_epochs == (10, 15) for r in runs if r.row == "msgd_b128")
+    lars = [r for r in runs if r.row == "lars_b4096"]
+    assert [r.config.learning_rate for r in lars] == [0.4, 0.8, 1.6] and not any(r.config.pytorch_lars for r in lars)
+    at = [r.row for r in runs].index("lars_pytorch_b4096")
+    assert studies.resolve_rates(runs)[at] is None  # the LARS grid has not finished
+    for run, accuracy in zip(lars, [0.5, 0.7, 0.6]):
+        _finish(run, accuracy)
+    pytorch = next(r for r in studies.resolve_rates(runs) if r and r.row == "lars_pytorch_b4096")
+    assert pytorch.config.learning_rate == 0.8 and pytorch.config.pytorch_lars
+    assert pytorch.run_id == "resnet20_lars_pytorch_b4096_lr0.8" and pytorch.config.model_dir.endswith(pytorch.run_id)
+    with pytest.raises(ConfigError, match="--models"):
+        studies.plan("table2", str(tmp_path), models=["resnet50"])
+    with pytest.raises(ConfigError, match="--lr_grid_rows"):
+        studies.plan("table2", str(tmp_path), grid_rows=["sngm_b8192"])
 
 
 def test_tiny_study_writes_table_and_curves_and_resumes(tmp_path):

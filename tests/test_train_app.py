@@ -115,7 +115,7 @@ def test_kill_and_resume_is_exact_with_deterministic(tmp_path):
 
 
 def test_every_preset_is_a_valid_configuration(tmp_path):
-    assert len(PRESETS) == 1 + 10 + 4 + 4
+    assert len(PRESETS) == 1 + 12 + 4 + 4
     for name in PRESETS:
         config = TrainConfig.from_preset(name, model_dir=str(tmp_path / name)).validate()
         assert config.preset == name

@@ -9,6 +9,7 @@ and grid), one `runs/<run id>/` model_dir per run, `results.md` and
 import dataclasses
 import json
 import os
+from typing import Optional
 
 from sngm_keras.training.config import ConfigError, TrainConfig
 from sngm_keras.training.rundir import RunDir, read_json, write_atomic
@@ -21,10 +22,16 @@ def _presets(prefix, groups, names):
 # Each study is a list of presets named <table>_<group>_<row>.
 STUDIES = {
     "table2": _presets("table2", ("resnet20", "resnet56"),
-                       ("msgd_b128", "msgd_b4096", "lars_b4096", "lars_warmup_b4096", "sngm_b4096")),
+                       ("msgd_b128", "msgd_b4096", "lars_b4096", "lars_warmup_b4096", "lars_pytorch_b4096",
+                        "sngm_b4096")),
     "table3": _presets("table3", ("resnet18", "resnet50"), ("msgd_b256", "sngm_b8192")),
     "figure1_cpu": _presets("figure1", ("cpu",), ("msgd_b128", "msgd_b4096", "lars_b4096", "sngm_b4096")),
 }
+
+
+# Rows trained at the rate the study selected for another row of the same
+# model, once that row's runs have finished (not swept themselves).
+RATE_FROM = {"lars_pytorch_b4096": "lars_b4096"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +40,7 @@ class PlannedRun:
     group: str  # the model: rows of the table, a panel of the figure
     row: str  # one method and batch size
     config: TrainConfig
+    rate_from: Optional[str] = None  # see RATE_FROM; config holds the preset's rate until resolved
 
 
 def scaled(config, epochs_scale):
@@ -57,20 +65,27 @@ def check_study_args(study, epochs_scale, lr_grid):
             raise ConfigError("lr_grid", f"must be a list of positive numbers, got {lr_grid!r}")
 
 
-def plan(study, output_dir, epochs_scale=1.0, lr_grid=None, overrides=None, models=None):
+def plan(study, output_dir, epochs_scale=1.0, lr_grid=None, overrides=None, models=None, grid_rows=None):
     """The runs of `study`, each a validated TrainConfig under output_dir/runs.
 
     `lr_grid`: factors applied to each row's initial learning rate; each
     method is then reported at its best factor (by validation accuracy when
     the runs hold a validation split out, `validation_size`), as the paper
-    reports each method at its tuned learning rate. `models`: keep only the
-    rows of these models."""
+    reports each method at its tuned learning rate; `grid_rows`: the rows
+    swept (default all), the others run at their preset's rate. `models`:
+    keep only the rows of these models. Rows of `RATE_FROM` run once, at
+    the rate selected for their source row (`resolve_rates`)."""
     check_study_args(study, epochs_scale, lr_grid)
     groups = {preset.split("_", 2)[1] for preset in STUDIES[study]}
+    rows = {preset.split("_", 2)[2] for preset in STUDIES[study]}
     for model in models or ():
         if model not in groups:
             raise ConfigError("models", f"study {study} has no rows for {model!r}; choose from "
                               f"{', '.join(sorted(groups))}")
+    for row in grid_rows or ():
+        if row not in rows - set(RATE_FROM):
+            raise ConfigError("lr_grid_rows", f"study {study} has no swept row {row!r}; choose from "
+                              f"{', '.join(sorted(rows - set(RATE_FROM)))}")
     runs = []
     for preset in STUDIES[study]:
         row = preset.split("_", 2)[2]
@@ -78,7 +93,12 @@ def plan(study, output_dir, epochs_scale=1.0, lr_grid=None, overrides=None, mode
             continue
         base = scaled(TrainConfig.from_preset(preset, **(overrides or {})), epochs_scale)
         group = base.model
-        for factor in lr_grid or [None]:
+        if row in RATE_FROM:
+            config = dataclasses.replace(base, model_dir=os.path.join(output_dir, "runs", f"{group}_{row}"))
+            runs.append(PlannedRun(f"{group}_{row}", group, row, config, rate_from=RATE_FROM[row]))
+            continue
+        swept = lr_grid if grid_rows is None or row in grid_rows else None
+        for factor in swept or [None]:
             config = base
             run_id = f"{group}_{row}"
             if factor is not None:
@@ -87,6 +107,29 @@ def plan(study, output_dir, epochs_scale=1.0, lr_grid=None, overrides=None, mode
             config = dataclasses.replace(config, model_dir=os.path.join(output_dir, "runs", run_id))
             runs.append(PlannedRun(run_id, group, row, config))
     return runs
+
+
+def resolve_rates(runs):
+    """`runs` with each RATE_FROM run set to its source row's selected rate
+    (run id and folder named by it), or None where the source row has not
+    finished every run yet."""
+    best, _ = collect([r for r in runs if r.rate_from is None])
+    selected = {(e["run"].group, e["run"].row): e["run"].config.learning_rate for e in best}
+    resolved = []
+    for run in runs:
+        if run.rate_from is None:
+            resolved.append(run)
+            continue
+        sources = [r for r in runs if (r.group, r.row) == (run.group, run.rate_from)]
+        if not sources or not all(is_finished(r) for r in sources):
+            resolved.append(None)
+            continue
+        rate = selected[(run.group, run.rate_from)]
+        run_id = f"{run.group}_{run.row}_lr{rate:g}"
+        config = dataclasses.replace(run.config, learning_rate=rate,
+                                     model_dir=os.path.join(os.path.dirname(run.config.model_dir), run_id))
+        resolved.append(dataclasses.replace(run, run_id=run_id, config=config))
+    return resolved
 
 
 def claim_output(output_dir, study, epochs_scale, lr_grid):
@@ -168,10 +211,13 @@ def _validation(summary):
 def _table_row(entry):
     config, summary = entry["run"].config, entry["summary"]
     warmup = "-" if config.optimizer != "lars" else ("Yes" if config.warmup_epochs else "No")
+    method = config.optimizer.upper()
+    if config.optimizer == "lars":
+        method += " (pytorch-lars: all variables)" if config.pytorch_lars else " (biases, BN excluded)"
     power = f"{config.power:g}" if config.lr_schedule == "poly" else f"step {','.join(map(str, config.decay_epochs))}"
     minutes = summary["wall_seconds"] / 60
     return (
-        f"| {entry['run'].group} | {config.optimizer.upper()} | {warmup} | {config.learning_rate:g} | {power} | "
+        f"| {entry['run'].group} | {method} | {warmup} | {config.learning_rate:g} | {power} | "
         f"{config.batch_size} | {_validation(summary)} | {100 * summary['test_accuracy']:.2f}% | "
         f"{100 * summary['best_test_accuracy']:.2f}% | "
         f"{summary['updates']} | {config.epochs} | {minutes:.1f} |"
