@@ -66,7 +66,8 @@ class RunDir:
         os.makedirs(self.checkpoints, exist_ok=True)
         wanted = config.result_fields()
         if os.path.exists(self.config):
-            recorded = read_json(self.config)
+            # A setting added to TrainConfig after this run started ran at its default.
+            recorded = {**type(config)().result_fields(), **read_json(self.config)}
             k = first_difference(recorded, wanted)
             if k is not None:
                 raise ConfigError(
