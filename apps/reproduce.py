@@ -42,6 +42,7 @@ flags.DEFINE_integer("num_cpu_devices", None, "Passed to every run.")
 flags.DEFINE_bool("jit_compile", None, "Passed to every run.")
 flags.DEFINE_integer("verbose", 2, "Keras progress of every run.")
 flags.DEFINE_bool("dry_run", False, "Print the plan (and for batch_scaling a time estimate) and stop.")
+flags.DEFINE_bool("report_only", False, "Write results.md and the figure from the runs finished so far; train nothing.")
 flags.DEFINE_list("models", None, "Table studies: train only the rows of these models (e.g. resnet20).")
 flags.DEFINE_list("lr_grid_rows", None, "Table studies: the rows --lr_grid sweeps (e.g. msgd_b4096,sngm_b4096); "
                   "the others run at their preset's rate (default: all rows).")
@@ -136,11 +137,11 @@ def main():
         return
     started = time.time()
     for run in runs:  # the rows with their own rates first, then those that take a selected rate
-        if run.rate_from is None and not studies.is_finished(run):
+        if run.rate_from is None and not studies.is_finished(run) and not FLAGS.report_only:
             _train(run.run_id, run.config, output_dir)
-    runs = studies.resolve_rates(runs)
+    runs = [r for r in studies.resolve_rates(runs) if r is not None]
     for run in runs:
-        if not studies.is_finished(run):
+        if not studies.is_finished(run) and not FLAGS.report_only:
             _train(run.run_id, run.config, output_dir)
     context = dict(_context(overrides, runs[0].config.dataset), epochs_scale=FLAGS.epochs_scale, lr_grid=grid,
                    lr_grid_rows=FLAGS.lr_grid_rows or "all")
@@ -148,7 +149,9 @@ def main():
         f.write(studies.results_markdown(FLAGS.study, runs, context))
     from sngm_keras.training.curves import plot_curves
 
-    plot_curves(studies.curve_groups(runs), os.path.join(output_dir, "curves.png"))
+    groups = studies.curve_groups(runs)
+    if groups:
+        plot_curves(groups, os.path.join(output_dir, "curves.png"))
     print(f"\nwrote {output_dir}/results.md and curves.png ({time.time() - started:.0f} s)")
 
 
@@ -180,7 +183,7 @@ def batch_scaling(output_dir, grid, overrides):
     if FLAGS.dry_run:
         return
     started = time.time()
-    while (config := study.next_config()) is not None:
+    while not FLAGS.report_only and (config := study.next_config()) is not None:
         _train(os.path.basename(config.model_dir), config, output_dir)
     table = study.results()
     context = dict(_context(overrides, study.config(study.cells[0], 1.0).dataset),

@@ -134,6 +134,11 @@ def test_tiny_study_selects_on_validation_writes_table_and_figure_and_resumes(tm
         assert len(rows) == (5 if run["cell"].batch_size == 128 else 4)
     assert (out / "batch_scaling.png").stat().st_size > 10_000
 
+    # --report_only rewrites the table from the finished runs and trains nothing.
+    (out / "results.md").unlink()
+    report = reproduce(*args, "--report_only")
+    assert report.returncode == 0 and "\n== " not in report.stdout and (out / "results.md").read_text() == results
+
     # A killed study: one run's summary gone, as if stopped before its end. Only that run trains again.
     lost = next((out / "runs").glob("sngm_b512_*/summary.json"))
     lost.unlink()
