@@ -137,7 +137,9 @@ def test_tiny_study_selects_on_validation_writes_table_and_figure_and_resumes(tm
     # --report_only rewrites the table from the finished runs and trains nothing.
     (out / "results.md").unlink()
     report = reproduce(*args, "--report_only")
-    assert report.returncode == 0 and "\n== " not in report.stdout and (out / "results.md").read_text() == results
+    assert report.returncode == 0 and "\n== " not in report.stdout
+    rewritten = (out / "results.md").read_text()
+    assert rewritten.split("## Every run")[1] == results.split("## Every run")[1]
 
     # A killed study: one run's summary gone, as if stopped before its end. Only that run trains again.
     lost = next((out / "runs").glob("sngm_b512_*/summary.json"))
