@@ -5,10 +5,11 @@ import sys
 from absl import app, flags
 
 
-def fail(message):
-    """Ends the program with `error: message` on stderr, no traceback."""
+def fail(message, code=2):
+    """Ends the program with `error: message` on stderr, no traceback
+    (code 2: bad input)."""
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 def _parse_flags(argv):

@@ -61,6 +61,12 @@ flags.DEFINE_integer("validations_per_epoch", _D.validations_per_epoch,
                      "Evaluate the validation split this many times per epoch (validation.csv).")
 flags.DEFINE_integer("image_size", None, "ImageNet image size (default 224).")
 flags.DEFINE_integer("verbose", _D.verbose, "Keras progress: 0 silent, 1 bar, 2 a line per epoch.")
+flags.DEFINE_string("coordinator_address", None, "--strategy=multi_worker on JAX: process 0's host:port "
+                    "(else KERAS_DISTRIBUTION_JOB_ADDRESSES).")
+flags.DEFINE_integer("num_processes", None, "--strategy=multi_worker on JAX: the number of processes "
+                     "(else KERAS_DISTRIBUTION_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", None, "--strategy=multi_worker on JAX: this process's id, 0 the chief "
+                     "(else KERAS_DISTRIBUTION_PROCESS_ID).")
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset"]
 
@@ -81,13 +87,19 @@ def config_from_flags():
 def main():
     from sngm_keras.data import DataError
     from sngm_keras.training import ConfigError, train
+    from sngm_keras.training.cluster import WorkerLost
 
     try:
         config = config_from_flags().validate()
         summary = train(config)
     except (ConfigError, DataError) as error:
         fail(str(error))
+    except WorkerLost as error:
+        fail(str(error), code=1)
     state = "was already complete" if summary.get("already_complete") else "finished"
+    if summary.get("chief") is False:
+        print(f"run {state} on this worker; the results are in the chief's --model_dir")
+        return
     print(
         f"run {state}: test accuracy {summary['test_accuracy']:.4f} (best {summary['best_test_accuracy']:.4f}), "
         f"{summary['updates']} updates, {summary['examples_per_second'] or 0:.0f} examples/s; "

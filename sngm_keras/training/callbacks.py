@@ -24,7 +24,7 @@ class EpochRecorder(keras.callbacks.Callback):
     training throughput."""
 
     def __init__(self, run_dir, rows, batch_size, num_train, base_wall_seconds, base_train_seconds,
-                 is_chief=True, validation=None):
+                 validation=None):
         super().__init__()
         self.validation = validation  # a ValidationMonitor, whose time within epochs is not training
         self.run_dir = run_dir
@@ -33,7 +33,6 @@ class EpochRecorder(keras.callbacks.Callback):
         self.num_train = num_train
         self.wall_seconds = base_wall_seconds
         self.train_seconds = base_train_seconds
-        self.is_chief = is_chief
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
@@ -72,9 +71,8 @@ class EpochRecorder(keras.callbacks.Callback):
         self.rows.append(row)
         state = {"epoch": epoch + 1, "updates": updates, "wall_seconds": self.wall_seconds,
                  "train_seconds": self.train_seconds}
-        self.run_dir.save_checkpoint(self.model, state, write=self.is_chief)
-        if self.is_chief:
-            self.run_dir.write_history(self.rows)
+        self.run_dir.save_checkpoint(self.model, state)
+        self.run_dir.write_history(self.rows)
 
 
 class StopAfterUpdates(keras.callbacks.Callback):
@@ -143,7 +141,7 @@ class ValidationMonitor(keras.callbacks.Callback):
     loss short. Rows past the resumed checkpoint are dropped on resume, so
     the file always matches the checkpointed run."""
 
-    def __init__(self, run_dir, dataset, every, batch_size, num_train, is_chief=True):
+    def __init__(self, run_dir, dataset, every, batch_size, num_train):
         super().__init__()
         self.run_dir = run_dir
         self.dataset = dataset
@@ -151,7 +149,6 @@ class ValidationMonitor(keras.callbacks.Callback):
         self.every = every
         self.batch_size = batch_size
         self.num_train = num_train
-        self.is_chief = is_chief
         self.rows = []
 
     def on_train_begin(self, logs=None):
@@ -168,8 +165,7 @@ class ValidationMonitor(keras.callbacks.Callback):
                "grad_per_n": round(self._updates * self.batch_size / self.num_train, 6),
                "validation_loss": loss, "validation_accuracy": accuracy}
         self.rows.append(row)
-        if self.is_chief:
-            self.run_dir.write_validation(self.rows)
+        self.run_dir.write_validation(self.rows)
         self.epoch_seconds += time.perf_counter() - started
         return row
 

@@ -19,7 +19,8 @@ DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 
 # Fields that do not change what a run computes: a run may be resumed with
 # other values of these.
-NOT_RESULT_FIELDS = ("model_dir", "verbose", "download", "data_dir", "max_updates")
+JAX_CLUSTER_FIELDS = ("coordinator_address", "num_processes", "process_id")
+NOT_RESULT_FIELDS = ("model_dir", "verbose", "download", "data_dir", "max_updates", *JAX_CLUSTER_FIELDS)
 
 
 class ConfigError(ValueError):
@@ -66,6 +67,10 @@ class TrainConfig:
     validations_per_epoch: int = 1
     image_size: Optional[int] = None
     verbose: int = 1
+    # --strategy=multi_worker on JAX (see sngm_keras.training.cluster)
+    coordinator_address: Optional[str] = None
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
     preset: Optional[str] = None
 
     @classmethod
@@ -138,8 +143,6 @@ class TrainConfig:
             raise ConfigError("num_cpu_devices", f"must be >= 0, got {self.num_cpu_devices}")
         if self.num_cpu_devices > 1 and self.strategy not in ("auto", "mirrored"):
             raise ConfigError("num_cpu_devices", f"splits the CPU for --strategy=mirrored, not {self.strategy}")
-        if self.strategy == "multi_worker" and "TF_CONFIG" not in os.environ:
-            raise ConfigError("strategy", "multi_worker needs the TF_CONFIG environment variable (the cluster)")
         _positive_int("eval_every", self.eval_every)
         _positive_int("eval_batch_size", self.eval_batch_size)
         if isinstance(self.validation_size, bool) or not isinstance(self.validation_size, int) \
@@ -157,8 +160,25 @@ class TrainConfig:
                 raise ConfigError("image_size", "applies to --dataset=imagenet2012 only")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError("seed", f"must be a non-negative integer, got {self.seed}")
+        if not _check_cluster(self):
+            return self  # a worker that is not the chief keeps no files: model_dir is the chief's
         _check_model_dir(self.model_dir)
         return self
+
+
+def _check_cluster(config):
+    """Raises ConfigError for a bad cluster description; False on a worker
+    that is not the chief of a multi_worker run."""
+    import keras
+
+    from sngm_keras.training import cluster
+
+    backend = keras.backend.backend()
+    for field in JAX_CLUSTER_FIELDS:
+        if getattr(config, field) is not None and (config.strategy != "multi_worker" or backend != "jax"):
+            raise ConfigError(field, "applies to --strategy=multi_worker on the jax backend")
+    described = cluster.describe(config, backend)
+    return described is None or described.is_chief
 
 
 def _choice(field, value, choices):

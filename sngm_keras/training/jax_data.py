@@ -16,6 +16,11 @@ so epoch e depends only on (seed, e). The training PyDataset spans epochs
 `fit(steps_per_epoch=steps, initial_epoch=start_epoch)` resumes exactly,
 whatever Keras calls `on_epoch_end` for.
 
+Several processes (`--strategy=multi_worker`): every process computes the
+same global batches and yields its share, rows ``p * B / P .. (p + 1) * B / P``
+of each batch for process p of P, the rows JAX places on p's devices when it
+assembles the global batch (`jax.make_array_from_process_local_data`).
+
 Nothing here imports TensorFlow, except that loading cifar10/cifar100 needs
 TensorFlow Datasets (and TensorFlow); without them pass the images as a
 folder (``--dataset=DIR`` with ``DIR/{train,test}/<class>/<image>``).
@@ -42,12 +47,14 @@ class TrainBatches(keras.utils.PyDataset):
 
     Item i: ``({"images": uint8 [B, H, W, C], "crop_flip": int32 [B]},
     labels int32 [B])``, "crop_flip" only with augmentation. Each epoch uses
-    ``num_train // batch_size`` batches of a fresh permutation.
+    ``num_train // batch_size`` batches of a fresh permutation. With
+    ``share=(p, P)`` the items hold process p's B / P rows of each batch.
     """
 
-    def __init__(self, x, y, *, batch_size, seed, start_epoch, num_epochs, pad=None):
+    def __init__(self, x, y, *, batch_size, seed, start_epoch, num_epochs, pad=None, share=(0, 1)):
         super().__init__()  # workers=1: items are built in the training thread, in order
         self.x, self.y = x, y
+        self.share = share
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.start_epoch, self.num_epochs = int(start_epoch), int(num_epochs)
@@ -78,19 +85,21 @@ class TrainBatches(keras.utils.PyDataset):
         epoch = self.start_epoch + index // self.steps
         rows = slice((index % self.steps) * self.batch_size, (index % self.steps + 1) * self.batch_size)
         order, draws = self.epoch_order(epoch)
-        idx = order[rows]
+        idx = _share(order[rows], self.share)
         inputs = {"images": self.x[idx]}
         if draws is not None:
-            inputs["crop_flip"] = draws[rows]
+            inputs["crop_flip"] = _share(draws[rows], self.share)
         return inputs, self.y[idx]
 
 
 class TestBatches(keras.utils.PyDataset):
-    """The test split in order, batches of `batch_size` (the last one smaller)."""
+    """The test split in order, batches of `batch_size` (the last one smaller);
+    with ``share=(p, P)`` process p's part of each."""
 
-    def __init__(self, x, y, batch_size):
+    def __init__(self, x, y, batch_size, share=(0, 1)):
         super().__init__()
         self.x, self.y, self.batch_size = x, y, int(batch_size)
+        self.share = share
 
     @property
     def num_batches(self):
@@ -102,8 +111,18 @@ class TestBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         if not 0 <= index < self.num_batches:
             raise IndexError(index)
-        rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        rows = _share(np.arange(index * self.batch_size, min((index + 1) * self.batch_size, len(self.x))),
+                      self.share)
         return {"images": self.x[rows]}, self.y[rows]
+
+
+def _share(rows, share):
+    """Process p's contiguous part of `rows` (``share=(p, P)``)."""
+    index, count = share
+    if count == 1:
+        return rows
+    size = len(rows) // count
+    return rows[index * size:(index + 1) * size]
 
 
 @keras.saving.register_keras_serializable(package="sngm_keras")
@@ -144,7 +163,7 @@ def _tensorflow_datasets_available():
 
 
 def make_datasets(dataset, *, data_dir=None, download=False, batch_size, eval_batch_size=None, augment=True,
-                  seed=0, start_epoch=0, num_epochs, validation_size=0):
+                  seed=0, start_epoch=0, num_epochs, validation_size=0, share=(0, 1)):
     """``(train, test, info, preprocessing)`` for the JAX path, and the
     held-out ``validation`` batches after them when ``validation_size`` > 0
     (the same images as `sngm_keras.data.make_datasets` holds out).
@@ -153,7 +172,8 @@ def make_datasets(dataset, *, data_dir=None, download=False, batch_size, eval_ba
     `info` a `sngm_keras.data.DatasetInfo`, and `preprocessing` the
     `CropFlipNormalize` layer with the dataset's normalization and padding
     (as `sngm_keras.data.make_datasets` uses: CIFAR statistics for the
-    sample and CIFAR, the folder's own for folders). Raises `DataError`.
+    sample and CIFAR, the folder's own for folders). ``share=(p, P)``:
+    process p of P takes its part of every batch. Raises `DataError`.
     """
     source = sources.resolve(dataset)
     if source.kind == "tfds":
@@ -179,10 +199,10 @@ def make_datasets(dataset, *, data_dir=None, download=False, batch_size, eval_ba
                        num_train=arrays.num_train, num_test=arrays.num_test,
                        class_names=tuple(arrays.class_names), num_validation=validation_size)
     train = TrainBatches(arrays.x_train, arrays.y_train, batch_size=batch_size, seed=seed,
-                         start_epoch=start_epoch, num_epochs=num_epochs, pad=pad if augment else None)
+                         start_epoch=start_epoch, num_epochs=num_epochs, pad=pad if augment else None, share=share)
     eval_batch_size = eval_batch_size or min(batch_size, 1000)
-    test = TestBatches(arrays.x_test, arrays.y_test, eval_batch_size)
+    test = TestBatches(arrays.x_test, arrays.y_test, eval_batch_size, share=share)
     preprocess = CropFlipNormalize(mean, std, pad, name="crop_flip_normalize")
     if not validation_size:
         return train, test, info, preprocess
-    return train, test, info, preprocess, TestBatches(x_val, y_val, eval_batch_size)
+    return train, test, info, preprocess, TestBatches(x_val, y_val, eval_batch_size, share=share)

@@ -13,7 +13,8 @@ dataset held in memory as uint8 arrays, fed by a `keras.utils.PyDataset`,
 and pad/crop/flip/normalize inside the jitted step on the device
 (`sngm_keras.training.jax_data`); --strategy auto (several devices) or
 mirrored use `keras.distribution.DataParallel` over this host's devices,
-one_device none, multi_worker is refused; the whole step is always jitted
+one_device none, multi_worker over every process's devices (each process
+feeding its share of every batch); the whole step is always jitted
 (--jit_compile is TensorFlow's choice); --deterministic sets
 `--xla_gpu_deterministic_ops`; imagenet2012 needs TensorFlow; TensorBoard
 logs are written when TensorFlow is installed; nothing imports TensorFlow
@@ -70,14 +71,6 @@ def make_strategy(config):
     return tf.distribute.get_strategy()
 
 
-def _is_chief():
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    task = tf_config.get("task", {})
-    return task.get("type", "worker") in ("chief", "worker") and (
-        task.get("type") == "chief" or "chief" not in tf_config.get("cluster", {}) and task.get("index", 0) == 0
-    )
-
-
 def _versions():
     import keras
 
@@ -98,25 +91,50 @@ def train(config, extra_callbacks=()):
     Keras' backend decides the path: TensorFlow (tf.data input, tf.distribute
     strategies) or JAX (arrays in memory, augmentation on the device,
     `keras.distribution.DataParallel`; see `sngm_keras.training.jax_data`).
+    With --strategy=multi_worker this is one worker's part (see
+    `sngm_keras.training.cluster`); the summary then says whether it is the
+    chief's.
     """
     config.validate()
     import keras
+
+    from sngm_keras.training import cluster as cluster_lib
 
     backend = keras.backend.backend()
     if backend not in ("tensorflow", "jax"):
         raise ConfigError("strategy", f"the training app runs on the tensorflow or jax backend, not {backend}")
     if backend == "jax":
         _check_jax_config(config)
+    cluster = cluster_lib.describe(config, backend)
+    if cluster is None:
+        return _train(config, backend, None, extra_callbacks)
+    with cluster_lib.worker_model_dir(config, cluster) as worker_config:
+        with cluster_lib.worker_lost_as_error(backend):
+            summary = _train(worker_config, backend, cluster, extra_callbacks)
+    return dict(summary, chief=cluster.is_chief)
+
+
+def _train(config, backend, cluster, extra_callbacks):
+    """Opens the run (on every worker of a cluster, which then follow the
+    chief) and trains it."""
+    import keras
+
+    from sngm_keras.training import cluster as cluster_lib
+
     run_dir = RunDir(config.model_dir)
-    run_dir.claim(config)
-    done = run_dir.completed_summary()
+    session = None
+    if cluster is None:
+        done, state = _open_run(config, run_dir, backend)
+        if done is None:
+            prepare_devices(config)
+    else:
+        prepare_devices(config)
+        session = cluster_lib.join(config, cluster, backend)
+        done = cluster_lib.agree(session, run_dir, lambda: _open_run(config, run_dir, backend)[0])
+        state = run_dir.load_state()  # the chief's, copied to the others
     if done is not None:
         log.info("%s already holds the finished run; nothing to do", run_dir.path)
         return dict(done, already_complete=True)
-
-    prepare_devices(config)
-    state = run_dir.load_state()
-    _check_backend(run_dir, state, backend, write=_is_chief())
     start_epoch = min(state["epoch"], config.epochs) if state else 0
     if backend == "jax":
         previous = keras.distribution.distribution()
@@ -124,6 +142,23 @@ def train(config, extra_callbacks=()):
             return _train_jax(config, run_dir, state, start_epoch, extra_callbacks)
         finally:
             keras.distribution.set_distribution(previous)
+    return _train_tf(config, run_dir, state, start_epoch, extra_callbacks, session)
+
+
+def _open_run(config, run_dir, backend):
+    """Claims the run folder; returns (the summary of a finished run or None,
+    the last checkpoint's state or None)."""
+    run_dir.claim(config)
+    done = run_dir.completed_summary()
+    if done is not None:
+        return done, None
+    state = run_dir.load_state()
+    _check_backend(run_dir, state, backend)
+    return None, state
+
+
+def _train_tf(config, run_dir, state, start_epoch, extra_callbacks, session):
+    import keras
 
     from sngm_keras.data import make_datasets, steps_per_epoch
 
@@ -133,7 +168,7 @@ def train(config, extra_callbacks=()):
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    strategy = make_strategy(config)
+    strategy = make_strategy(config) if session is None else session.strategy
     replicas = strategy.num_replicas_in_sync
     micro = _micro_batch_size(config, replicas)
     train_ds, test_ds, info, *validation_ds = make_datasets(
@@ -142,6 +177,10 @@ def train(config, extra_callbacks=()):
         start_epoch=min(start_epoch, config.epochs - 1), num_epochs=config.epochs, image_size=config.image_size,
         validation_size=config.validation_size,
     )
+    if session is not None:
+        from sngm_keras.training.cluster import shard_by_examples
+
+        train_ds, test_ds = shard_by_examples(train_ds), shard_by_examples(test_ds)
     steps = steps_per_epoch(info, config.batch_size)
     model = _build(config, strategy, info, steps, micro)
     return _fit(config, run_dir, state, start_epoch, model, train_ds, test_ds, info, steps, replicas, micro,
@@ -158,7 +197,7 @@ def _micro_batch_size(config, replicas):
     return micro
 
 
-def _check_backend(run_dir, state, backend, write=True):
+def _check_backend(run_dir, state, backend):
     """A run continues on the backend it started on (its data order and
     checkpoint layout are the backend's). Runs on other backends than
     TensorFlow record theirs in checkpoints/backend."""
@@ -171,9 +210,9 @@ def _check_backend(run_dir, state, backend, write=True):
                 f"{run_dir.path} holds a run trained on the {recorded} backend; resume it with "
                 f"KERAS_BACKEND={recorded}, or use another --model_dir",
             )
-    elif write and backend != "tensorflow":
+    elif backend != "tensorflow":
         write_atomic(path, backend + "\n")
-    elif write and os.path.exists(path):
+    elif os.path.exists(path):
         os.remove(path)
 
 
@@ -185,26 +224,24 @@ def _fit(config, run_dir, state, start_epoch, model, train_ds, test_ds, info, st
     if state:
         model.load_weights(run_dir.weights_path(state))
         log.info("resumed from %s (epoch %d)", state["weights"], start_epoch)
-
-    is_chief = _is_chief()
     rows = [r for r in run_dir.read_history() if int(r["epoch"]) <= start_epoch]
     from sngm_keras.training import callbacks as cb
 
     monitor = None
     if validation_ds is not None:
         every = max(1, steps // config.validations_per_epoch)
-        monitor = cb.ValidationMonitor(run_dir, validation_ds, every, config.batch_size, info.num_train, is_chief)
+        monitor = cb.ValidationMonitor(run_dir, validation_ds, every, config.batch_size, info.num_train)
     recorder = cb.EpochRecorder(
         run_dir, rows, config.batch_size, info.num_train,
         base_wall_seconds=state["wall_seconds"] if state else 0.0,
         base_train_seconds=state["train_seconds"] if state else 0.0,
-        is_chief=is_chief, validation=monitor,
+        validation=monitor,
     )
     # The monitor first: the recorder's history row takes its epoch-end figures.
     callbacks = [*([monitor] if monitor else []), recorder, cb.SkippedStepsMonitor(), *extra_callbacks]
     if config.max_updates:
         callbacks.append(cb.StopAfterUpdates(config.max_updates))
-    if is_chief and tensorboard:
+    if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=run_dir.logs, update_freq="epoch"))
     started = time.perf_counter()
     if start_epoch < config.epochs and not _reached(model, config.max_updates):
@@ -216,15 +253,13 @@ def _fit(config, run_dir, state, start_epoch, model, train_ds, test_ds, info, st
     results = model.evaluate(test_ds, verbose=0, return_dict=True)
     summary = _summary(config, model, recorder, rows, results, replicas, micro, info)
     if monitor is not None:
-        summary.update(_validation_summary(run_dir.read_validation() if is_chief else monitor.rows,
-                                           info.num_validation))
-    if is_chief:
-        model.model.save(run_dir.final_model)
-        from sngm_keras.training.curves import plot_curves
+        summary.update(_validation_summary(run_dir.read_validation(), info.num_validation))
+    model.model.save(run_dir.final_model)
+    from sngm_keras.training.curves import plot_curves
 
-        if rows:
-            plot_curves({config.preset or config.model: {_label(config): rows}}, run_dir.curves)
-        write_atomic(run_dir.summary, json.dumps(summary, indent=2))
+    if rows:
+        plot_curves({config.preset or config.model: {_label(config): rows}}, run_dir.curves)
+    write_atomic(run_dir.summary, json.dumps(summary, indent=2))
     log.info("run finished in %.1f s", time.perf_counter() - started)
     return summary
 
@@ -237,9 +272,6 @@ def _check_jax_config(config):
     if config.dataset == "imagenet2012":
         raise ConfigError("dataset", "imagenet2012 needs the TensorFlow input pipeline: run it with "
                           "KERAS_BACKEND=tensorflow")
-    if config.strategy == "multi_worker":
-        raise ConfigError("strategy", "multi_worker is TensorFlow's (tf.distribute); on the jax backend use "
-                          "auto, one_device or mirrored (keras.distribution.DataParallel on this host's devices)")
 
 
 def _prepare_jax_devices(config):
@@ -274,7 +306,8 @@ def make_distribution(config):
 
     auto: all devices of JAX's default platform when there are several;
     mirrored: those devices (or the --num_cpu_devices CPU devices) even if
-    just one; one_device: the first device.
+    just one; one_device: the first device; multi_worker: the devices of
+    every process.
     """
     import jax
     import keras
@@ -284,7 +317,8 @@ def make_distribution(config):
     devices = jax.devices("cpu") if config.num_cpu_devices > 1 else jax.devices()
     if config.strategy == "auto" and len(devices) < 2:
         return None
-    return keras.distribution.DataParallel(devices=devices)
+    # Several processes: each feeds its share of every batch itself (jax_data).
+    return keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
 
 
 def _hide_accelerators_from_tensorflow():
@@ -302,6 +336,7 @@ def _hide_accelerators_from_tensorflow():
 
 
 def _train_jax(config, run_dir, state, start_epoch, extra_callbacks):
+    import jax
     import keras
     import numpy as np
 
@@ -319,7 +354,7 @@ def _train_jax(config, run_dir, state, start_epoch, extra_callbacks):
         config.dataset, data_dir=config.data_dir, download=config.download, batch_size=config.batch_size,
         eval_batch_size=config.eval_batch_size, augment=config.augment, seed=config.seed,
         start_epoch=min(start_epoch, config.epochs - 1), num_epochs=config.epochs,
-        validation_size=config.validation_size,
+        validation_size=config.validation_size, share=(jax.process_index(), jax.process_count()),
     )
     for name, count in (("test", info.num_test), ("validation", info.num_validation)):
         last = count % test_ds.batch_size or test_ds.batch_size

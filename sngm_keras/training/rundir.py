@@ -102,17 +102,11 @@ class RunDir:
             raise ConfigError("model_dir", f"checkpoint {state['weights']} named in {self.state} is missing")
         return state
 
-    def save_checkpoint(self, model, state, write=True):
+    def save_checkpoint(self, model, state):
         """Weights and optimizer of epoch `state["epoch"]`, then the state that
         points to them, then the older files: a kill at any moment leaves the
         previous checkpoint or the new one, complete."""
         name = f"epoch-{state['epoch']:04d}.weights.h5"
-        if not write:  # a non-chief worker: take part in the save, keep nothing
-            import tempfile
-
-            with tempfile.TemporaryDirectory() as tmp:
-                model.save_weights(os.path.join(tmp, name))
-            return
         tmp = os.path.join(self.checkpoints, f"tmp-{os.getpid()}-{name}")
         model.save_weights(tmp)
         os.replace(tmp, os.path.join(self.checkpoints, name))
