@@ -101,13 +101,21 @@ def _noise_scale_sizes(model, x):
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     per_replica = next(t for t in tree.flatten(x) if t is not None).shape[0]
     reason = None
-    if per_replica is None:
-        reason = "the batch size is unknown when the step is traced (batch with drop_remainder=True)"
-    elif replicas > 1 and not isinstance(inner_optimizer(model.optimizer), ReducedGradientOptimizer):
+    if replicas > 1 and not isinstance(inner_optimizer(model.optimizer), ReducedGradientOptimizer):
         reason = (f"under {replicas} replicas the step's gradient is whole only inside the optimizer, "
                   "and only sngm_keras optimizers (SNGM, MSGD, LARS) report it")
-    big = per_replica * replicas if per_replica is not None else None
-    return model.noise_scale_batches(model.micro_batch_size, big, reason)
+    if per_replica is not None:
+        return model.noise_scale_batches(model.micro_batch_size, per_replica * replicas, reason)
+    if replicas == 1:
+        reason = reason or "the batch size is unknown when the step is traced (batch with drop_remainder=True)"
+        return model.noise_scale_batches(model.micro_batch_size, None, reason)
+    # Several replicas (MultiWorkerMirroredStrategy's shards have no static
+    # size): at least two micro-batches per step whatever the size.
+    sizes = model.noise_scale_batches(model.micro_batch_size, 2 * model.micro_batch_size, reason)
+    if sizes is None:
+        return None
+    batch = tf.shape(next(t for t in tree.flatten(x) if t is not None))[0]
+    return model.micro_batch_size, tf.cast(batch * replicas, tf.float32)
 
 
 def _apply_measuring_noise(model, grads, trainable, sq_sum, count, small, big):

@@ -34,9 +34,10 @@ NOISE_SCALE_KEYS = ("gradient_noise_scale", "gradient_sq_norm_ema", "gradient_va
 
 def estimate(small_sq_norm, big_sq_norm, small, big):
     """Unbiased (|G|^2, tr(Sigma)) from the mean |g_small|^2 and |G_big|^2 of one step."""
-    small, big = float(small), float(big)
-    if not 0 < small < big:
+    if isinstance(small, (int, float)) and isinstance(big, (int, float)) and not 0 < small < big:
         raise ValueError(f"need two batch sizes 0 < small < big, got {small} and {big}")
+    small = ops.cast(small, "float32") if not isinstance(small, (int, float)) else float(small)
+    big = ops.cast(big, "float32") if not isinstance(big, (int, float)) else float(big)
     sq_norm = (big * big_sq_norm - small * small_sq_norm) / (big - small)
     trace = (small_sq_norm - big_sq_norm) / (1.0 / small - 1.0 / big)
     return sq_norm, trace

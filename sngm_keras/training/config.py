@@ -19,7 +19,7 @@ DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 
 # Fields that do not change what a run computes: a run may be resumed with
 # other values of these.
-NOT_RESULT_FIELDS = ("model_dir", "verbose", "download", "data_dir", "max_updates")
+NOT_RESULT_FIELDS = ("model_dir", "verbose", "download", "data_dir", "max_updates", "noise_scale")
 
 
 class ConfigError(ValueError):
@@ -67,6 +67,8 @@ class TrainConfig:
     image_size: Optional[int] = None
     verbose: int = 1
     preset: Optional[str] = None
+    # Measure the gradient noise scale (it never changes the weights).
+    noise_scale: bool = True
 
     @classmethod
     def from_preset(cls, preset, **overrides):
