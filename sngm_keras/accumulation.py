@@ -162,7 +162,7 @@ class MicroBatchModel(keras.Model):
             return None
         if reason_if_not is None and not (big and small < big):
             reason_if_not = (
-                f"each step has a single small batch (B={big}, micro-batch {small}); "
+                f"each step has a single small batch ({small} of B={big} examples); "
                 "use a smaller micro_batch_size"
             )
         tracker.measured = reason_if_not is None
