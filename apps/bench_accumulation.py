@@ -1,15 +1,19 @@
 """Large batches from micro-batches: memory and speed on ResNet-20.
 
 Three ways to train: plain B = 128; B = 4096 as 32 micro-batches of 128
-(`MicroBatchModel`); and a direct B = 4096 step. Peak memory is measured
+(`MicroBatchModel`, measuring the gradient noise scale as it does by
+default; `micro_nonoise` is the same with `noise_scale=False`); and a direct
+B = 4096 step. Peak memory is measured
 in a fresh process per configuration (peak resident memory, and its growth
 over the resident memory after the model and data are set up); examples/s
 is timed in one process, the configurations alternating, medians of repeats.
 
     python -m apps.bench_accumulation --output=bench_accumulation.json
+    python -m apps.bench_accumulation --configs=micro,micro_nonoise --repeats=7   # the noise scale's cost
 """
 
 import json
+import math
 import os
 import platform
 import resource
@@ -30,7 +34,8 @@ flags.DEFINE_integer("repeats", 3, "Timed repeats (median reported).")
 flags.DEFINE_string("output", "bench_accumulation.json", "JSON results.")
 flags.DEFINE_string("measure_memory_of", None, "Internal: run one configuration and print its memory as JSON.")
 
-CONFIGS = ("plain", "micro", "direct")
+CONFIGS = ("plain", "micro", "micro_nonoise", "direct")
+flags.DEFINE_list("configs", list(CONFIGS), f"Which of {', '.join(CONFIGS)} to run (the first is the reference).")
 
 
 def rss_bytes():
@@ -47,8 +52,8 @@ def build(kind):
 
     b, big = FLAGS.micro_batch_size, FLAGS.batch_size
     model = build_model(FLAGS.model, 10, (32, 32, 3), seed=0)
-    if kind == "micro":
-        model = sngm_keras.MicroBatchModel(model, micro_batch_size=b)
+    if kind in ("micro", "micro_nonoise"):
+        model = sngm_keras.MicroBatchModel(model, micro_batch_size=b, noise_scale=kind == "micro")
     model.compile(optimizer=sngm_keras.SNGM(0.1, weight_decay=1e-4),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     size = b if kind == "plain" else big
@@ -67,13 +72,29 @@ def measure_memory(kind):
     print(json.dumps({"kind": kind, "baseline_bytes": baseline, "peak_bytes": peak}))
 
 
+def noise_scale_cost(configs, model, times):
+    """The noise scale's price: examples/s with it over without (medians of
+    the alternated repeats, and each repeat's ratio), and the growth of peak
+    memory against the size of one gradient."""
+    on, off = configs["micro"], configs["micro_nonoise"]
+    return {
+        "throughput_on_over_off": on["examples_per_second"] / off["examples_per_second"],
+        "per_repeat_ratios": [round(t_off / t_on, 4) for t_on, t_off in zip(times["micro"], times["micro_nonoise"])],
+        "peak_growth_bytes": on["peak_bytes"] - off["peak_bytes"],
+        "gradient_bytes": sum(4 * math.prod(v.shape) for v in model.trainable_variables),
+    }
+
+
 def main(argv):
     del argv
     if FLAGS.measure_memory_of:
         return measure_memory(FLAGS.measure_memory_of)
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "model": FLAGS.model,
                "micro_batch_size": FLAGS.micro_batch_size, "batch_size": FLAGS.batch_size, "configs": {}}
-    for kind in CONFIGS:
+    configs = [kind for kind in FLAGS.configs if kind in CONFIGS]
+    if not configs or len(configs) != len(FLAGS.configs):
+        raise app.UsageError(f"--configs: choose among {', '.join(CONFIGS)}")
+    for kind in configs:
         out = subprocess.run([sys.executable, "-m", "apps.bench_accumulation", f"--measure_memory_of={kind}",
                               f"--model={FLAGS.model}", f"--micro_batch_size={FLAGS.micro_batch_size}",
                               f"--batch_size={FLAGS.batch_size}"], capture_output=True, text=True)
@@ -81,19 +102,22 @@ def main(argv):
             results["configs"][kind] = {"memory_error": out.stderr.strip().splitlines()[-1:]}
             continue
         results["configs"][kind] = json.loads(out.stdout.strip().splitlines()[-1])
-    models = {kind: build(kind) for kind in CONFIGS if "peak_bytes" in results["configs"][kind]}
+    models = {kind: build(kind) for kind in configs if "peak_bytes" in results["configs"][kind]}
     for model, x, y in models.values():
         model.train_on_batch(x, y)
     times = {kind: [] for kind in models}
     per_update = FLAGS.batch_size // FLAGS.micro_batch_size
-    for _ in range(FLAGS.repeats):
-        for kind, (model, x, y) in models.items():
+    for repeat in range(FLAGS.repeats):
+        order = list(models.items())
+        for kind, (model, x, y) in order[::-1] if repeat % 2 else order:  # no kind always first
             calls = per_update if kind == "plain" else 1  # the same examples in each
             start = time.perf_counter()
             for _ in range(calls):
                 model.train_on_batch(x, y)
             times[kind].append(time.perf_counter() - start)
-    plain = results["configs"]["plain"]
+    reference = configs[0]
+    results["reference"] = reference
+    plain = results["configs"][reference]
     for kind in models:
         entry = results["configs"][kind]
         entry["examples_per_second"] = FLAGS.batch_size / statistics.median(times[kind])
@@ -101,10 +125,16 @@ def main(argv):
         entry["growth_over_plain"] = (entry["peak_bytes"] - entry["baseline_bytes"]) / (
             plain["peak_bytes"] - plain["baseline_bytes"])
         entry["throughput_over_plain"] = entry["examples_per_second"] / (
-            FLAGS.batch_size / statistics.median(times["plain"]))
-        print(f"{kind:7s} peak {entry['peak_bytes'] / 2**30:6.2f} GiB ({entry['peak_over_plain']:.2f}x plain; "
+            FLAGS.batch_size / statistics.median(times[reference]))
+        print(f"{kind:13s} peak {entry['peak_bytes'] / 2**30:6.2f} GiB ({entry['peak_over_plain']:.2f}x {reference}; "
               f"growth {entry['growth_over_plain']:.2f}x)  {entry['examples_per_second']:7.1f} examples/s "
-              f"({entry['throughput_over_plain']:.3f}x plain)")
+              f"({entry['throughput_over_plain']:.3f}x {reference})")
+    if "micro" in models and "micro_nonoise" in models:
+        results["noise_scale_cost"] = noise_scale_cost(results["configs"], models["micro"][0], times)
+        cost = results["noise_scale_cost"]
+        print(f"noise scale on/off: {cost['throughput_on_over_off']:.3f}x the examples/s (per-repeat ratios "
+              f"{cost['per_repeat_ratios']}); peak +{cost['peak_growth_bytes'] / 2**20:.1f} MiB, one gradient "
+              f"{cost['gradient_bytes'] / 2**20:.1f} MiB")
     with open(FLAGS.output, "w") as f:
         json.dump(results, f, indent=2)
 

@@ -67,6 +67,7 @@ flags.DEFINE_integer("num_processes", None, "--strategy=multi_worker on JAX: the
                      "(else KERAS_DISTRIBUTION_NUM_PROCESSES).")
 flags.DEFINE_integer("process_id", None, "--strategy=multi_worker on JAX: this process's id, 0 the chief "
                      "(else KERAS_DISTRIBUTION_PROCESS_ID).")
+flags.DEFINE_bool("noise_scale", _D.noise_scale, "Measure the gradient noise scale B_simple (needs 2+ micro-batches a step).")
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset"]
 
@@ -104,6 +105,27 @@ def main():
         f"run {state}: test accuracy {summary['test_accuracy']:.4f} (best {summary['best_test_accuracy']:.4f}), "
         f"{summary['updates']} updates, {summary['examples_per_second'] or 0:.0f} examples/s; "
         f"results in {config.model_dir}"
+    )
+    line = noise_scale_line(summary, config.batch_size)
+    if line:
+        print(line)
+
+
+def noise_scale_line(summary, batch_size):
+    """What the measured noise scale says of the batch size, or None."""
+    from sngm_keras.noise_scale import steps_and_examples
+
+    scale = summary.get("gradient_noise_scale")
+    if scale is None:
+        if summary.get("gradient_sq_norm_ema") is not None:
+            return ("gradient noise scale: not yet measurable (the |G|^2 estimate is not positive); "
+                    "the batch is likely below it")
+        return None
+    steps, examples = steps_and_examples(scale, batch_size)
+    return (
+        f"gradient noise scale B_simple ~ {scale:.0f} at the end (B={batch_size}): by McCandlish et al.'s model "
+        f"this batch needs ~{steps:.2f}x the minimal number of steps and ~{examples:.2f}x the minimal number of "
+        "examples (B_simple grows during training; it estimates, not equals, the critical batch)"
     )
 
 

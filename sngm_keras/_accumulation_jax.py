@@ -37,6 +37,8 @@ from jax.sharding import PartitionSpec
 from keras import tree
 from keras.src.trainers.data_adapters import data_adapter_utils
 
+from sngm_keras.noise_scale import sum_of_squares
+
 
 def _map(fn, structure):
     return tree.map_structure(lambda t: None if t is None else fn(t), structure)
@@ -95,6 +97,23 @@ def _scan(body, init, xs, length):
     return carry, jax.tree.map(lambda *t: jnp.stack(t), *ys)
 
 
+def _track_noise_scale(model, metrics_variables, optimizer_variables, micro_sq, step_sq, small, big):
+    """The tracker's update, stateless: returns the new metrics variables.
+    The gradients are of `optimizer.scale_loss(loss)` (a LossScaleOptimizer's
+    dynamic scale): measure in the loss's units."""
+    optimizer = model.optimizer
+    with keras.StatelessScope(state_mapping=list(zip(optimizer.variables, optimizer_variables))):
+        scale = jnp.asarray(optimizer.scale_loss(1.0), "float32")
+    tracker = model.noise_scale_tracker
+    indices = {id(v): i for i, v in enumerate(model.metrics_variables)}
+    own = [metrics_variables[indices[id(v)]] for v in tracker.variables]
+    new = tracker.stateless_update_state(own, micro_sq / scale**2, step_sq / scale**2, small, big)
+    metrics_variables = list(metrics_variables)
+    for v, value in zip(tracker.variables, new):
+        metrics_variables[indices[id(v)]] = value
+    return metrics_variables
+
+
 def train_step(model, state, data):
     from sngm_keras.accumulation import num_replicas
 
@@ -113,10 +132,16 @@ def train_step(model, state, data):
     split = lambda t: _split(t, replicas, num_micro, b, sharding)
     micro_batches = (_map(split, x), _map(split, y), _map(split, sample_weight))
 
+    # The small batch of the noise scale is a micro-batch over all devices:
+    # XLA all-reduces each micro-batch's gradient inside the loop.
+    noise = None
+    if model.noise_scale_tracker is not None:
+        noise = model.noise_scale_batches(b * replicas, batch)
+
     grad_fn = jax.value_and_grad(model.compute_loss_and_updates, has_aux=True)
 
     def body(carry, micro):
-        non_trainable, metrics_variables, grad_sum, loss_sum = carry
+        non_trainable, metrics_variables, grad_sum, loss_sum, sq_sum = carry
         mx, my, msw = micro
         # Keras' own stateless forward + loss (+ optimizer.scale_loss, with
         # the optimizer's variables mapped, as Keras' train_step does).
@@ -133,11 +158,14 @@ def train_step(model, state, data):
         unscaled_loss, y_pred, new_non_trainable, new_metrics_variables = aux
         grad_sum = [s + g.astype(s.dtype) for s, g in zip(grad_sum, grads)]
         loss_sum = loss_sum + unscaled_loss.astype(loss_sum.dtype)
+        if noise is not None:
+            sq_sum = sq_sum + sum_of_squares(grads)
         carry = (
             _like(new_non_trainable, non_trainable),
             _like(new_metrics_variables, metrics_variables),
             grad_sum,
             loss_sum,
+            sq_sum,
         )
         return carry, y_pred
 
@@ -146,12 +174,17 @@ def train_step(model, state, data):
         list(metrics_variables),
         [jnp.zeros(v.shape, v.dtype) for v in trainable],
         jnp.zeros((), "float32"),
+        jnp.zeros((), "float32"),
     )
-    (non_trainable, metrics_variables, grad_sum, loss_sum), y_pred = _scan(
+    (non_trainable, metrics_variables, grad_sum, loss_sum, sq_sum), y_pred = _scan(
         body, init, micro_batches, num_micro
     )
 
     grads = [g / jnp.asarray(num_micro, g.dtype) for g in grad_sum]
+    if noise is not None:
+        metrics_variables = _track_noise_scale(
+            model, metrics_variables, optimizer_variables, sq_sum / num_micro, sum_of_squares(grads), *noise
+        )
     trainable, optimizer_variables = model.optimizer.stateless_apply(optimizer_variables, grads, trainable)
 
     loss = loss_sum / num_micro

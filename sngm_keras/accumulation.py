@@ -26,11 +26,31 @@ the wrapper; the optimizer step runs outside it, because under tf.distribute
 it holds the cross-replica all-reduce and `merge_call`, which XLA cannot
 compile. With a single device, `model.compile(jit_compile=True)` compiles the
 whole step instead.
+
+Gradient noise scale: with `noise_scale=True` (the default) each step also
+measures McCandlish et al.'s B_simple (`sngm_keras.noise_scale`) from the
+sum of squares of every micro-batch's gradient and the squared norm of the
+step's gradient, before the optimizer's weight decay, at the cost of one sum
+of squares per micro-batch and one all-reduce of a scalar: the metrics
+`gradient_noise_scale`, `gradient_sq_norm_ema` and `gradient_variance_ema`.
+The small batch is a micro-batch on one replica (b) on TensorFlow, and a
+micro-batch over all devices (R x b) on JAX, whose step takes each
+micro-batch's gradient over all its devices; the large batch is B. With a
+single small batch per step (TensorFlow: one micro-batch on one replica;
+JAX: one micro-batch) there is nothing to compare: the metrics are absent and
+one warning says why. Under a tf.distribute strategy with several replicas
+the step's gradient is whole only inside the optimizer, after its all-reduce:
+there the measure needs an `sngm_keras` optimizer (SNGM, MSGD, LARS).
 """
 
+import logging
 import sys
 
 import keras
+
+from sngm_keras.noise_scale import NOISE_SCALE_KEYS, GradientNoiseScale
+
+log = logging.getLogger("sngm_keras")
 
 
 def check_batch_split(batch_size, micro_batch_size, num_replicas=1):
@@ -57,6 +77,9 @@ class MicroBatchModel(keras.Model):
             replica. Every batch given to `fit` must hold a multiple of
             b x replicas examples (use `drop_remainder=True`).
         jit_compile: compile the micro-batch loop with XLA (TensorFlow).
+        noise_scale: measure the gradient noise scale (see the module
+            docstring); `noise_scale_tracker` holds it, None when off.
+        noise_scale_decay: decay of its exponential moving averages.
 
     Example:
         ```python
@@ -68,7 +91,8 @@ class MicroBatchModel(keras.Model):
         ```
     """
 
-    def __init__(self, model, micro_batch_size, jit_compile=False, **kwargs):
+    def __init__(self, model, micro_batch_size, jit_compile=False, noise_scale=True, noise_scale_decay=0.99,
+                 **kwargs):
         kwargs.setdefault("name", f"{model.name}_microbatch")
         super().__init__(**kwargs)
         if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int) or micro_batch_size < 1:
@@ -76,6 +100,9 @@ class MicroBatchModel(keras.Model):
         self.model = model
         self.micro_batch_size = micro_batch_size
         self.micro_jit_compile = bool(jit_compile)
+        self.noise_scale_decay = noise_scale_decay
+        self.noise_scale_tracker = GradientNoiseScale(noise_scale_decay) if noise_scale else None
+        self._noise_scale_warned = False
         if model.built:  # so load_weights works before the first step
             self.built = True
 
@@ -115,11 +142,36 @@ class MicroBatchModel(keras.Model):
 
     def test_step(self, *args):
         logs = super().test_step(*args)
+        # The noise scale is training's: no val_gradient_noise_scale.
+        if keras.backend.backend() == "jax":
+            logs, state = logs
+            return {k: v for k, v in logs.items() if k not in NOISE_SCALE_KEYS}, state
+        logs = {k: v for k, v in logs.items() if k not in NOISE_SCALE_KEYS}
         if keras.backend.backend() == "tensorflow":
             from sngm_keras import _accumulation_tf
 
             logs = _accumulation_tf.logs_for_strategy(logs)
         return logs
+
+    def noise_scale_batches(self, small, big, reason_if_not=None):
+        """Called by the train steps when they trace: (small, big) if the noise
+        scale can be measured with these batch sizes, else None after one
+        warning. Sets what the tracker reports."""
+        tracker = self.noise_scale_tracker
+        if tracker is None:
+            return None
+        if reason_if_not is None and not (big and small < big):
+            reason_if_not = (
+                f"each step has a single small batch ({small} of B={big} examples); "
+                "use a smaller micro_batch_size"
+            )
+        tracker.measured = reason_if_not is None
+        if reason_if_not is None:
+            return small, big
+        if not self._noise_scale_warned:
+            self._noise_scale_warned = True
+            log.warning("gradient noise scale not measured: %s", reason_if_not)
+        return None
 
     def get_config(self):
         return {
@@ -127,6 +179,8 @@ class MicroBatchModel(keras.Model):
             "model": keras.saving.serialize_keras_object(self.model),
             "micro_batch_size": self.micro_batch_size,
             "jit_compile": self.micro_jit_compile,
+            "noise_scale": self.noise_scale_tracker is not None,
+            "noise_scale_decay": self.noise_scale_decay,
         }
 
     @classmethod

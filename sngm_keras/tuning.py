@@ -292,7 +292,9 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
         keras.mixed_precision.set_dtype_policy(config.dtype_policy)
         keras.utils.set_random_seed(config.seed)
         net = build_model(config.model, self.splits.num_classes, tuple(self.splits.image_shape), seed=config.seed)
-        model = MicroBatchModel(net, config.micro_batch_size or config.batch_size)
+        # One micro-batch a step (no --micro_batch_size) has no noise scale to measure.
+        model = MicroBatchModel(net, config.micro_batch_size or config.batch_size,
+                                noise_scale=config.noise_scale and config.micro_batch_size is not None)
         # The optimizer is built too, so Hyperband's continued trials restore it.
         return compile_for_training(model, config, self.steps_per_epoch(config.batch_size))
 

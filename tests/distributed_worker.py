@@ -62,12 +62,15 @@ def main(mode, out, micro_batch_size=0, optimizer_name="sngm"):
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH, drop_remainder=True)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    model.fit(ds.with_options(options), epochs=1, verbose=0)
+    history = model.fit(ds.with_options(options), epochs=1, verbose=0).history
+    from sngm_keras.noise_scale import NOISE_SCALE_KEYS
+
     np.savez(
         out,
+        *model.get_weights(),
         iterations=int(model.optimizer.iterations.numpy()),
         replicas=strategy.num_replicas_in_sync,
-        *model.get_weights(),
+        noise_scale=[float(np.ravel(history[k])[-1]) for k in NOISE_SCALE_KEYS if k in history],
     )
 
 

@@ -11,6 +11,7 @@ the TF/JAX comparison in the test process itself).
 """
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -37,6 +38,16 @@ def max_diff(a, b):
     return max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(a, b))
 
 
+def dp_micro_batch_order(n, batch=BATCH, micro=MICRO):
+    """Rows in the order that makes one device's micro-batches of 2 x micro
+    the micro-batches of two devices with `micro` (see _accumulation_jax)."""
+    half = batch // 2
+    return np.concatenate([
+        np.r_[start + micro * i : start + micro * (i + 1), start + half + micro * i : start + half + micro * (i + 1)]
+        for start in range(0, n, batch) for i in range(half // micro)
+    ])
+
+
 def bn_recurrence(x, micro_batches):
     """BatchNorm(momentum=0.9)'s moving mean after seeing each row set in turn."""
     expected = np.zeros(x.shape[1])
@@ -58,6 +69,7 @@ def _worker(init_path, out_path):
     from sngm_keras import _accumulation_jax
     from sngm_keras.accumulation import MicroBatchModel
     from sngm_keras.accumulation import num_replicas
+    from sngm_keras.noise_scale import NOISE_SCALE_KEYS
     from sngm_keras.schedules import PolynomialWarmup
 
     assert keras.backend.backend() == "jax"
@@ -79,19 +91,21 @@ def _worker(init_path, out_path):
     def sngm():
         return sngm_keras.SNGM(PolynomialWarmup(0.5, 10, power=1.1), weight_decay=1e-3)
 
-    def train(model, optimizer=None, jit=True, n=256, epochs=EPOCHS):
+    def train(model, optimizer=None, jit=True, n=256, epochs=EPOCHS, order=None):
         model.compile(
             optimizer=optimizer or sngm(),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
             jit_compile=jit,
         )
-        history = model.fit(x[:n], y[:n], batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0).history
+        rows = np.arange(n) if order is None else order
+        history = model.fit(x[rows], y[rows], batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0).history
         return {
             "weights": [w.tolist() for w in model.get_weights()],
             "iterations": int(model.optimizer.iterations.numpy()),
             "loss": history["loss"],
             "accuracy": history["accuracy"],
+            "noise_scale": [float(history[k][-1]) for k in NOISE_SCALE_KEYS if k in history],
         }
 
     def moving_mean(model):
@@ -101,6 +115,15 @@ def _worker(init_path, out_path):
     out["plain"] = train(dense())
     out["micro"] = train(MicroBatchModel(dense(), MICRO))
     out["micro_not_jitted"] = train(MicroBatchModel(dense(), MICRO), jit=False)
+    # The gradient noise scale: off changes nothing; one micro-batch of the
+    # whole batch cannot measure it (one warning, below).
+    warnings = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("sngm_keras").addHandler(handler)
+    out["micro_no_noise"] = train(MicroBatchModel(dense(), MICRO, noise_scale=False))
+    out["one_micro_batch"] = train(MicroBatchModel(dense(), BATCH))
+    out["micro16_in_dp_order"] = train(MicroBatchModel(dense(), 2 * MICRO), order=dp_micro_batch_order(256))
     # Loss scaling: LossScaleOptimizer scales the loss, the accumulated
     # gradient is unscaled once by its stateless_apply.
     lso = lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1, momentum=0.9))
@@ -129,6 +152,7 @@ def _worker(init_path, out_path):
             bn = MicroBatchModel(dense(batchnorm=True), MICRO)
             train(bn, n=BATCH, epochs=1)
             out["dp_bn_moving_mean"] = moving_mean(bn)
+            out["dp_one_micro_batch"] = train(MicroBatchModel(dense(), BATCH // 2))
             bad = MicroBatchModel(dense(), 16)
             bad.compile(optimizer=sngm(), loss="mse")
             try:
@@ -137,6 +161,7 @@ def _worker(init_path, out_path):
             except ValueError as e:
                 out["dp_bad_split"] = str(e)
 
+    out["noise_warnings"] = warnings
     with open(out_path, "w") as f:
         json.dump(out, f)
 
@@ -167,7 +192,7 @@ def jax_results(init_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert process.returncode == 0, process.stdout[-4000:]
     with open(out) as f:
@@ -229,6 +254,12 @@ def test_tensorflow_and_jax_agree(jax_results):
     assert max_diff(model.get_weights(), jax_micro["weights"]) < 1e-5
     assert int(model.optimizer.iterations.numpy()) == jax_micro["iterations"] == 8
     np.testing.assert_allclose(history["loss"], jax_micro["loss"], rtol=1e-5)
+    # The same micro-batches (one device): the same noise-scale estimates.
+    assert len(jax_micro["noise_scale"]) == 3
+    np.testing.assert_allclose(
+        [history[k][-1] for k in ("gradient_noise_scale", "gradient_sq_norm_ema", "gradient_variance_ema")],
+        jax_micro["noise_scale"], rtol=1e-4,
+    )
 
 
 def needs_two_devices(results):
@@ -261,6 +292,30 @@ def test_data_parallel_micro_batch_takes_rows_from_every_shard(jax_results):
 def test_data_parallel_batch_must_split_on_every_device(jax_results):
     needs_two_devices(jax_results)
     assert "x 2 replica" in jax_results["dp_bad_split"]
+
+
+def test_noise_scale_off_changes_nothing_and_one_micro_batch_warns(jax_results):
+    on, off = jax_results["micro"], jax_results["micro_no_noise"]
+    assert len(on["noise_scale"]) == 3 and on["noise_scale"][0] > 0 and off["noise_scale"] == []
+    assert max_diff(on["weights"], off["weights"]) == 0 and on["loss"] == off["loss"]
+    one = jax_results["one_micro_batch"]
+    assert one["noise_scale"] == [] and np.all(np.isfinite(one["loss"]))
+    assert max_diff(one["weights"], jax_results["plain"]["weights"]) < 1e-5
+    expected = 2 if jax_results["devices"] >= 2 else 1  # 1 device, then 2 devices with 1 micro-batch
+    assert len(jax_results["noise_warnings"]) == expected, jax_results["noise_warnings"]
+    assert all("single small batch" in w for w in jax_results["noise_warnings"])
+
+
+def test_data_parallel_noise_scale_equals_one_device_on_the_same_micro_batches(jax_results):
+    """Two devices with micro-batches of 8 take each micro-batch's gradient
+    over 16 rows (8 from each device): one device with micro-batches of 16
+    holding those rows measures the same, to float32 rounding."""
+    needs_two_devices(jax_results)
+    dp, one = jax_results["dp_micro"], jax_results["micro16_in_dp_order"]
+    assert len(dp["noise_scale"]) == 3 and dp["noise_scale"][0] > 0
+    np.testing.assert_allclose(dp["noise_scale"], one["noise_scale"], rtol=1e-4)
+    assert max_diff(dp["weights"], one["weights"]) < 1e-5
+    assert jax_results["dp_one_micro_batch"]["noise_scale"] == []
 
 
 if __name__ == "__main__":

@@ -58,9 +58,17 @@ def test_sample_run_writes_every_output(tmp_path):
     assert float(rows[0]["learning_rate"]) == pytest.approx(0.3 * 0.5**1.1, rel=1e-5)
     model = keras.models.load_model(os.path.join(model_dir, "final.keras"))
     assert model.output_shape == (None, 10)
+    # The gradient noise scale (two micro-batches of 250 a step): per epoch,
+    # in the summary, plotted, and read out at the end.
+    assert all(float(r["gradient_variance_ema"]) > 0 for r in rows)
+    assert summary["gradient_noise_scale"] == pytest.approx(float(rows[-1]["gradient_noise_scale"]))
+    assert 0 < summary["gradient_noise_scale"] < 1e6
+    assert os.path.exists(os.path.join(model_dir, "noise_scale.png"))
+    assert "gradient noise scale B_simple ~" in result.stdout and "minimal number of steps" in result.stdout
 
-    # The same command again finds the finished run and trains nothing.
-    again = app(*TINY, "--epochs=2", "--learning_rate=0.3", f"--model_dir={model_dir}")
+    # The same command again finds the finished run and trains nothing
+    # (--nonoise_scale does not change what a run computes).
+    again = app(*TINY, "--epochs=2", "--learning_rate=0.3", "--nonoise_scale", f"--model_dir={model_dir}")
     assert again.returncode == 0 and "was already complete" in again.stdout
 
     # Another configuration may not write into this folder.
@@ -155,10 +163,14 @@ def test_tfds_mock_data(tmp_path, dataset, model, extra):
 def test_mirrored_on_logical_cpus_matches_flags(tmp_path):
     model_dir = str(tmp_path / "mirrored")
     result = app(*TINY, "--epochs=1", "--max_updates=2", "--num_cpu_devices=2", "--strategy=mirrored",
-                 f"--model_dir={model_dir}")
+                 "--nonoise_scale", f"--model_dir={model_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.load(open(os.path.join(model_dir, "summary.json")))
     assert summary["replicas"] == 2 and summary["updates"] == 2 and summary["micro_batch_size"] == 250
+    assert summary["gradient_noise_scale"] is None and summary["gradient_variance_ema"] is None
+    assert history(model_dir)[0]["gradient_noise_scale"] == ""
+    assert not os.path.exists(os.path.join(model_dir, "noise_scale.png"))
+    assert "noise scale" not in result.stdout + result.stderr
 
 
 BAD_INPUTS = [

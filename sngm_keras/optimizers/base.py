@@ -24,6 +24,8 @@ optimizer receives is already global, so it runs first thing in
 and the step's validity through `_step_ok()` and `gradient_norm`.
 """
 
+import contextlib
+
 import keras
 from keras import ops
 
@@ -122,7 +124,23 @@ class ReducedGradientOptimizer(keras.optimizers.Optimizer):
             grads = self._prepare_gradients(list(grads), list(trainable_variables))
         super()._backend_update_step(grads, trainable_variables, learning_rate)
 
+    @contextlib.contextmanager
+    def observing_gradient(self, fn):
+        """While inside, each step calls `fn(grads)` with the step's whole
+        gradient: after the all-reduce, before clipping and weight decay (in
+        the replica context on TensorFlow, possibly inside a conditional).
+        `MicroBatchModel` measures the gradient noise scale with it."""
+        previous = getattr(self, "_gradient_observer", None)
+        self._gradient_observer = fn
+        try:
+            yield
+        finally:
+            self._gradient_observer = previous
+
     def _prepare_gradients(self, grads, variables):
+        observer = getattr(self, "_gradient_observer", None)
+        if observer is not None:
+            observer(grads)
         grads = super()._clip_gradients(grads)
         if self._l2_in_gradient:
             # Computed once for the norm and the update alike: without XLA a

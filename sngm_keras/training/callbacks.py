@@ -8,6 +8,7 @@ import time
 import keras
 import numpy as np
 
+from sngm_keras.noise_scale import NOISE_SCALE_KEYS
 from sngm_keras.training.factory import inner_optimizer
 
 log = logging.getLogger("sngm_keras")
@@ -67,6 +68,7 @@ class EpochRecorder(keras.callbacks.Callback):
             "skipped_steps": int(_value(optimizer.skipped_steps)) if hasattr(optimizer, "skipped_steps") else "",
             "epoch_seconds": round(train_time, 3),
             "wall_seconds": round(self.wall_seconds, 3),
+            **{k: logs.get(k, "") for k in NOISE_SCALE_KEYS},
         }
         self.rows.append(row)
         state = {"epoch": epoch + 1, "updates": updates, "wall_seconds": self.wall_seconds,

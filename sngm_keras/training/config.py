@@ -20,7 +20,8 @@ DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 # Fields that do not change what a run computes: a run may be resumed with
 # other values of these.
 JAX_CLUSTER_FIELDS = ("coordinator_address", "num_processes", "process_id")
-NOT_RESULT_FIELDS = ("model_dir", "verbose", "download", "data_dir", "max_updates", *JAX_CLUSTER_FIELDS)
+NOT_RESULT_FIELDS = ("model_dir", "verbose", "download", "data_dir", "max_updates", "noise_scale",
+                     *JAX_CLUSTER_FIELDS)
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,8 @@ class TrainConfig:
     num_processes: Optional[int] = None
     process_id: Optional[int] = None
     preset: Optional[str] = None
+    # Measure the gradient noise scale (it never changes the weights).
+    noise_scale: bool = True
 
     @classmethod
     def from_preset(cls, preset, **overrides):

@@ -31,3 +31,24 @@ def plot_curves(groups, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_noise_scale(rows, batch_size, path):
+    """The gradient noise scale B_simple at the end of each epoch against
+    #grad/n, with the run's batch size for reference; writes nothing when
+    the rows hold no measurement."""
+    measured = [r for r in rows if r.get("gradient_noise_scale") not in (None, "")]
+    finite = [r for r in measured if 0 < float(r["gradient_noise_scale"]) < float("inf")]
+    if not finite:
+        return
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot([float(r["grad_per_n"]) for r in finite], [float(r["gradient_noise_scale"]) for r in finite],
+            marker="o", label="B_simple (EMA ratio)")
+    ax.axhline(batch_size, color="gray", linestyle="--", label=f"batch size B={batch_size}")
+    ax.set(xlabel="#grad/n", ylabel="gradient noise scale", yscale="log",
+           title="Gradient noise scale (McCandlish et al. 2018)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -25,6 +25,7 @@ normalized images. A run resumes only on the backend it started on
 
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -255,10 +256,11 @@ def _fit(config, run_dir, state, start_epoch, model, train_ds, test_ds, info, st
     if monitor is not None:
         summary.update(_validation_summary(run_dir.read_validation(), info.num_validation))
     model.model.save(run_dir.final_model)
-    from sngm_keras.training.curves import plot_curves
+    from sngm_keras.training.curves import plot_curves, plot_noise_scale
 
     if rows:
         plot_curves({config.preset or config.model: {_label(config): rows}}, run_dir.curves)
+        plot_noise_scale(rows, config.batch_size, run_dir.noise_scale_plot)
     write_atomic(run_dir.summary, json.dumps(summary, indent=2))
     log.info("run finished in %.1f s", time.perf_counter() - started)
     return summary
@@ -381,7 +383,8 @@ def _build_jax(config, info, steps, micro, preprocessing):
     from sngm_keras.training.jax_data import PreprocessedMicroBatchModel
 
     net = build_model(config.model, info.num_classes, info.image_shape, seed=config.seed)
-    return compile_for_training(PreprocessedMicroBatchModel(net, micro, preprocessing), config, steps, True)
+    model = PreprocessedMicroBatchModel(net, micro, preprocessing, noise_scale=config.noise_scale)
+    return compile_for_training(model, config, steps, True)
 
 
 def _reached(model, max_updates):
@@ -400,7 +403,8 @@ def _build(config, strategy, info, steps, micro):
     jit_whole_step = config.jit_compile and strategy.num_replicas_in_sync == 1
     with strategy.scope():
         net = build_model(config.model, info.num_classes, info.image_shape, seed=config.seed)
-        model = MicroBatchModel(net, micro, jit_compile=config.jit_compile and not jit_whole_step)
+        model = MicroBatchModel(net, micro, jit_compile=config.jit_compile and not jit_whole_step,
+                                noise_scale=config.noise_scale)
         return compile_for_training(model, config, steps, jit_whole_step)
 
 
@@ -450,4 +454,18 @@ def _summary(config, model, recorder, rows, results, replicas, micro, info):
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         **_versions(),
         "flags": config.to_dict(),
+        **_noise_scale_summary(rows),
     }
+
+
+def _noise_scale_summary(rows):
+    """The last epoch's noise-scale metrics (None when not measured; the
+    noise scale also None while its |G|^2 average is not positive)."""
+    from sngm_keras.noise_scale import NOISE_SCALE_KEYS
+
+    last = rows[-1] if rows else {}
+    values = {k: float(last[k]) if last.get(k) not in (None, "") else None for k in NOISE_SCALE_KEYS}
+    scale = values["gradient_noise_scale"]
+    if scale is not None and not math.isfinite(scale):
+        values["gradient_noise_scale"] = None
+    return values

@@ -9,6 +9,7 @@ a half-written file behind and a different run never overwrites them.
     logs/                TensorBoard
     summary.json         final figures, written last
     curves.png           training loss and test accuracy against #grad/n
+    noise_scale.png      the gradient noise scale over training (when measured)
     final.keras          the trained model (without the micro-batch wrapper)
 """
 
@@ -22,7 +23,7 @@ from sngm_keras.training.config import ConfigError
 HISTORY_FIELDS = (
     "epoch", "updates", "grad_per_n", "learning_rate", "train_loss", "train_accuracy",
     "test_loss", "test_accuracy", "validation_loss", "validation_accuracy", "gradient_norm", "skipped_steps",
-    "epoch_seconds", "wall_seconds",
+    "epoch_seconds", "wall_seconds", "gradient_noise_scale", "gradient_sq_norm_ema", "gradient_variance_ema",
 )
 VALIDATION_FIELDS = ("updates", "epoch", "grad_per_n", "validation_loss", "validation_accuracy")
 OUTPUT_NAMES = ("checkpoints", "history.csv", "validation.csv", "summary.json", "final.keras", "curves.png")
@@ -57,6 +58,7 @@ class RunDir:
         self.validation = os.path.join(self.path, "validation.csv")
         self.summary = os.path.join(self.path, "summary.json")
         self.curves = os.path.join(self.path, "curves.png")
+        self.noise_scale_plot = os.path.join(self.path, "noise_scale.png")
         self.final_model = os.path.join(self.path, "final.keras")
         self.logs = os.path.join(self.path, "logs")
         self.state = os.path.join(self.checkpoints, "state.json")
