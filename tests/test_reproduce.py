@@ -78,7 +78,7 @@ def test_tiny_study_writes_table_and_curves_and_resumes(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count("\n== ") == 4
     results = open(os.path.join(out, "results.md")).read()
-    for method in ("| MSGD | - | 0.025 | 1.1 | 128 |", "| MSGD | - | 0.1 | 1.1 | 4096 |", "| LARS | No | 4 |",
+    for method in ("| MSGD | - | 0.025 | 1.1 | 128 |", "| MSGD | - | 0.1 | 1.1 | 4096 |", "| LARS (biases, BN excluded) | No | 4 |",
                    "| SNGM | - | 0.8 | 1.1 | 4096 |"):
         assert method in results, results
     assert "runs finished: 4 of 4" in results
