@@ -54,7 +54,7 @@ import keras_tuner
 import numpy as np
 
 from sngm_keras.training.config import DATASETS, ConfigError
-from sngm_keras.training.rundir import first_difference, read_json, write_atomic
+from sngm_keras.training.rundir import describe_differences, differences, read_json, write_atomic
 
 TUNERS = ("random", "bayesian", "hyperband")
 # Scores on the validation split held out of the training images. Test-split
@@ -384,12 +384,12 @@ def claim_search(project_dir, settings):
     wanted = json.loads(json.dumps(settings))
     if os.path.exists(path):
         recorded = read_json(path)
-        k = first_difference(recorded, wanted)
-        if k is not None:
+        keys = differences(recorded, wanted)
+        if keys:
             raise ConfigError(
                 "project_name",
-                f"{project_dir} holds a search with other settings (--{k}: {_show(recorded.get(k))} there, "
-                f"{_show(wanted.get(k))} now); use another --project_name, or --overwrite to discard it",
+                f"{project_dir} holds a search with other settings ({describe_differences(recorded, wanted, keys, _show)}"
+                "); use another --project_name, or --overwrite to discard it",
             )
         return False
     if os.path.isdir(project_dir) and os.listdir(project_dir):
@@ -397,8 +397,11 @@ def claim_search(project_dir, settings):
             "project_name", f"{project_dir} holds files of an unknown search ({sorted(os.listdir(project_dir))[0]}); "
             "use another --project_name, or --overwrite to discard it"
         )
-    os.makedirs(project_dir, exist_ok=True)
-    write_atomic(path, json.dumps(wanted, indent=2, sort_keys=True))
+    try:
+        os.makedirs(project_dir, exist_ok=True)
+        write_atomic(path, json.dumps(wanted, indent=2, sort_keys=True))
+    except OSError as error:
+        raise ConfigError("directory", f"cannot write {project_dir} ({error.strerror or error})") from None
     return True
 
 

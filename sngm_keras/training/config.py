@@ -5,8 +5,10 @@ flag at fault. Validation runs before any data is read or model built.
 """
 
 import dataclasses
+import hashlib
+import json
+import math
 import os
-import tempfile
 from typing import Optional, Tuple
 
 from sngm_keras.training.presets import PRESETS
@@ -20,6 +22,12 @@ DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 # Fields that do not change what a run computes: a run may be resumed with
 # other values of these.
 NOT_RESULT_FIELDS = ("model_dir", "verbose", "download", "data_dir", "max_updates")
+# Not a setting: which named configuration the values came from.
+NOT_SETTINGS = NOT_RESULT_FIELDS + ("preset",)
+VERBOSITY = (0, 1, 2)
+# Whole-number fields end up in int32 tensors or seeds; larger values are typos.
+INT_LIMIT = 2**31 - 1
+MAX_CPU_DEVICES = 256
 
 
 class ConfigError(ValueError):
@@ -89,10 +97,42 @@ class TrainConfig:
 
     def result_fields(self):
         """The fields that decide what the run computes (for resume checks)."""
-        return {k: v for k, v in self.to_dict().items() if k not in NOT_RESULT_FIELDS}
+        return {k: v for k, v in self.to_dict().items() if k not in NOT_SETTINGS}
+
+    def settings_digest(self):
+        """A short hash of `result_fields()`: equal for equal settings."""
+        text = json.dumps(self.result_fields(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+    def ignored_fields(self):
+        """Fields this configuration does not use, each with why (a schedule's
+        parameter under another schedule, LARS' coefficient for SNGM, ...).
+        Setting one of them explicitly is a mistake the apps refuse."""
+        schedule = f"--lr_schedule={self.lr_schedule}"
+        ignored = {}
+        if self.lr_schedule != "poly":
+            for name in ("power", "warmup_epochs", "warmup_learning_rate"):
+                ignored[name] = f"applies to --lr_schedule=poly only, not {schedule}"
+        elif not self.warmup_epochs:
+            ignored["warmup_learning_rate"] = "applies with --warmup_epochs > 0 only"
+        if self.lr_schedule != "step":
+            for name in ("decay_epochs", "decay_factor"):
+                ignored[name] = f"applies to --lr_schedule=step only, not {schedule}"
+        if self.optimizer != "lars":
+            ignored["trust_coefficient"] = f"applies to --optimizer=lars only, not --optimizer={self.optimizer}"
+        if self.dataset != "imagenet2012":
+            ignored["image_size"] = "applies to --dataset=imagenet2012 only"
+        if self.dataset not in DATASETS:
+            for name in ("data_dir", "download"):
+                ignored[name] = "applies to TFDS datasets, not to a --dataset folder"
+        return ignored
 
     def validate(self):
         """Raises ConfigError for the first bad field; returns self."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
+                raise ConfigError(field.name, f"must be at most {INT_LIMIT}, got {value}")
         _check_dataset(self.dataset, self.data_dir)
         from sngm_keras.models import MODEL_NAMES
 
@@ -151,12 +191,16 @@ class TrainConfig:
         _positive_int("validations_per_epoch", self.validations_per_epoch)
         if self.validations_per_epoch > 1 and not self.validation_size:
             raise ConfigError("validations_per_epoch", "needs a validation split: set --validation_size")
+        if self.verbose not in VERBOSITY or isinstance(self.verbose, bool):
+            raise ConfigError("verbose", f"must be 0, 1 or 2, got {self.verbose!r}")
+        if self.num_cpu_devices > MAX_CPU_DEVICES:
+            raise ConfigError("num_cpu_devices", f"must be at most {MAX_CPU_DEVICES}, got {self.num_cpu_devices}")
         if self.image_size is not None:
             _positive_int("image_size", self.image_size)
             if self.dataset != "imagenet2012":
                 raise ConfigError("image_size", "applies to --dataset=imagenet2012 only")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError("seed", f"must be a non-negative integer, got {self.seed}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= INT_LIMIT:
+            raise ConfigError("seed", f"must be an integer in [0, {INT_LIMIT}], got {self.seed!r}")
         _check_model_dir(self.model_dir)
         return self
 
@@ -167,8 +211,8 @@ def _choice(field, value, choices):
 
 
 def _number(field, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ConfigError(field, f"must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(field, f"must be a finite number, got {value!r}")
     return value
 
 
@@ -199,15 +243,18 @@ def _check_dataset(dataset, data_dir):
 
 
 def _check_model_dir(model_dir):
+    """Checks without writing: the folder is created when the run claims it
+    (`RunDir.claim`), which turns a refusal of the file system into a
+    ConfigError too."""
     if not model_dir:
         raise ConfigError("model_dir", "must not be empty")
     path = os.path.abspath(os.path.expanduser(model_dir))
     if os.path.exists(path) and not os.path.isdir(path):
         raise ConfigError("model_dir", f"{model_dir} exists and is not a folder")
-    # Permission bits say little to root or on network file systems: try it.
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
-            pass
-    except OSError as error:
-        raise ConfigError("model_dir", f"{model_dir} is not writable ({error.strerror or error})") from None
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError("model_dir", f"{model_dir} cannot be created: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError("model_dir", f"{model_dir} is not writable")

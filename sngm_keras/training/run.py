@@ -107,16 +107,18 @@ def train(config, extra_callbacks=()):
         raise ConfigError("strategy", f"the training app runs on the tensorflow or jax backend, not {backend}")
     if backend == "jax":
         _check_jax_config(config)
+    # Nothing is written into model_dir before the data, the devices and the
+    # model are resolved: a failed start leaves the folder as it was.
     run_dir = RunDir(config.model_dir)
-    run_dir.claim(config)
-    done = run_dir.completed_summary()
+    run_dir.check(config)
+    done = run_dir.finished_summary(config.max_updates)
     if done is not None:
         log.info("%s already holds the finished run; nothing to do", run_dir.path)
         return dict(done, already_complete=True)
 
     prepare_devices(config)
     state = run_dir.load_state()
-    _check_backend(run_dir, state, backend, write=_is_chief())
+    _check_backend(run_dir, state, backend)
     start_epoch = min(state["epoch"], config.epochs) if state else 0
     if backend == "jax":
         previous = keras.distribution.distribution()
@@ -149,19 +151,26 @@ def train(config, extra_callbacks=()):
 
 
 def _micro_batch_size(config, replicas):
-    micro = config.micro_batch_size or config.batch_size // replicas
-    if not micro or config.batch_size % (micro * replicas):
+    if config.micro_batch_size is None:
+        micro = config.batch_size // replicas
+        if not micro or config.batch_size % replicas:
+            raise ConfigError(
+                "batch_size", f"{config.batch_size} does not split evenly over {replicas} replicas; use a multiple "
+                f"of {replicas}, or fewer --num_cpu_devices")
+        return micro
+    micro = config.micro_batch_size
+    if config.batch_size % (micro * replicas):
         raise ConfigError(
             "micro_batch_size",
-            f"--batch_size={config.batch_size} is not a multiple of {micro or 1} x {replicas} replica(s)",
+            f"--batch_size={config.batch_size} is not a multiple of {micro} x {replicas} replica(s)",
         )
     return micro
 
 
-def _check_backend(run_dir, state, backend, write=True):
+def _check_backend(run_dir, state, backend):
     """A run continues on the backend it started on (its data order and
     checkpoint layout are the backend's). Runs on other backends than
-    TensorFlow record theirs in checkpoints/backend."""
+    TensorFlow record theirs in checkpoints/backend (`_record_backend`)."""
     path = os.path.join(run_dir.checkpoints, "backend")
     if state:
         recorded = open(path).read().strip() if os.path.exists(path) else "tensorflow"
@@ -171,22 +180,31 @@ def _check_backend(run_dir, state, backend, write=True):
                 f"{run_dir.path} holds a run trained on the {recorded} backend; resume it with "
                 f"KERAS_BACKEND={recorded}, or use another --model_dir",
             )
-    elif write and backend != "tensorflow":
+
+
+def _record_backend(run_dir, state, backend):
+    path = os.path.join(run_dir.checkpoints, "backend")
+    if state:
+        return
+    if backend != "tensorflow":
         write_atomic(path, backend + "\n")
-    elif write and os.path.exists(path):
+    elif os.path.exists(path):
         os.remove(path)
 
 
 def _fit(config, run_dir, state, start_epoch, model, train_ds, test_ds, info, steps, replicas, micro,
          extra_callbacks, tensorboard, validation_ds=None):
-    """Resume, fit, evaluate, and write the run's files (both backends)."""
+    """Claim the run folder, resume, fit, evaluate, and write the run's files (both backends)."""
     import keras
 
+    is_chief = _is_chief()
+    run_dir.claim(config)
+    if is_chief:
+        _record_backend(run_dir, state, keras.backend.backend())
     if state:
         model.load_weights(run_dir.weights_path(state))
         log.info("resumed from %s (epoch %d)", state["weights"], start_epoch)
 
-    is_chief = _is_chief()
     rows = [r for r in run_dir.read_history() if int(r["epoch"]) <= start_epoch]
     from sngm_keras.training import callbacks as cb
 
@@ -396,7 +414,9 @@ def _summary(config, model, recorder, rows, results, replicas, micro, info):
     epochs_done = int(rows[-1]["epoch"]) if rows else 0
     examples = updates * config.batch_size
     return {
-        "complete": True,
+        # A run stopped by --max_updates before its last epoch is not
+        # complete: rerun without it (or with a larger one) to continue.
+        "complete": epochs_done >= config.epochs,
         "test_accuracy": test_accuracy,
         "best_test_accuracy": max(tested + [test_accuracy]),
         "test_loss": float(results["loss"]),
