@@ -53,7 +53,8 @@ import time
 import keras_tuner
 import numpy as np
 
-from sngm_keras.training.config import DATASETS, ConfigError
+from sngm_keras.training.config import ConfigError
+from sngm_keras.training.flagfile import flagfile_text
 from sngm_keras.training.rundir import describe_differences, differences, read_json, write_atomic
 
 TUNERS = ("random", "bayesian", "hyperband")
@@ -178,8 +179,8 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
         config: the base `TrainConfig` (dataset, model, optimizer,
             micro_batch_size, trust_coefficient, seed, augment, ...); its
             `epochs` is the epochs of each trial, its `lr_schedule` must be
-            "poly" (the power is searched). `config.validate()` is called,
-            which creates `config.model_dir`.
+            "poly" (the power is searched). `config.validate()` is called
+            (it writes nothing).
         space: the `SearchSpace`.
         validation_fraction: the part of the training images held out to
             score the trials (seeded by `config.seed`, the same for all
@@ -197,8 +198,13 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
         super().__init__(name=name, tunable=True)
         if config.lr_schedule != "poly":
             raise ConfigError("lr_schedule", f"the search tunes the poly schedule's power, not {config.lr_schedule}")
-        config.validate()
         space.validate()
+        for b in space.batch_sizes:
+            if config.micro_batch_size and b % config.micro_batch_size:
+                raise ConfigError(
+                    "batch_sizes", f"{b} is not a multiple of --micro_batch_size={config.micro_batch_size}"
+                )
+        config.validate()
         if config.dataset == "imagenet2012":
             raise ConfigError(
                 "dataset", "tuning holds a validation split out of training images held in memory; "
@@ -206,11 +212,6 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
             )
         if not _is_number(validation_fraction) or not 0 < validation_fraction < 1:
             raise ConfigError("validation_fraction", f"must be in (0, 1), got {validation_fraction!r}")
-        for b in space.batch_sizes:
-            if config.micro_batch_size and b % config.micro_batch_size:
-                raise ConfigError(
-                    "batch_sizes", f"{b} is not a multiple of --micro_batch_size={config.micro_batch_size}"
-                )
         self.config = config
         self.space = space
         self.validation_fraction = float(validation_fraction)
@@ -554,38 +555,6 @@ def best_config(tuner, final_epochs=None):
         micro_batch_size=config.micro_batch_size or config.batch_size,
         model_dir=os.path.abspath(os.path.join(tuner.project_dir, f"best_trial_{trial.trial_id}")),
     )
-
-
-def flagfile_text(config, header=()):
-    """An absl flagfile that `python -m apps.train --flagfile=...` runs `config` from."""
-
-    def path(value):
-        return os.path.abspath(os.path.expanduser(value)) if os.path.exists(os.path.expanduser(value)) else value
-
-    lines = [f"# {line}" for line in header]
-    lines.append(f"--dataset={config.dataset if config.dataset in DATASETS else path(config.dataset)}")
-    if config.data_dir:
-        lines.append(f"--data_dir={path(config.data_dir)}")
-    lines.append("--download" if config.download else "--nodownload")
-    lines += [
-        f"--model={config.model}",
-        f"--optimizer={config.optimizer}",
-        f"--batch_size={config.batch_size}",
-        f"--micro_batch_size={config.micro_batch_size}",
-        f"--learning_rate={config.learning_rate!r}",
-        f"--momentum={config.momentum!r}",
-        f"--weight_decay={config.weight_decay!r}",
-        f"--lr_schedule={config.lr_schedule}",
-        f"--power={config.power!r}",
-        f"--warmup_epochs={config.warmup_epochs}",
-        f"--epochs={config.epochs}",
-        f"--seed={config.seed}",
-        "--augment" if config.augment else "--noaugment",
-    ]
-    if config.optimizer == "lars":
-        lines.append(f"--trust_coefficient={config.trust_coefficient!r}")
-    lines.append(f"--model_dir={config.model_dir}")
-    return "\n".join(lines) + "\n"
 
 
 def write_reports(tuner, final_epochs=None):

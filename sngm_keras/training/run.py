@@ -411,12 +411,13 @@ def _summary(config, model, recorder, rows, results, replicas, micro, info):
     updates = int(optimizer.iterations.numpy())
     tested = [float(r["test_accuracy"]) for r in rows if r.get("test_accuracy") not in (None, "")]
     test_accuracy = float(results["accuracy"])
-    epochs_done = int(rows[-1]["epoch"]) if rows else 0
+    epochs_done = int(rows[-1]["epoch"]) - recorder.stopped_in_epoch if rows else 0
     examples = updates * config.batch_size
     return {
         # A run stopped by --max_updates before its last epoch is not
         # complete: rerun without it (or with a larger one) to continue.
         "complete": epochs_done >= config.epochs,
+        "stopped_at_max_updates": bool(config.max_updates) and updates >= config.max_updates,
         "test_accuracy": test_accuracy,
         "best_test_accuracy": max(tested + [test_accuracy]),
         "test_loss": float(results["loss"]),
