@@ -16,6 +16,7 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+ENV.pop("TF_CONFIG", None)
 
 # {out}: the case's output folder (--model_dir, --directory); {tmp}: the case's folder.
 TRAIN_BASE = ["--dataset=sample", "--model=twoconv", "--epochs=2", "--max_updates=1", "--verbose=0",
@@ -59,6 +60,7 @@ CASES = [
     ("train", ["--verbose=-1"], "--verbose:", None),
     ("train", ["--dtype_policy=float64"], "--dtype_policy:", None),
     ("train", ["--strategy=tpu"], "--strategy:", None),
+    ("train", ["--strategy=multi_worker"], "--strategy:", None),
     ("train", ["--num_cpu_devices=100000"], "--num_cpu_devices:", None),
     ("train", ["--eval_every=0"], "--eval_every:", None),
     ("train", ["--preset=table9"], "--preset:", None),
