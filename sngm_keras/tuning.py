@@ -198,6 +198,11 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
         super().__init__(name=name, tunable=True)
         if config.lr_schedule != "poly":
             raise ConfigError("lr_schedule", f"the search tunes the poly schedule's power, not {config.lr_schedule}")
+        if config.dataset == "imagenet2012":
+            raise ConfigError(
+                "dataset", "tuning holds a validation split out of training images held in memory; "
+                "imagenet2012 is streamed, so use the sample, cifar10, cifar100 or an image folder"
+            )
         space.validate()
         for b in space.batch_sizes:
             if config.micro_batch_size and b % config.micro_batch_size:
@@ -205,11 +210,6 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
                     "batch_sizes", f"{b} is not a multiple of --micro_batch_size={config.micro_batch_size}"
                 )
         config.validate()
-        if config.dataset == "imagenet2012":
-            raise ConfigError(
-                "dataset", "tuning holds a validation split out of training images held in memory; "
-                "imagenet2012 is streamed, so use the sample, cifar10, cifar100 or an image folder"
-            )
         if not _is_number(validation_fraction) or not 0 < validation_fraction < 1:
             raise ConfigError("validation_fraction", f"must be in (0, 1), got {validation_fraction!r}")
         self.config = config
