@@ -122,6 +122,8 @@ class TrainConfig:
             ignored["trust_coefficient"] = f"applies to --optimizer=lars only, not --optimizer={self.optimizer}"
         if self.dataset != "imagenet2012":
             ignored["image_size"] = "applies to --dataset=imagenet2012 only"
+        if not self.validation_size:
+            ignored["validations_per_epoch"] = "applies with --validation_size > 0 only"
         if self.dataset not in DATASETS:
             for name in ("data_dir", "download"):
                 ignored[name] = "applies to TFDS datasets, not to a --dataset folder"

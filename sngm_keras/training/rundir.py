@@ -119,13 +119,9 @@ class RunDir:
             raise ConfigError(
                 "model_dir", f"{config.model_dir} is not writable ({error.strerror or error})") from None
 
-    def completed_summary(self):
-        """The summary of the run when it trained all its epochs, else None."""
-        return self.finished_summary()
-
     def finished_summary(self, max_updates=None):
-        """The summary when the run is complete, or when it stopped at (or
-        past) `max_updates` updates; else None."""
+        """The summary when the run trained all its epochs, or when it
+        stopped at (or past) `max_updates` updates; else None."""
         if os.path.exists(self.summary):
             summary = read_json(self.summary)
             if summary.get("complete") or (max_updates and summary.get("updates", 0) >= max_updates):

@@ -177,7 +177,7 @@ def claim_settings(output_dir, settings):
 
 
 def is_finished(run):
-    return RunDir(run.config.model_dir).completed_summary() is not None
+    return RunDir(run.config.model_dir).finished_summary(run.config.max_updates) is not None
 
 
 def collect(runs):
@@ -186,7 +186,7 @@ def collect(runs):
     every = []
     for run in runs:
         run_dir = RunDir(run.config.model_dir)
-        summary = run_dir.completed_summary()
+        summary = run_dir.finished_summary(run.config.max_updates)
         if summary is None:
             continue
         entry = {"run": run, "summary": summary, "history": run_dir.read_history()}
