@@ -1,10 +1,11 @@
 """Runs one app's main in this process, once per argument list: fast checks
 of many command lines without a Python and TensorFlow start each.
 
-    python -m tests.app_driver apps.train < cases.jsonl
+    python -m tests.app_driver apps.train RESULTS < cases.jsonl
 
-Each stdin line is a JSON list of arguments; each stdout line a JSON object
-{"code", "stdout", "stderr"} (code "traceback" when an exception escaped).
+Each stdin line is a JSON list of arguments; each line of the file RESULTS a
+JSON object {"code", "stdout", "stderr"} (code "traceback" when an
+exception escaped). Output of processes the app starts is not captured.
 The apps' flags are global to a process, so each app needs its own.
 """
 
@@ -35,12 +36,11 @@ def run_case(module, args):
 
 def main():
     module = importlib.import_module(sys.argv[1])
-    real_stdout = sys.stdout
-    for line in sys.stdin:
-        if line.strip():
-            result = run_case(module, json.loads(line))
-            real_stdout.write(json.dumps(result) + "\n")
-            real_stdout.flush()
+    with open(sys.argv[2], "w") as results:
+        for line in sys.stdin:
+            if line.strip():
+                results.write(json.dumps(run_case(module, json.loads(line))) + "\n")
+                results.flush()
 
 
 if __name__ == "__main__":

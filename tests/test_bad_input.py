@@ -1,4 +1,4 @@
-"""User mistakes across apps.train and apps.tune: each ends in one line
+"""User mistakes across apps.train, apps.tune and apps.reproduce: each ends in one line
 naming the flag or input as typed, exit code 2, no traceback, and leaves the
 output folder as it was. The cases run in-process (tests/app_driver.py, one
 process per app), a few that must start their own process after them."""
@@ -21,6 +21,8 @@ ENV.pop("TF_CONFIG", None)
 # {out}: the case's output folder (--model_dir, --directory); {tmp}: the case's folder.
 TRAIN_BASE = ["--dataset=sample", "--model=twoconv", "--epochs=2", "--max_updates=1", "--verbose=0",
               "--model_dir={out}"]
+REPRODUCE_BASE = ["--study=figure1_cpu", "--dataset=sample", "--epochs_scale=0.1", "--max_updates=1", "--verbose=0",
+                  "--output_dir={out}"]
 TUNE_BASE = ["--dataset=sample", "--model=twoconv", "--batch_sizes=500", "--micro_batch_size=250",
              "--epochs_per_trial=1", "--max_trials=1", "--verbose=0", "--directory={out}"]
 
@@ -98,6 +100,29 @@ CASES = [
     ("tune", ["--dataset=/no/such/folder"], "--dataset:", None),
     ("tune", ["--dataset={tmp}/one"], "{tmp}/one has one class folder", "one_class"),
     ("tune", ["--project_name=p"], "--project_name:", "other_search"),
+    ("reproduce", ["--study=table9"], "--study:", None),
+    ("reproduce", ["--lr_grid=a,b"], "--lr_grid:", None),
+    ("reproduce", ["--lr_grid=0,1"], "--lr_grid:", None),
+    ("reproduce", ["--lr_grid=1,inf"], "--lr_grid:", None),
+    ("reproduce", ["--epochs_scale=-1"], "--epochs_scale:", None),
+    ("reproduce", ["--epochs_scale=inf"], "--epochs_scale:", None),
+    ("reproduce", ["--verbose=7"], "--verbose:", None),
+    ("reproduce", ["--max_updates=0"], "--max_updates:", None),
+    ("reproduce", ["--num_cpu_devices=-1"], "--num_cpu_devices:", None),
+    ("reproduce", ["--strategy=tpu"], "--strategy:", None),
+    ("reproduce", ["--data_dir={tmp}"], "--data_dir:", None),
+    ("reproduce", ["--dataset=/no/such/folder"], "--dataset:", None),
+    ("reproduce", ["--output_dir={tmp}/notes"], "--output_dir:", "user_files"),
+    ("reproduce", ["--output_dir={tmp}/a_file"], "--output_dir:", "a_file"),
+    ("reproduce", ["--study=table2", "--models=resnet99"], "--models:", None),
+    ("reproduce", ["--study=batch_scaling", "--methods=adam"], "--methods:", None),
+    ("reproduce", ["--study=batch_scaling", "--batch_sizes=100,x"], "--batch_sizes:", None),
+    ("reproduce", ["stray"], "unexpected arguments", None),
+]
+# Commands that are right: a dry run writes nothing either.
+DRY_RUNS = [
+    ["--study=figure1_cpu", "--dataset=sample", "--epochs_scale=0.1", "--dry_run", "--output_dir={out}"],
+    ["--study=batch_scaling", "--dataset=sample", "--dry_run", "--output_dir={out}"],
 ]
 
 
@@ -140,13 +165,14 @@ def snapshot(folder):
     return found
 
 
-def run_in_process(module, argument_lists):
+def run_in_process(module, argument_lists, results_path):
     """Runs `module`'s main once per argument list in one process."""
     stdin = "".join(json.dumps(args) + "\n" for args in argument_lists)
-    result = subprocess.run([sys.executable, "-m", "tests.app_driver", module], input=stdin, cwd=ROOT, env=ENV,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "tests.app_driver", module, results_path], input=stdin, cwd=ROOT,
+                            env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    return [json.loads(line) for line in result.stdout.splitlines()]
+    with open(results_path) as f:
+        return [json.loads(line) for line in f]
 
 
 def check_refused(result, expected, what):
@@ -158,19 +184,24 @@ def check_refused(result, expected, what):
 
 def test_mistakes_end_in_one_line_and_write_nothing(tmp_path):
     assert len(CASES) >= 40
-    by_app = {"train": [], "tune": []}
-    for i, (app, args, expected, kind) in enumerate(CASES):
+    bases = {"train": TRAIN_BASE, "tune": TUNE_BASE, "reproduce": REPRODUCE_BASE}
+    by_app = {app: [] for app in bases}
+    cases = CASES + [("reproduce", args, None, None) for args in DRY_RUNS]
+    for i, (app, args, expected, kind) in enumerate(cases):
         tmp = str(tmp_path / f"case{i}")
         os.makedirs(tmp)
         setup(kind, tmp)
-        base = TRAIN_BASE if app == "train" else TUNE_BASE
+        base = bases[app] if expected else []
         full = [a.format(out=os.path.join(tmp, "out"), tmp=tmp) for a in base + args]
-        by_app[app].append((full, expected.format(tmp=tmp), tmp, snapshot(tmp)))
-    for app, cases in by_app.items():
-        results = run_in_process(f"apps.{app}", [args for args, _, _, _ in cases])
-        assert len(results) == len(cases)
-        for (args, expected, tmp, before), result in zip(cases, results):
-            check_refused(result, expected, args)
+        by_app[app].append((full, expected and expected.format(tmp=tmp), tmp, snapshot(tmp)))
+    for app, app_cases in by_app.items():
+        results = run_in_process(f"apps.{app}", [c[0] for c in app_cases], str(tmp_path / f"{app}.jsonl"))
+        assert len(results) == len(app_cases)
+        for (args, expected, tmp, before), result in zip(app_cases, results):
+            if expected is None:
+                assert result["code"] == 0 and "to run" in result["stdout"], (args, result)
+            else:
+                check_refused(result, expected, args)
             assert snapshot(tmp) == before, (args, "the output folder changed")
 
 
@@ -222,3 +253,15 @@ def test_ctrl_c_stops_in_one_line_and_leaves_a_resumable_run(tmp_path):
     resumed = run_app("apps.train", *args, f"--max_updates={epoch * 10 + 1}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"(epoch {epoch})" in resumed.stderr and "stopped at --max_updates" in resumed.stdout
+
+
+def test_a_study_whose_first_run_is_refused_leaves_nothing(tmp_path):
+    # The data is found missing by the first run's apps.train, after this
+    # command wrote study.json and the run's flagfile: both are removed.
+    out = tmp_path / "study"
+    result = run_app("apps.reproduce", "--study=figure1_cpu", "--dataset=cifar10", f"--data_dir={tmp_path}",
+                     "--epochs_scale=0.1", "--max_updates=1", "--verbose=0", f"--output_dir={out}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: run twoconv_msgd_b128: cifar10 not found in"), last
+    assert not out.exists()

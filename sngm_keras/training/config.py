@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 from sngm_keras.training.presets import PRESETS
 
 DATASETS = ("sample", "cifar10", "cifar100", "imagenet2012")
+TFDS_DATASETS = DATASETS[1:]
 OPTIMIZERS = ("sngm", "msgd", "lars")
 SCHEDULES = ("poly", "step", "constant")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
@@ -124,9 +125,9 @@ class TrainConfig:
             ignored["image_size"] = "applies to --dataset=imagenet2012 only"
         if not self.validation_size:
             ignored["validations_per_epoch"] = "applies with --validation_size > 0 only"
-        if self.dataset not in DATASETS:
+        if self.dataset not in TFDS_DATASETS:
             for name in ("data_dir", "download"):
-                ignored[name] = "applies to TFDS datasets, not to a --dataset folder"
+                ignored[name] = f"applies to the TFDS datasets ({', '.join(TFDS_DATASETS)}) only"
         return ignored
 
     def validate(self):

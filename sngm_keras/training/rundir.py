@@ -44,9 +44,9 @@ def differences(recorded, wanted, ignore=()):
     return sorted(k for k in set(wanted) | set(recorded) if k not in ignore and wanted.get(k) != recorded.get(k))
 
 
-def describe_differences(recorded, wanted, keys, show=repr):
+def describe_differences(recorded, wanted, keys, show=repr, prefix="--"):
     """`--a: 1 there, 2 now; --b: ...` for the differing `keys`."""
-    return "; ".join(f"--{k}: {show(recorded.get(k))} there, {show(wanted.get(k))} now" for k in keys)
+    return "; ".join(f"{prefix}{k}: {show(recorded.get(k))} there, {show(wanted.get(k))} now" for k in keys)
 
 
 def read_json(path):
