@@ -192,9 +192,12 @@ def main():
                             grid_rows=FLAGS.lr_grid_rows)
     except ConfigError as error:
         fail(_message(error))
-    _check_runs([r.config for r in runs])
     try:
         studies.check_output(output_dir, FLAGS.study, FLAGS.epochs_scale)
+    except ConfigError as error:
+        fail(_message(error))
+    _check_runs([r.config for r in runs])
+    try:
         if not FLAGS.dry_run:
             _note_new(output_dir, os.path.join(output_dir, "study.json"))
             studies.claim_output(output_dir, FLAGS.study, FLAGS.epochs_scale, grid)
