@@ -1,8 +1,17 @@
-"""What every app shares: user mistakes end in one line and exit code 2."""
+"""What every app shares: user mistakes end in one line and exit code 2,
+Ctrl-C in one line and exit code 130.
 
+Importing this module checks KERAS_BACKEND, so import it before anything
+that imports Keras."""
+
+import os
 import sys
 
 from absl import app, flags
+
+# Keras' own backends; an unknown name makes `import keras` raise.
+KERAS_BACKENDS = ("tensorflow", "jax", "torch", "numpy", "openvino")
+INTERRUPTED = 130  # the shell's code for a command ended by SIGINT
 
 
 def fail(message, code=2):
@@ -12,20 +21,39 @@ def fail(message, code=2):
     sys.exit(code)
 
 
-def _parse_flags(argv):
+def check_keras_backend():
+    backend = os.environ.get("KERAS_BACKEND")
+    if backend is not None and backend not in KERAS_BACKENDS:
+        fail(f"KERAS_BACKEND={backend}: unknown backend; use one of {', '.join(KERAS_BACKENDS)}")
+
+
+check_keras_backend()
+
+
+def parse_flags(argv):
+    """absl's flag parsing, its errors as one line. Flags parsed before are
+    reset first, so a process may run an app's main more than once."""
+    flags.FLAGS.unparse_flags()
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
         fail(str(error))
 
 
-def run(main):
-    """`absl.app.run`, with absl's flag errors as one line too, and no
-    positional arguments accepted."""
-
-    def checked_main(argv):
-        if len(argv) > 1:
-            fail(f"unexpected arguments: {' '.join(argv[1:])}")
+def call_main(main, argv, interrupted="interrupted"):
+    """Calls `main()` after refusing positional arguments; Ctrl-C ends it
+    with `interrupted` (a string, or a function returning one) and exit 130."""
+    if len(argv) > 1:
+        fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
         return main()
+    except KeyboardInterrupt:
+        message = interrupted() if callable(interrupted) else interrupted
+        print(f"stopped: {message}", file=sys.stderr)
+        sys.exit(INTERRUPTED)
 
-    app.run(checked_main, flags_parser=_parse_flags)
+
+def run(main, interrupted="interrupted"):
+    """`absl.app.run`, with absl's flag errors as one line too, no positional
+    arguments accepted, and Ctrl-C as one line (see `call_main`)."""
+    app.run(lambda argv: call_main(main, argv, interrupted), flags_parser=parse_flags)

@@ -21,9 +21,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from apps._cli import fail, run  # noqa: E402
+from apps._cli import INTERRUPTED, fail, run  # noqa: E402
 
 from sngm_keras.training.config import ConfigError  # noqa: E402
+from sngm_keras.training.flagfile import flagfile_text  # noqa: E402
 from sngm_keras.training import batch_scaling as scaling  # noqa: E402
 from sngm_keras.training import study as studies  # noqa: E402
 
@@ -62,30 +63,100 @@ PASSED = ("data_dir", "download", "dataset", "max_updates", "strategy", "num_cpu
 
 
 
-def flagfile_text(config):
-    lines = []
-    for name, value in config.to_dict().items():
-        if value is None or name == "preset":
-            continue
-        if isinstance(value, bool):
-            lines.append(f"--{name}" if value else f"--no{name}")
-        elif isinstance(value, (list, tuple)):
-            lines.append(f"--{name}={','.join(map(str, value))}")
-        else:
-            lines.append(f"--{name}={value}")
-    return "\n".join(lines) + "\n"
+# How errors about a run's settings name this app's flags.
+RENAMED = {"model_dir": "output_dir"}
+
+
+def _message(error, run_id=None):
+    """A ConfigError's line, naming this app's flag, or the run whose preset
+    setting is at fault."""
+    text = str(error)
+    field = getattr(error, "field", None)
+    if field in RENAMED:
+        return f"--{RENAMED[field]}: {text.split(': ', 1)[1]}"
+    if field is None or field in FLAGS or run_id is None:
+        return text
+    return f"--study={FLAGS.study}: run {run_id}: {text}"
+
+
+def _check_runs(configs):
+    """Validates every run, refuses this app's flags that the runs ignore,
+    and checks each run's folder; writes nothing."""
+    from sngm_keras.training.rundir import RunDir
+
+    for config in configs:
+        run_id = os.path.basename(config.model_dir)
+        try:
+            config.validate()
+            RunDir(config.model_dir).check(config)
+        except ConfigError as error:
+            fail(_message(error, run_id))
+        ignored = config.ignored_fields()
+        for name in PASSED:
+            if FLAGS[name].present and name in ignored:
+                fail(f"--{name}: {ignored[name]}; drop it")
+
+
+# What this invocation created (folders, study.json, flagfiles), removed
+# again when its first run is refused, so a mistake leaves nothing behind.
+_created = []
+_trained = []
+
+
+def _note_new(*paths):
+    _created.extend(p for p in paths if not os.path.exists(p) and p not in _created)
+
+
+def _undo_created():
+    for path in reversed(_created):
+        if os.path.isdir(path):
+            if not os.listdir(path):
+                os.rmdir(path)
+        elif os.path.exists(path):
+            os.remove(path)
+    _created.clear()
 
 
 def _train(run_id, config, output_dir):
     """Trains (or resumes) one run through apps.train, with its flagfile beside it."""
+    from sngm_keras.training.rundir import RunDir
+
     flagfile = os.path.join(output_dir, "runs", f"{run_id}.flags")
+    _note_new(output_dir, os.path.dirname(flagfile), flagfile)
     os.makedirs(os.path.dirname(flagfile), exist_ok=True)
     with open(flagfile, "w") as f:
         f.write(flagfile_text(config))
     print(f"\n== {run_id}", flush=True)
-    result = subprocess.run([sys.executable, "-m", "apps.train", f"--flagfile={flagfile}"])
-    if result.returncode:
-        fail(f"run {run_id} failed (exit {result.returncode}); rerun the same command to resume")
+    process = subprocess.Popen([sys.executable, "-m", "apps.train", f"--flagfile={flagfile}"], stderr=subprocess.PIPE,
+                               text=True)
+    last = ""
+    try:
+        for line in process.stderr:  # shown as it comes; the last line kept for the message
+            sys.stderr.write(line)
+            if line.strip():
+                last = line.strip()
+        process.wait()
+    except KeyboardInterrupt:
+        process.wait(timeout=120)  # apps.train stops at Ctrl-C too, its folder resumable
+        raise
+    if process.returncode == 2:  # refused before it wrote anything
+        if not _trained:
+            _undo_created()
+        fail(f"run {run_id}: {last.removeprefix('error: ')}")
+    _trained.append(run_id)
+    if process.returncode == INTERRUPTED:
+        raise KeyboardInterrupt
+    if process.returncode:
+        state = RunDir(config.model_dir).load_state()
+        resume = (f"; rerunning the same command resumes it from epoch {state['epoch']}" if state
+                  else "; see its output above")
+        print(f"error: run {run_id} failed (exit {process.returncode}){resume}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _interrupted():
+    return ("interrupted; rerun the same command to continue the study (finished runs are kept, an interrupted "
+            "one resumes from its last checkpoint)")
 
 
 def _context(overrides, dataset):
@@ -119,12 +190,19 @@ def main():
     try:
         runs = studies.plan(FLAGS.study, output_dir, FLAGS.epochs_scale, grid, overrides, models=FLAGS.models,
                             grid_rows=FLAGS.lr_grid_rows)
-        for run in runs:
-            run.config.validate()
+    except ConfigError as error:
+        fail(_message(error))
+    try:
+        studies.check_output(output_dir, FLAGS.study, FLAGS.epochs_scale)
+    except ConfigError as error:
+        fail(_message(error))
+    _check_runs([r.config for r in runs])
+    try:
         if not FLAGS.dry_run:
+            _note_new(output_dir, os.path.join(output_dir, "study.json"))
             studies.claim_output(output_dir, FLAGS.study, FLAGS.epochs_scale, grid)
     except ConfigError as error:
-        fail(str(error))
+        fail(_message(error))
 
     print(f"study {FLAGS.study}: {len(runs)} runs into {output_dir}")
     for run, resolved in zip(runs, studies.resolve_rates(runs)):
@@ -174,11 +252,16 @@ def batch_scaling(output_dir, grid, overrides):
         if not study.config(study.cells[0], 1.0).validation_size:
             raise ConfigError("validation_size", "batch_scaling chooses learning rates on a validation split: "
                               "it must be > 0")
-        study.validate()
-        if not FLAGS.dry_run:
-            studies.claim_settings(output_dir, study.settings())
+        studies.check_settings(output_dir, study.settings())
     except ConfigError as error:
-        fail(str(error))
+        fail(_message(error))
+    _check_runs([c for cell in study.cells for c in study.grid(cell)])
+    if not FLAGS.dry_run:
+        try:
+            _note_new(output_dir, os.path.join(output_dir, "study.json"))
+            studies.claim_settings(output_dir, study.settings())
+        except ConfigError as error:
+            fail(_message(error))
     _print_plan(study)
     if FLAGS.dry_run:
         return
@@ -218,4 +301,4 @@ def _print_plan(study):
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, interrupted=_interrupted)

@@ -1,11 +1,16 @@
 """Train a ResNet (or the paper's two-conv network) with SNGM, MSGD or LARS.
 
-    python -m apps.train                                    # the offline demo
+    python -m apps.train --preset=demo                      # the offline demo
     python -m apps.train --preset=table2_resnet20_sngm_b4096 --data_dir=DIR
     python -m apps.train --flagfile=best.flags
 
 Flags override the preset; rerunning the same command resumes from the last
-checkpoint in --model_dir. See `sngm_keras.training` for what is written.
+checkpoint in --model_dir (and a run stopped by --max_updates continues when
+rerun without it, or with a larger one). The default --model_dir is
+runs/<preset> for a preset as it is, else runs/<preset or model_optimizer_bB>-
+<hash of the settings>, so different settings never share a folder. Nothing
+is written before the data, the devices and the model are ready. See
+`sngm_keras.training` for what is written.
 """
 
 import dataclasses
@@ -47,7 +52,8 @@ flags.DEFINE_integer("epochs", _D.epochs, "Epochs to train.")
 flags.DEFINE_integer("max_updates", None, "Stop after this many parameter updates.")
 flags.DEFINE_string("strategy", _D.strategy, "auto, one_device, mirrored or multi_worker.")
 flags.DEFINE_integer("num_cpu_devices", _D.num_cpu_devices, "Split the CPU into N logical devices (for mirrored).")
-flags.DEFINE_string("model_dir", None, "Where checkpoints and results go (default runs/<preset or demo>).")
+flags.DEFINE_string("model_dir", None, "Where checkpoints and results go (default: runs/<preset> for a preset as "
+                    "it is, else runs/<preset or model_optimizer_bB>-<hash of the settings>).")
 flags.DEFINE_integer("seed", _D.seed, "Seed of initialization, data order and augmentation.")
 flags.DEFINE_bool("augment", _D.augment, "Training augmentation.")
 flags.DEFINE_bool("deterministic", _D.deterministic, "Deterministic TensorFlow ops (bit-identical resumes).")
@@ -72,32 +78,67 @@ flags.DEFINE_bool("noise_scale", _D.noise_scale, "Measure the gradient noise sca
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset"]
 
 
+def default_model_dir(config):
+    """runs/<preset> for a preset as it is; otherwise a folder named after
+    the settings, so that two configurations never meet in one folder."""
+    if config.preset is not None:
+        preset = TrainConfig.from_preset(config.preset)
+        if preset.result_fields() == config.result_fields():
+            return os.path.join("runs", config.preset)
+    name = config.preset or f"{config.model}_{config.optimizer}_b{config.batch_size}"
+    return os.path.join("runs", f"{name}-{config.settings_digest()}")
+
 
 def config_from_flags():
-    overrides = {name: FLAGS[name].value for name in FIELDS if FLAGS[name].present}
+    """The validated configuration of the flags; refuses flags the
+    configuration would ignore."""
+    present = [name for name in FIELDS if FLAGS[name].present]
+    overrides = {name: FLAGS[name].value for name in present}
     if "decay_epochs" in overrides:
         try:
             overrides["decay_epochs"] = tuple(int(e) for e in overrides["decay_epochs"])
         except ValueError:
             fail(f"--decay_epochs: not a list of integers: {','.join(FLAGS.decay_epochs)}")
+    config = TrainConfig.from_preset(FLAGS.preset, **overrides)
     if "model_dir" not in overrides:
-        overrides["model_dir"] = os.path.join("runs", FLAGS.preset or "demo")
-    return TrainConfig.from_preset(FLAGS.preset, **overrides)
+        config.model_dir = default_model_dir(config)
+    config.validate()
+    ignored = config.ignored_fields()
+    for name in present:
+        if name in ignored:
+            fail(f"--{name}: {ignored[name]}; drop it")
+    return config
+
+
+_model_dir = None
+
+
+def _interrupted():
+    if _model_dir and os.path.isdir(_model_dir):
+        return f"interrupted; rerun the same command to resume from the last checkpoint in {_model_dir}"
+    return "interrupted before the run started; nothing was written"
 
 
 def main():
+    global _model_dir
     from sngm_keras.data import DataError
     from sngm_keras.training import ConfigError, train
     from sngm_keras.training.cluster import WorkerLost
 
+    _model_dir = None
     try:
-        config = config_from_flags().validate()
+        config = config_from_flags()
+        _model_dir = config.model_dir
         summary = train(config)
     except (ConfigError, DataError) as error:
         fail(str(error))
     except WorkerLost as error:
         fail(str(error), code=1)
-    state = "was already complete" if summary.get("already_complete") else "finished"
+    if summary.get("already_complete"):
+        state = "was already complete" if summary["complete"] else "had already stopped at --max_updates"
+    else:
+        state = "finished" if summary["complete"] else (
+            f"stopped at --max_updates={config.max_updates}; rerun without it to continue")
     if summary.get("chief") is False:
         print(f"run {state} on this worker; the results are in the chief's --model_dir")
         return
@@ -130,4 +171,4 @@ def noise_scale_line(summary, batch_size):
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, interrupted=_interrupted)

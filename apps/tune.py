@@ -31,7 +31,7 @@ from absl import flags  # noqa: E402
 
 from apps._cli import fail, run  # noqa: E402
 
-from sngm_keras.training.config import DATASETS, TrainConfig  # noqa: E402
+from sngm_keras.training.config import DATASETS, INT_LIMIT, TrainConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
 _D = TrainConfig()
@@ -79,13 +79,25 @@ def _numbers(name, kind=float):
 
 
 def _message(error):
-    """The ConfigError's one line, naming this app's flag."""
+    """The ConfigError's one line, naming this app's flags."""
     from sngm_keras.training import ConfigError
 
+    text = str(error)
     if isinstance(error, ConfigError) and error.field in _RENAMED:
-        text = str(error).split(": ", 1)[1]
-        return f"--{_RENAMED[error.field]}: {text}"
-    return str(error)
+        text = f"--{_RENAMED[error.field]}: {text.split(': ', 1)[1]}"
+    for old, new in _RENAMED.items():
+        text = text.replace(f"--{old}=", f"--{new}=")
+    return text
+
+
+# Settings of the base configuration that the search ignores (see
+# TrainConfig.ignored_fields), refused when given.
+_BASE_FLAGS = ("data_dir", "download", "trust_coefficient")
+
+
+def _interrupted():
+    return ("interrupted; rerun the same command to resume the search (finished trials are kept, the interrupted "
+            "one runs again)")
 
 
 def main():
@@ -96,9 +108,10 @@ def main():
         from sngm_keras import tuning
 
         tuning.check_search_options(FLAGS.tuner, FLAGS.max_trials, FLAGS.objective)
-        for name in ("epochs_per_trial", "final_epochs"):
-            if FLAGS[name].value is not None and FLAGS[name].value < 1:
-                raise ConfigError(name, f"must be a positive integer, got {FLAGS[name].value}")
+        for name in ("epochs_per_trial", "final_epochs", "max_trials"):
+            value = FLAGS[name].value
+            if value is not None and not 1 <= value <= INT_LIMIT:
+                raise ConfigError(name, f"must be a positive integer up to {INT_LIMIT}, got {value}")
         space = tuning.SearchSpace(
             lr_range=_numbers("lr_range"), momentum_choices=_numbers("momentum_choices"),
             power_range=_numbers("power_range"), wd_range=_numbers("wd_range"),
@@ -114,6 +127,10 @@ def main():
             seed=FLAGS.seed, augment=FLAGS.augment, verbose=FLAGS.verbose,
             model_dir=os.path.join(FLAGS.directory, project_name),
         )
+        ignored = base.ignored_fields()
+        for name in _BASE_FLAGS:
+            if FLAGS[name].present and name in ignored:
+                raise ConfigError(name, f"{ignored[name]}; drop it")
         hypermodel = tuning.LargeBatchHyperModel(base, space, validation_fraction=FLAGS.validation_fraction)
         tuner = tuning.make_tuner(
             hypermodel, FLAGS.tuner, max_trials=FLAGS.max_trials, directory=FLAGS.directory,
@@ -148,4 +165,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, interrupted=_interrupted)

@@ -53,8 +53,9 @@ import time
 import keras_tuner
 import numpy as np
 
-from sngm_keras.training.config import DATASETS, ConfigError
-from sngm_keras.training.rundir import first_difference, read_json, write_atomic
+from sngm_keras.training.config import ConfigError
+from sngm_keras.training.flagfile import flagfile_text
+from sngm_keras.training.rundir import describe_differences, differences, read_json, write_atomic
 
 TUNERS = ("random", "bayesian", "hyperband")
 # Scores on the validation split held out of the training images. Test-split
@@ -178,8 +179,8 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
         config: the base `TrainConfig` (dataset, model, optimizer,
             micro_batch_size, trust_coefficient, seed, augment, ...); its
             `epochs` is the epochs of each trial, its `lr_schedule` must be
-            "poly" (the power is searched). `config.validate()` is called,
-            which creates `config.model_dir`.
+            "poly" (the power is searched). `config.validate()` is called
+            (it writes nothing).
         space: the `SearchSpace`.
         validation_fraction: the part of the training images held out to
             score the trials (seeded by `config.seed`, the same for all
@@ -197,20 +198,20 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
         super().__init__(name=name, tunable=True)
         if config.lr_schedule != "poly":
             raise ConfigError("lr_schedule", f"the search tunes the poly schedule's power, not {config.lr_schedule}")
-        config.validate()
-        space.validate()
         if config.dataset == "imagenet2012":
             raise ConfigError(
                 "dataset", "tuning holds a validation split out of training images held in memory; "
                 "imagenet2012 is streamed, so use the sample, cifar10, cifar100 or an image folder"
             )
-        if not _is_number(validation_fraction) or not 0 < validation_fraction < 1:
-            raise ConfigError("validation_fraction", f"must be in (0, 1), got {validation_fraction!r}")
+        space.validate()
         for b in space.batch_sizes:
             if config.micro_batch_size and b % config.micro_batch_size:
                 raise ConfigError(
                     "batch_sizes", f"{b} is not a multiple of --micro_batch_size={config.micro_batch_size}"
                 )
+        config.validate()
+        if not _is_number(validation_fraction) or not 0 < validation_fraction < 1:
+            raise ConfigError("validation_fraction", f"must be in (0, 1), got {validation_fraction!r}")
         self.config = config
         self.space = space
         self.validation_fraction = float(validation_fraction)
@@ -386,12 +387,12 @@ def claim_search(project_dir, settings):
     wanted = json.loads(json.dumps(settings))
     if os.path.exists(path):
         recorded = read_json(path)
-        k = first_difference(recorded, wanted)
-        if k is not None:
+        keys = differences(recorded, wanted)
+        if keys:
             raise ConfigError(
                 "project_name",
-                f"{project_dir} holds a search with other settings (--{k}: {_show(recorded.get(k))} there, "
-                f"{_show(wanted.get(k))} now); use another --project_name, or --overwrite to discard it",
+                f"{project_dir} holds a search with other settings ({describe_differences(recorded, wanted, keys, _show)}"
+                "); use another --project_name, or --overwrite to discard it",
             )
         return False
     if os.path.isdir(project_dir) and os.listdir(project_dir):
@@ -399,8 +400,11 @@ def claim_search(project_dir, settings):
             "project_name", f"{project_dir} holds files of an unknown search ({sorted(os.listdir(project_dir))[0]}); "
             "use another --project_name, or --overwrite to discard it"
         )
-    os.makedirs(project_dir, exist_ok=True)
-    write_atomic(path, json.dumps(wanted, indent=2, sort_keys=True))
+    try:
+        os.makedirs(project_dir, exist_ok=True)
+        write_atomic(path, json.dumps(wanted, indent=2, sort_keys=True))
+    except OSError as error:
+        raise ConfigError("directory", f"cannot write {project_dir} ({error.strerror or error})") from None
     return True
 
 
@@ -553,38 +557,6 @@ def best_config(tuner, final_epochs=None):
         micro_batch_size=config.micro_batch_size or config.batch_size,
         model_dir=os.path.abspath(os.path.join(tuner.project_dir, f"best_trial_{trial.trial_id}")),
     )
-
-
-def flagfile_text(config, header=()):
-    """An absl flagfile that `python -m apps.train --flagfile=...` runs `config` from."""
-
-    def path(value):
-        return os.path.abspath(os.path.expanduser(value)) if os.path.exists(os.path.expanduser(value)) else value
-
-    lines = [f"# {line}" for line in header]
-    lines.append(f"--dataset={config.dataset if config.dataset in DATASETS else path(config.dataset)}")
-    if config.data_dir:
-        lines.append(f"--data_dir={path(config.data_dir)}")
-    lines.append("--download" if config.download else "--nodownload")
-    lines += [
-        f"--model={config.model}",
-        f"--optimizer={config.optimizer}",
-        f"--batch_size={config.batch_size}",
-        f"--micro_batch_size={config.micro_batch_size}",
-        f"--learning_rate={config.learning_rate!r}",
-        f"--momentum={config.momentum!r}",
-        f"--weight_decay={config.weight_decay!r}",
-        f"--lr_schedule={config.lr_schedule}",
-        f"--power={config.power!r}",
-        f"--warmup_epochs={config.warmup_epochs}",
-        f"--epochs={config.epochs}",
-        f"--seed={config.seed}",
-        "--augment" if config.augment else "--noaugment",
-    ]
-    if config.optimizer == "lars":
-        lines.append(f"--trust_coefficient={config.trust_coefficient!r}")
-    lines.append(f"--model_dir={config.model_dir}")
-    return "\n".join(lines) + "\n"
 
 
 def write_reports(tuner, final_epochs=None):

@@ -12,8 +12,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
+from sngm_keras.data import DataError
 from sngm_keras.training import PRESETS, ConfigError, TrainConfig, train
+from sngm_keras.training.flagfile import flagfile_text
+from sngm_keras.training.rundir import RunDir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--dataset=sample", "--model=twoconv", "--batch_size=500", "--micro_batch_size=250", "--verbose=0"]
@@ -173,45 +177,165 @@ def test_mirrored_on_logical_cpus_matches_flags(tmp_path):
     assert "noise scale" not in result.stdout + result.stderr
 
 
-BAD_INPUTS = [
-    (["--model=resnet99"], "--model"),
-    (["--optimizer=adam"], "--optimizer"),
-    (["--learning_rate=0"], "--learning_rate"),
-    (["--learning_rate=-1"], "--learning_rate"),
-    (["--learning_rate=fast"], "--learning_rate"),
-    (["--momentum=1.0"], "--momentum"),
-    (["--weight_decay=-0.1"], "--weight_decay"),
-    (["--epochs=0"], "--epochs"),
-    (["--batch_size=500", "--micro_batch_size=300"], "--micro_batch_size"),
-    (["--lr_schedule=cosine"], "--lr_schedule"),
-    (["--lr_schedule=step", "--decay_epochs=50,10"], "--decay_epochs"),
-    (["--warmup_epochs=40"], "--warmup_epochs"),
-    (["--preset=table9"], "--preset"),
-    (["--dataset=/no/such/folder"], "--dataset"),
-    (["--dataset=cifar10", "--nodownload", "--data_dir={tmp}"], "cifar10 not found"),
-    (["--model_dir=/proc/sngm-keras-test"], "--model_dir"),
-    (["--model_dir={file}"], "--model_dir"),
-    (["--batch_size=20000"], "batch"),
-    (["--strategy=multi_worker"], "--strategy"),
-    (["stray"], "unexpected arguments"),
-]
+# -- failed starts, settings conflicts, default folders, flagfiles ------------
 
 
-def test_bad_input_ends_in_one_line(tmp_path):
-    a_file = tmp_path / "a_file"
-    a_file.write_text("not a folder")
-    processes = []
-    for i, (args, expected) in enumerate(BAD_INPUTS):
-        args = [a.format(tmp=tmp_path, file=a_file) for a in args]
-        if not any(a.startswith("--model_dir") for a in args):
-            args.append(f"--model_dir={tmp_path / f'run{i}'}")
-        processes.append((args, expected, app(*args, wait=False)))
-        if len(processes) % 4 == 0:  # a few at a time on 2 cores
-            processes[-4][2].wait()
-    for args, expected, process in processes:
-        out, err = process.communicate(timeout=300)
-        assert process.returncode == 2, (args, err[-2000:])
-        assert "Traceback" not in err, (args, err[-2000:])
-        last = err.strip().splitlines()[-1]
-        assert last.startswith("error: ") and expected in last, (args, last)
-        assert not os.path.exists(tmp_path / "run0" / "history.csv")
+def test_a_failed_start_writes_nothing_and_its_remains_do_not_block_the_fix(tmp_path):
+    model_dir = tmp_path / "run"
+    missing = TrainConfig(dataset="cifar10", data_dir=str(tmp_path), epochs=1, verbose=0, model_dir=str(model_dir))
+    with pytest.raises(DataError, match="cifar10 not found"):
+        train(missing)
+    assert not model_dir.exists()
+
+    # What a start that died before its first epoch leaves (older versions
+    # left this after a data error): config.json of other settings, empty
+    # checkpoints/, TensorBoard logs. It is not another run.
+    os.makedirs(model_dir / "checkpoints")
+    os.makedirs(model_dir / "logs")
+    (model_dir / "config.json").write_text(json.dumps(missing.result_fields()))
+    fixed = TrainConfig(dataset="sample", batch_size=500, micro_batch_size=250, epochs=1, max_updates=1, verbose=0,
+                        model_dir=str(model_dir))
+    summary = train(fixed)
+    assert summary["updates"] == 1 and summary["flags"]["dataset"] == "sample"
+    assert json.load(open(model_dir / "config.json")) == fixed.result_fields()
+
+
+def fake_run(model_dir, config):
+    """A run folder holding `config`'s run with one finished epoch."""
+    os.makedirs(os.path.join(model_dir, "checkpoints"))
+    with open(os.path.join(model_dir, "config.json"), "w") as f:
+        json.dump(dict(config.result_fields(), preset=config.preset), f)
+    with open(os.path.join(model_dir, "history.csv"), "w") as f:
+        f.write("epoch,updates\n1,10\n")
+
+
+def test_settings_conflict_names_every_difference_and_only_those(tmp_path):
+    model_dir = str(tmp_path / "demo")
+    fake_run(model_dir, TrainConfig.from_preset("demo", model_dir=model_dir))
+    msgd = TrainConfig(optimizer="msgd", model_dir=model_dir, verbose=0, max_updates=3)
+    with pytest.raises(ConfigError) as refused:
+        RunDir(model_dir).check(msgd)
+    assert str(refused.value) == (
+        f"--model_dir: {model_dir} holds a run with other settings (--micro_batch_size: 100 there, None now; "
+        "--optimizer: 'sngm' there, 'msgd' now); use another --model_dir")
+    # The preset's name, verbosity, --max_updates are not settings of the run.
+    RunDir(model_dir).check(TrainConfig(micro_batch_size=100, model_dir=model_dir, verbose=2, max_updates=3))
+
+
+DEFAULT_DIRS = """
+import json, sys
+from absl import flags
+from apps import _cli, train
+out = {}
+for args in json.loads(sys.argv[1]):
+    _cli.parse_flags(["train", *args])
+    out[" ".join(args)] = train.config_from_flags().model_dir
+print(json.dumps(out))
+"""
+
+
+def train_flag_parsing(argument_lists, cwd):
+    """apps.train's model_dir for each argument list, parsed in one process."""
+    result = subprocess.run([sys.executable, "-c", DEFAULT_DIRS, json.dumps(argument_lists)], cwd=cwd,
+                            capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_default_model_dir_follows_the_settings(tmp_path):
+    demo_flags = ["--dataset=sample", "--model=twoconv", "--optimizer=sngm", "--batch_size=500",
+                  "--micro_batch_size=100", "--learning_rate=0.2", "--momentum=0.9", "--weight_decay=0.0005",
+                  "--lr_schedule=poly", "--power=1.1", "--epochs=30"]
+    lists = [["--preset=demo"], [], ["--optimizer=msgd"], ["--preset=demo", "--optimizer=msgd"],
+             ["--preset=demo", "--verbose=0", "--max_updates=5"], demo_flags, ["--learning_rate=0.3"]]
+    dirs = train_flag_parsing(lists, str(tmp_path))
+    by = [dirs[" ".join(a)] for a in lists]
+    assert by[0] == os.path.join("runs", "demo")
+    assert by[1] != by[0] and by[1].startswith(os.path.join("runs", "twoconv_sngm_b500-"))
+    assert by[2].startswith(os.path.join("runs", "twoconv_msgd_b500-")) and by[2] != by[1]
+    assert by[3].startswith(os.path.join("runs", "demo-")) and by[3] != by[2]
+    assert by[4] == by[0]  # what does not change the run does not change its folder
+    # The demo's settings spelled as flags: the demo's digest, another name.
+    digest = TrainConfig.from_preset("demo").settings_digest()
+    assert by[5] == os.path.join("runs", f"twoconv_sngm_b500-{digest}")
+    assert len(set(by)) == 6
+
+
+ROUND_TRIP = """
+import json, sys
+from apps import _cli, train
+for path in sys.argv[1:]:
+    _cli.parse_flags(["train", "--flagfile=" + path])
+    print(json.dumps(train.config_from_flags().to_dict()))
+"""
+
+
+def test_flagfile_round_trips_through_the_apps_flags(tmp_path):
+    folder = tmp_path / "images"
+    os.makedirs(folder / "train")
+    os.makedirs(folder / "test")
+    configs = [
+        # A tuner's best trial with every setting off its default.
+        TrainConfig(
+            dataset=str(folder), model="resnet20", optimizer="sngm", batch_size=1000, micro_batch_size=250,
+            learning_rate=0.123456789012345, momentum=0.95, weight_decay=3.3e-5, power=1.7, warmup_epochs=2,
+            warmup_learning_rate=0.01, epochs=7, max_updates=99, strategy="one_device", seed=7, augment=False,
+            deterministic=True, jit_compile=True, dtype_policy="mixed_bfloat16", eval_every=2, eval_batch_size=250,
+            verbose=2, model_dir=str(tmp_path / "best_trial_3")),
+        TrainConfig(dataset="cifar100", data_dir=str(tmp_path), download=True, optimizer="msgd", lr_schedule="step",
+                    decay_epochs=(3, 5), decay_factor=4.0, epochs=6, model_dir=str(tmp_path / "step")),
+        TrainConfig(dataset="imagenet2012", model="resnet18", optimizer="lars", image_size=64, trust_coefficient=0.02,
+                    lr_schedule="constant", model_dir=str(tmp_path / "imagenet")),
+        TrainConfig.from_preset("table2_resnet56_msgd_b4096", model_dir=str(tmp_path / "preset")),
+    ]
+    paths = []
+    for i, config in enumerate(configs):
+        paths.append(str(tmp_path / f"{i}.flags"))
+        with open(paths[-1], "w") as f:
+            f.write(flagfile_text(config, header=["a comment"]))
+    result = subprocess.run([sys.executable, "-c", ROUND_TRIP, *paths], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    parsed = [json.loads(line) for line in result.stdout.strip().splitlines()[-len(configs):]]
+    for config, values in zip(configs, parsed):
+        assert values == config.to_dict()
+
+
+def tiny_image_folder(root, per_class=64):
+    """Two classes of 32x32 noise: 4 updates an epoch at batch 32."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", 8)):
+        for label in ("a", "b"):
+            os.makedirs(os.path.join(root, split, label))
+            for i in range(count):
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(os.path.join(root, split, label, f"{i}.png"))
+    return str(root)
+
+
+def test_a_run_cut_by_max_updates_continues_exactly_when_rerun_without_it(tmp_path):
+    data = tiny_image_folder(tmp_path / "data")
+    args = [f"--dataset={data}", "--model=twoconv", "--batch_size=32", "--micro_batch_size=16", "--eval_batch_size=16",
+            "--verbose=0", "--epochs=2", "--deterministic"]
+    straight, cut = str(tmp_path / "straight"), str(tmp_path / "cut")
+    first = app(*args, f"--model_dir={straight}", wait=False)
+    stopped = app(*args, "--max_updates=5", f"--model_dir={cut}")  # 1 update into epoch 2
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert "stopped at --max_updates=5; rerun without it to continue" in stopped.stdout
+    summary = json.load(open(os.path.join(cut, "summary.json")))
+    assert summary["updates"] == 5 and not summary["complete"] and summary["epochs_completed"] == 1
+    assert json.load(open(os.path.join(cut, "checkpoints", "state.json")))["epoch"] == 1  # the cut epoch is not kept
+
+    again = app(*args, "--max_updates=5", f"--model_dir={cut}")
+    assert again.returncode == 0 and "had already stopped at --max_updates" in again.stdout
+    resumed = app(*args, f"--model_dir={cut}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "run finished" in resumed.stdout and "(epoch 1)" in resumed.stderr
+    first.communicate(timeout=300)
+    assert first.returncode == 0
+    summary = json.load(open(os.path.join(cut, "summary.json")))
+    assert summary["complete"] and summary["updates"] == 8
+    assert [int(r["updates"]) for r in history(cut)] == [4, 8]
+    for a, b in zip(final_weights(cut), final_weights(straight)):
+        np.testing.assert_array_equal(a, b)

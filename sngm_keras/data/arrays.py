@@ -140,6 +140,8 @@ def _load_folder(root: Path, shown: str) -> ArraySplits:
     if not class_names:
         raise DataError(f"{shown}/train has no class sub-folders; "
                         "lay it out as DIR/{train,test}/<class>/<image>")
+    if len(class_names) < 2:
+        raise DataError(f"{shown} has one class folder ({class_names[0]}); a classifier needs at least two")
     out = {}
     with ThreadPoolExecutor(_workers()) as pool:
         for split in ("train", "test"):

@@ -195,7 +195,7 @@ class Study:
 
 def finished(config):
     """The summary of the finished run of `config`, or None."""
-    return RunDir(config.model_dir).completed_summary()
+    return RunDir(config.model_dir).finished_summary(config.max_updates)
 
 
 def select(configs, summaries):

@@ -35,9 +35,15 @@ class EpochRecorder(keras.callbacks.Callback):
         self.wall_seconds = base_wall_seconds
         self.train_seconds = base_train_seconds
 
+    stopped_in_epoch = False  # the last epoch was cut short (--max_updates)
+
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
         self._train_end = None
+        self._batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
 
     def on_test_begin(self, logs=None):
         if self._train_end is None:
@@ -71,9 +77,14 @@ class EpochRecorder(keras.callbacks.Callback):
             **{k: logs.get(k, "") for k in NOISE_SCALE_KEYS},
         }
         self.rows.append(row)
-        state = {"epoch": epoch + 1, "updates": updates, "wall_seconds": self.wall_seconds,
-                 "train_seconds": self.train_seconds}
-        self.run_dir.save_checkpoint(self.model, state)
+        steps = self.params.get("steps")
+        self.stopped_in_epoch = bool(steps) and self._batches < steps
+        if not self.stopped_in_epoch:
+            # A cut epoch is not checkpointed: a resume trains it again from
+            # its start, as an uninterrupted run would.
+            state = {"epoch": epoch + 1, "updates": updates, "wall_seconds": self.wall_seconds,
+                     "train_seconds": self.train_seconds}
+            self.run_dir.save_checkpoint(self.model, state)
         self.run_dir.write_history(self.rows)
 
 

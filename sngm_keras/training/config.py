@@ -5,13 +5,16 @@ flag at fault. Validation runs before any data is read or model built.
 """
 
 import dataclasses
+import hashlib
+import json
+import math
 import os
-import tempfile
 from typing import Optional, Tuple
 
 from sngm_keras.training.presets import PRESETS
 
 DATASETS = ("sample", "cifar10", "cifar100", "imagenet2012")
+TFDS_DATASETS = DATASETS[1:]
 OPTIMIZERS = ("sngm", "msgd", "lars")
 SCHEDULES = ("poly", "step", "constant")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
@@ -22,6 +25,12 @@ DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 JAX_CLUSTER_FIELDS = ("coordinator_address", "num_processes", "process_id")
 NOT_RESULT_FIELDS = ("model_dir", "verbose", "download", "data_dir", "max_updates", "noise_scale",
                      *JAX_CLUSTER_FIELDS)
+# Not a setting: which named configuration the values came from.
+NOT_SETTINGS = NOT_RESULT_FIELDS + ("preset",)
+VERBOSITY = (0, 1, 2)
+# Whole-number fields end up in int32 tensors or seeds; larger values are typos.
+INT_LIMIT = 2**31 - 1
+MAX_CPU_DEVICES = 256
 
 
 class ConfigError(ValueError):
@@ -97,10 +106,44 @@ class TrainConfig:
 
     def result_fields(self):
         """The fields that decide what the run computes (for resume checks)."""
-        return {k: v for k, v in self.to_dict().items() if k not in NOT_RESULT_FIELDS}
+        return {k: v for k, v in self.to_dict().items() if k not in NOT_SETTINGS}
+
+    def settings_digest(self):
+        """A short hash of `result_fields()`: equal for equal settings."""
+        text = json.dumps(self.result_fields(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+    def ignored_fields(self):
+        """Fields this configuration does not use, each with why (a schedule's
+        parameter under another schedule, LARS' coefficient for SNGM, ...).
+        Setting one of them explicitly is a mistake the apps refuse."""
+        schedule = f"--lr_schedule={self.lr_schedule}"
+        ignored = {}
+        if self.lr_schedule != "poly":
+            for name in ("power", "warmup_epochs", "warmup_learning_rate"):
+                ignored[name] = f"applies to --lr_schedule=poly only, not {schedule}"
+        elif not self.warmup_epochs:
+            ignored["warmup_learning_rate"] = "applies with --warmup_epochs > 0 only"
+        if self.lr_schedule != "step":
+            for name in ("decay_epochs", "decay_factor"):
+                ignored[name] = f"applies to --lr_schedule=step only, not {schedule}"
+        if self.optimizer != "lars":
+            ignored["trust_coefficient"] = f"applies to --optimizer=lars only, not --optimizer={self.optimizer}"
+        if self.dataset != "imagenet2012":
+            ignored["image_size"] = "applies to --dataset=imagenet2012 only"
+        if not self.validation_size:
+            ignored["validations_per_epoch"] = "applies with --validation_size > 0 only"
+        if self.dataset not in TFDS_DATASETS:
+            for name in ("data_dir", "download"):
+                ignored[name] = f"applies to the TFDS datasets ({', '.join(TFDS_DATASETS)}) only"
+        return ignored
 
     def validate(self):
         """Raises ConfigError for the first bad field; returns self."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
+                raise ConfigError(field.name, f"must be at most {INT_LIMIT}, got {value}")
         _check_dataset(self.dataset, self.data_dir)
         from sngm_keras.models import MODEL_NAMES
 
@@ -157,12 +200,16 @@ class TrainConfig:
         _positive_int("validations_per_epoch", self.validations_per_epoch)
         if self.validations_per_epoch > 1 and not self.validation_size:
             raise ConfigError("validations_per_epoch", "needs a validation split: set --validation_size")
+        if self.verbose not in VERBOSITY or isinstance(self.verbose, bool):
+            raise ConfigError("verbose", f"must be 0, 1 or 2, got {self.verbose!r}")
+        if self.num_cpu_devices > MAX_CPU_DEVICES:
+            raise ConfigError("num_cpu_devices", f"must be at most {MAX_CPU_DEVICES}, got {self.num_cpu_devices}")
         if self.image_size is not None:
             _positive_int("image_size", self.image_size)
             if self.dataset != "imagenet2012":
                 raise ConfigError("image_size", "applies to --dataset=imagenet2012 only")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError("seed", f"must be a non-negative integer, got {self.seed}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= INT_LIMIT:
+            raise ConfigError("seed", f"must be an integer in [0, {INT_LIMIT}], got {self.seed!r}")
         if not _check_cluster(self):
             return self  # a worker that is not the chief keeps no files: model_dir is the chief's
         _check_model_dir(self.model_dir)
@@ -190,8 +237,8 @@ def _choice(field, value, choices):
 
 
 def _number(field, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ConfigError(field, f"must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(field, f"must be a finite number, got {value!r}")
     return value
 
 
@@ -222,15 +269,18 @@ def _check_dataset(dataset, data_dir):
 
 
 def _check_model_dir(model_dir):
+    """Checks without writing: the folder is created when the run claims it
+    (`RunDir.claim`), which turns a refusal of the file system into a
+    ConfigError too."""
     if not model_dir:
         raise ConfigError("model_dir", "must not be empty")
     path = os.path.abspath(os.path.expanduser(model_dir))
     if os.path.exists(path) and not os.path.isdir(path):
         raise ConfigError("model_dir", f"{model_dir} exists and is not a folder")
-    # Permission bits say little to root or on network file systems: try it.
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
-            pass
-    except OSError as error:
-        raise ConfigError("model_dir", f"{model_dir} is not writable ({error.strerror or error})") from None
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError("model_dir", f"{model_dir} cannot be created: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError("model_dir", f"{model_dir} is not writable")

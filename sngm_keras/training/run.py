@@ -131,7 +131,9 @@ def _train(config, backend, cluster, extra_callbacks):
     else:
         prepare_devices(config)
         session = cluster_lib.join(config, cluster, backend)
-        done = cluster_lib.agree(session, run_dir, lambda: _open_run(config, run_dir, backend)[0])
+        # A worker's own (temporary) folder is claimed at once: the chief's checkpoint is copied into it.
+        done = cluster_lib.agree(session, run_dir,
+                                 lambda: _open_run(config, run_dir, backend, claim=not cluster.is_chief)[0])
         state = run_dir.load_state()  # the chief's, copied to the others
     if done is not None:
         log.info("%s already holds the finished run; nothing to do", run_dir.path)
@@ -146,11 +148,16 @@ def _train(config, backend, cluster, extra_callbacks):
     return _train_tf(config, run_dir, state, start_epoch, extra_callbacks, session)
 
 
-def _open_run(config, run_dir, backend):
-    """Claims the run folder; returns (the summary of a finished run or None,
-    the last checkpoint's state or None)."""
-    run_dir.claim(config)
-    done = run_dir.completed_summary()
+def _open_run(config, run_dir, backend, claim=False):
+    """Checks the run folder, writing nothing unless `claim` (nothing is
+    written into a user's model_dir before the data, the devices and the
+    model are resolved: a failed start leaves it as it was); returns (the
+    summary of a finished run or None, the last checkpoint's state or None)."""
+    if claim:
+        run_dir.claim(config)
+    else:
+        run_dir.check(config)
+    done = run_dir.finished_summary(config.max_updates)
     if done is not None:
         return done, None
     state = run_dir.load_state()
@@ -189,11 +196,18 @@ def _train_tf(config, run_dir, state, start_epoch, extra_callbacks, session):
 
 
 def _micro_batch_size(config, replicas):
-    micro = config.micro_batch_size or config.batch_size // replicas
-    if not micro or config.batch_size % (micro * replicas):
+    if config.micro_batch_size is None:
+        micro = config.batch_size // replicas
+        if not micro or config.batch_size % replicas:
+            raise ConfigError(
+                "batch_size", f"{config.batch_size} does not split evenly over {replicas} replicas; use a multiple "
+                f"of {replicas}, or fewer --num_cpu_devices")
+        return micro
+    micro = config.micro_batch_size
+    if config.batch_size % (micro * replicas):
         raise ConfigError(
             "micro_batch_size",
-            f"--batch_size={config.batch_size} is not a multiple of {micro or 1} x {replicas} replica(s)",
+            f"--batch_size={config.batch_size} is not a multiple of {micro} x {replicas} replica(s)",
         )
     return micro
 
@@ -201,7 +215,7 @@ def _micro_batch_size(config, replicas):
 def _check_backend(run_dir, state, backend):
     """A run continues on the backend it started on (its data order and
     checkpoint layout are the backend's). Runs on other backends than
-    TensorFlow record theirs in checkpoints/backend."""
+    TensorFlow record theirs in checkpoints/backend (`_record_backend`)."""
     path = os.path.join(run_dir.checkpoints, "backend")
     if state:
         recorded = open(path).read().strip() if os.path.exists(path) else "tensorflow"
@@ -211,7 +225,13 @@ def _check_backend(run_dir, state, backend):
                 f"{run_dir.path} holds a run trained on the {recorded} backend; resume it with "
                 f"KERAS_BACKEND={recorded}, or use another --model_dir",
             )
-    elif backend != "tensorflow":
+
+
+def _record_backend(run_dir, state, backend):
+    path = os.path.join(run_dir.checkpoints, "backend")
+    if state:
+        return
+    if backend != "tensorflow":
         write_atomic(path, backend + "\n")
     elif os.path.exists(path):
         os.remove(path)
@@ -219,12 +239,15 @@ def _check_backend(run_dir, state, backend):
 
 def _fit(config, run_dir, state, start_epoch, model, train_ds, test_ds, info, steps, replicas, micro,
          extra_callbacks, tensorboard, validation_ds=None):
-    """Resume, fit, evaluate, and write the run's files (both backends)."""
+    """Claim the run folder, resume, fit, evaluate, and write the run's files (both backends)."""
     import keras
 
+    run_dir.claim(config)
+    _record_backend(run_dir, state, keras.backend.backend())
     if state:
         model.load_weights(run_dir.weights_path(state))
         log.info("resumed from %s (epoch %d)", state["weights"], start_epoch)
+
     rows = [r for r in run_dir.read_history() if int(r["epoch"]) <= start_epoch]
     from sngm_keras.training import callbacks as cb
 
@@ -432,10 +455,13 @@ def _summary(config, model, recorder, rows, results, replicas, micro, info):
     updates = int(optimizer.iterations.numpy())
     tested = [float(r["test_accuracy"]) for r in rows if r.get("test_accuracy") not in (None, "")]
     test_accuracy = float(results["accuracy"])
-    epochs_done = int(rows[-1]["epoch"]) if rows else 0
+    epochs_done = int(rows[-1]["epoch"]) - recorder.stopped_in_epoch if rows else 0
     examples = updates * config.batch_size
     return {
-        "complete": True,
+        # A run stopped by --max_updates before its last epoch is not
+        # complete: rerun without it (or with a larger one) to continue.
+        "complete": epochs_done >= config.epochs,
+        "stopped_at_max_updates": bool(config.max_updates) and updates >= config.max_updates,
         "test_accuracy": test_accuracy,
         "best_test_accuracy": max(tested + [test_accuracy]),
         "test_loss": float(results["loss"]),

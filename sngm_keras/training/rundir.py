@@ -18,7 +18,7 @@ import io
 import json
 import os
 
-from sngm_keras.training.config import ConfigError
+from sngm_keras.training.config import NOT_SETTINGS, ConfigError
 
 HISTORY_FIELDS = (
     "epoch", "updates", "grad_per_n", "learning_rate", "train_loss", "train_accuracy",
@@ -27,6 +27,8 @@ HISTORY_FIELDS = (
 )
 VALIDATION_FIELDS = ("updates", "epoch", "grad_per_n", "validation_loss", "validation_accuracy")
 OUTPUT_NAMES = ("checkpoints", "history.csv", "validation.csv", "summary.json", "final.keras", "curves.png")
+# What a run writes; a folder holding anything else belongs to someone else.
+RUN_NAMES = OUTPUT_NAMES + ("config.json", "logs")
 
 
 def write_atomic(path, text):
@@ -38,10 +40,14 @@ def write_atomic(path, text):
     os.replace(tmp, path)
 
 
-def first_difference(recorded, wanted):
-    """The first key (sorted) whose value differs between two settings dicts, or None."""
-    differing = sorted(k for k in set(wanted) | set(recorded) if wanted.get(k) != recorded.get(k))
-    return differing[0] if differing else None
+def differences(recorded, wanted, ignore=()):
+    """The keys (sorted) whose values differ between two settings dicts."""
+    return sorted(k for k in set(wanted) | set(recorded) if k not in ignore and wanted.get(k) != recorded.get(k))
+
+
+def describe_differences(recorded, wanted, keys, show=repr, prefix="--"):
+    """`--a: 1 there, 2 now; --b: ...` for the differing `keys`."""
+    return "; ".join(f"{prefix}{k}: {show(recorded.get(k))} there, {show(wanted.get(k))} now" for k in keys)
 
 
 def read_json(path):
@@ -63,33 +69,64 @@ class RunDir:
         self.logs = os.path.join(self.path, "logs")
         self.state = os.path.join(self.checkpoints, "state.json")
 
-    def claim(self, config):
-        """Records `config` here, or checks it matches the run already here."""
-        os.makedirs(self.checkpoints, exist_ok=True)
-        wanted = config.result_fields()
-        if os.path.exists(self.config):
-            # A setting added to TrainConfig after this run started ran at its default.
-            recorded = {**type(config)().result_fields(), **read_json(self.config)}
-            k = first_difference(recorded, wanted)
-            if k is not None:
-                raise ConfigError(
-                    "model_dir",
-                    f"{self.path} holds a run with other settings ({k}: {recorded.get(k)!r} there, "
-                    f"{wanted.get(k)!r} now); use another --model_dir",
-                )
+    def check(self, config):
+        """Reads, never writes: raises ConfigError unless `config` may run
+        here (a new or empty folder, the remains of a start that finished no
+        epoch, or the same run)."""
+        if not os.path.isdir(self.path):
             return
-        foreign = [n for n in OUTPUT_NAMES if n != "checkpoints" and os.path.exists(os.path.join(self.path, n))]
-        if foreign or os.listdir(self.checkpoints):
+        shown = config.model_dir
+        others = sorted(n for n in os.listdir(self.path) if n not in RUN_NAMES)
+        if os.path.exists(self.config):
+            if self.has_progress():
+                # A setting added to TrainConfig after this run started ran at its default.
+                recorded = {**type(config)().result_fields(), **read_json(self.config)}
+                wanted = config.result_fields()
+                keys = differences(recorded, wanted, ignore=NOT_SETTINGS)
+                if keys:
+                    raise ConfigError(
+                        "model_dir", f"{shown} holds a run with other settings ({describe_differences(recorded, wanted, keys)}); "
+                        "use another --model_dir"
+                    )
+            return
+        if others:
             raise ConfigError(
-                "model_dir", f"{self.path} holds results of an unknown run ({(foreign or ['checkpoints'])[0]}); "
+                "model_dir", f"{shown} holds files that are not a run's ({', '.join(others[:3])}"
+                f"{', ...' if len(others) > 3 else ''}); use a new or empty --model_dir"
+            )
+        foreign = [n for n in OUTPUT_NAMES if n != "checkpoints" and os.path.exists(os.path.join(self.path, n))]
+        if foreign or self.has_progress():
+            raise ConfigError(
+                "model_dir", f"{shown} holds results of an unknown run ({(foreign or ['checkpoints'])[0]}); "
                 "use another --model_dir"
             )
-        write_atomic(self.config, json.dumps(wanted, indent=2, sort_keys=True))
 
-    def completed_summary(self):
+    def has_progress(self):
+        """Whether a run here finished an epoch (a checkpoint, history or summary)."""
+        if any(os.path.exists(p) for p in (self.history, self.summary, self.final_model)):
+            return True
+        return os.path.isdir(self.checkpoints) and any(
+            n.endswith(".weights.h5") or n == "state.json" for n in os.listdir(self.checkpoints))
+
+    def claim(self, config):
+        """Checks as `check` does, then records `config` here. The first write
+        into the folder; a file system refusal is a ConfigError."""
+        self.check(config)
+        try:
+            os.makedirs(self.checkpoints, exist_ok=True)
+            if not (os.path.exists(self.config) and self.has_progress()):
+                # A new run, or one whose start left no finished epoch.
+                write_atomic(self.config, json.dumps(config.result_fields(), indent=2, sort_keys=True))
+        except OSError as error:
+            raise ConfigError(
+                "model_dir", f"{config.model_dir} is not writable ({error.strerror or error})") from None
+
+    def finished_summary(self, max_updates=None):
+        """The summary when the run trained all its epochs, or when it
+        stopped at (or past) `max_updates` updates; else None."""
         if os.path.exists(self.summary):
             summary = read_json(self.summary)
-            if summary.get("complete"):
+            if summary.get("complete") or (max_updates and summary.get("updates", 0) >= max_updates):
                 return summary
         return None
 

@@ -8,11 +8,12 @@ and grid), one `runs/<run id>/` model_dir per run, `results.md` and
 
 import dataclasses
 import json
+import math
 import os
 from typing import Optional
 
 from sngm_keras.training.config import ConfigError, TrainConfig
-from sngm_keras.training.rundir import RunDir, read_json, write_atomic
+from sngm_keras.training.rundir import RunDir, describe_differences, differences, read_json, write_atomic
 
 
 def _presets(prefix, groups, names):
@@ -58,11 +59,15 @@ def scaled(config, epochs_scale):
 def check_study_args(study, epochs_scale, lr_grid):
     if study not in STUDIES:
         raise ConfigError("study", f"unknown study {study!r}; choose one of {', '.join(STUDIES)}")
-    if isinstance(epochs_scale, bool) or not isinstance(epochs_scale, (int, float)) or not epochs_scale > 0:
+    if not _positive_number(epochs_scale):
         raise ConfigError("epochs_scale", f"must be a positive number, got {epochs_scale!r}")
     if lr_grid is not None:
-        if not lr_grid or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0 for f in lr_grid):
+        if not lr_grid or not all(_positive_number(f) for f in lr_grid):
             raise ConfigError("lr_grid", f"must be a list of positive numbers, got {lr_grid!r}")
+
+
+def _positive_number(value):
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
 def plan(study, output_dir, epochs_scale=1.0, lr_grid=None, overrides=None, models=None, grid_rows=None):
@@ -132,14 +137,14 @@ def resolve_rates(runs):
     return resolved
 
 
-def claim_output(output_dir, study, epochs_scale, lr_grid):
-    """Records the study in output_dir/study.json, or checks it is the same
-    study at the same scale. The learning-rate grid may change between
-    invocations (to widen a sweep): runs of learning rates still in the grid
-    are reused, and the table reports the current grid only."""
-    os.makedirs(output_dir, exist_ok=True)
+def check_output(output_dir, study, epochs_scale, runs=()):
+    """Reads, never writes: raises ConfigError unless the study may run in
+    output_dir (a new or empty folder, or the same study at the same scale),
+    and each of `runs` may run in its folder (`RunDir.check`)."""
     path = os.path.join(output_dir, "study.json")
     wanted = {"study": study, "epochs_scale": epochs_scale}
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ConfigError("output_dir", f"{output_dir} exists and is not a folder")
     if os.path.exists(path):
         recorded = read_json(path)
         if {k: recorded.get(k) for k in wanted} != wanted:
@@ -148,36 +153,80 @@ def claim_output(output_dir, study, epochs_scale, lr_grid):
                 f"{output_dir} holds the study {recorded.get('study')!r} at epochs_scale="
                 f"{recorded.get('epochs_scale')}; use another --output_dir",
             )
-        grids = recorded.get("lr_grids", [])
-        if lr_grid not in grids:
-            write_atomic(path, json.dumps(dict(recorded, lr_grids=grids + [lr_grid]), indent=2))
+    else:
+        _check_unclaimed(output_dir)
+    for run in runs:
+        RunDir(run.config.model_dir).check(run.config)
+
+
+def _check_unclaimed(output_dir):
+    """A folder without study.json must be new, or hold nothing but empty folders."""
+    if not os.path.isdir(output_dir):
         return
     runs_dir = os.path.join(output_dir, "runs")
     if os.path.isdir(runs_dir) and any(
         os.path.exists(os.path.join(runs_dir, name, "config.json")) for name in os.listdir(runs_dir)
     ):
         raise ConfigError("output_dir", f"{output_dir} holds runs of an unknown study; use another --output_dir")
-    write_atomic(path, json.dumps(dict(wanted, lr_grids=[lr_grid]), indent=2))
+    others = sorted(n for n in os.listdir(output_dir) if n != "runs")
+    if others:
+        raise ConfigError("output_dir", f"{output_dir} holds files that are not a study's ({', '.join(others[:3])}"
+                          f"{', ...' if len(others) > 3 else ''}); use a new or empty --output_dir")
+
+
+def claim_output(output_dir, study, epochs_scale, lr_grid):
+    """Records the study in output_dir/study.json, or checks it is the same
+    study at the same scale. The learning-rate grid may change between
+    invocations (to widen a sweep): runs of learning rates still in the grid
+    are reused, and the table reports the current grid only."""
+    check_output(output_dir, study, epochs_scale)
+    path = os.path.join(output_dir, "study.json")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        if os.path.exists(path):
+            recorded = read_json(path)
+            grids = recorded.get("lr_grids", [])
+            if lr_grid not in grids:
+                write_atomic(path, json.dumps(dict(recorded, lr_grids=grids + [lr_grid]), indent=2))
+            return
+        write_atomic(path, json.dumps({"study": study, "epochs_scale": epochs_scale, "lr_grids": [lr_grid]},
+                                      indent=2))
+    except OSError as error:
+        raise ConfigError("output_dir", f"{output_dir} is not writable ({error.strerror or error})") from None
+
+
+def check_settings(output_dir, settings):
+    """Reads, never writes: raises ConfigError unless output_dir is new,
+    empty, or holds a study with the same `settings`."""
+    path = os.path.join(output_dir, "study.json")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ConfigError("output_dir", f"{output_dir} exists and is not a folder")
+    if os.path.exists(path):
+        recorded = read_json(path)
+        differing = differences(recorded, settings)
+        if differing:
+            raise ConfigError("output_dir", f"{output_dir} holds a study with other settings "
+                              f"({describe_differences(recorded, settings, differing, prefix='')}); use another --output_dir")
+    else:
+        _check_unclaimed(output_dir)
 
 
 def claim_settings(output_dir, settings):
     """Records a study's `settings` in output_dir/study.json, or checks that
     the study already there has the same ones."""
+    check_settings(output_dir, settings)
     path = os.path.join(output_dir, "study.json")
     if os.path.exists(path):
-        recorded = read_json(path)
-        differing = sorted(k for k in set(settings) | set(recorded) if settings.get(k) != recorded.get(k))
-        if differing:
-            shown = "; ".join(f"{k}: {recorded.get(k)!r} there, {settings.get(k)!r} now" for k in differing)
-            raise ConfigError("output_dir", f"{output_dir} holds a study with other settings ({shown}); "
-                              "use another --output_dir")
         return
-    os.makedirs(output_dir, exist_ok=True)
-    write_atomic(path, json.dumps(settings, indent=2))
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        write_atomic(path, json.dumps(settings, indent=2))
+    except OSError as error:
+        raise ConfigError("output_dir", f"{output_dir} is not writable ({error.strerror or error})") from None
 
 
 def is_finished(run):
-    return RunDir(run.config.model_dir).completed_summary() is not None
+    return RunDir(run.config.model_dir).finished_summary(run.config.max_updates) is not None
 
 
 def collect(runs):
@@ -186,7 +235,7 @@ def collect(runs):
     every = []
     for run in runs:
         run_dir = RunDir(run.config.model_dir)
-        summary = run_dir.completed_summary()
+        summary = run_dir.finished_summary(run.config.max_updates)
         if summary is None:
             continue
         entry = {"run": run, "summary": summary, "history": run_dir.read_history()}
