@@ -21,10 +21,11 @@ class EpochRecorder(keras.callbacks.Callback):
     """Writes a history row and a checkpoint at the end of every epoch.
 
     Training time excludes evaluation, so `examples_per_second` is the
-    training throughput."""
+    training throughput. `started_utc`, when the run first started, is kept
+    in the checkpoint's state so a resumed run reports it too."""
 
     def __init__(self, run_dir, rows, batch_size, num_train, base_wall_seconds, base_train_seconds,
-                 is_chief=True, validation=None):
+                 is_chief=True, validation=None, started_utc=None):
         super().__init__()
         self.validation = validation  # a ValidationMonitor, whose time within epochs is not training
         self.run_dir = run_dir
@@ -34,6 +35,7 @@ class EpochRecorder(keras.callbacks.Callback):
         self.wall_seconds = base_wall_seconds
         self.train_seconds = base_train_seconds
         self.is_chief = is_chief
+        self.started_utc = started_utc
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
@@ -71,7 +73,7 @@ class EpochRecorder(keras.callbacks.Callback):
         }
         self.rows.append(row)
         state = {"epoch": epoch + 1, "updates": updates, "wall_seconds": self.wall_seconds,
-                 "train_seconds": self.train_seconds}
+                 "train_seconds": self.train_seconds, "started_utc": self.started_utc}
         self.run_dir.save_checkpoint(self.model, state, write=self.is_chief)
         if self.is_chief:
             self.run_dir.write_history(self.rows)

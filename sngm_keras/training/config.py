@@ -6,6 +6,7 @@ flag at fault. Validation runs before any data is read or model built.
 
 import dataclasses
 import os
+import sys
 import tempfile
 from typing import Optional, Tuple
 
@@ -65,7 +66,7 @@ class TrainConfig:
     validation_size: int = 0
     validations_per_epoch: int = 1
     image_size: Optional[int] = None
-    verbose: int = 1
+    verbose: Optional[int] = None  # Keras' fit verbosity; None: 1 on a terminal, else 2
     preset: Optional[str] = None
 
     @classmethod
@@ -157,8 +158,19 @@ class TrainConfig:
                 raise ConfigError("image_size", "applies to --dataset=imagenet2012 only")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError("seed", f"must be a non-negative integer, got {self.seed}")
+        if self.verbose is not None and (isinstance(self.verbose, bool) or self.verbose not in (0, 1, 2)):
+            raise ConfigError("verbose", f"must be 0 (silent), 1 (a progress bar) or 2 (a line per epoch), got {self.verbose!r}")
         _check_model_dir(self.model_dir)
         return self
+
+
+def keras_verbosity(verbose):
+    """Keras' `fit` verbosity for a configured one: None means a progress bar
+    on a terminal and one line per epoch otherwise (a bar's control codes
+    fill a log file)."""
+    if verbose is not None:
+        return verbose
+    return 1 if sys.stdout.isatty() else 2
 
 
 def _choice(field, value, choices):
