@@ -8,7 +8,10 @@ ignore it, so TensorFlow is imported here with the process's stderr (file
 descriptor 2) sent to a temporary file, replayed only if the import fails.
 
 Left alone when the user set TF_CPP_MIN_LOG_LEVEL, or asked for absl's
-verbose logging (`-v N` / `--verbosity=N` with N >= 1).
+verbose logging (`-v N` / `--verbosity=N` with N >= 1). The level set here is
+marked as ours in the environment, so that the apps this one starts (the
+runs of apps.reproduce) are quiet the same way rather than taking it for the
+user's.
 """
 
 import importlib.util
@@ -17,6 +20,7 @@ import sys
 import tempfile
 
 _VERBOSITY_NAMES = ("-v", "--v", "-verbosity", "--verbosity")
+_SET_BY_US = "SNGM_KERAS_QUIET_NATIVE_LOG"
 
 
 def verbose_logging_requested(argv):
@@ -59,9 +63,10 @@ def quiet_tensorflow_start(argv=None, environ=None):
     when imported)."""
     argv = sys.argv if argv is None else argv
     environ = os.environ if environ is None else environ
-    if "TF_CPP_MIN_LOG_LEVEL" in environ or verbose_logging_requested(argv):
+    user_set = "TF_CPP_MIN_LOG_LEVEL" in environ and environ.get(_SET_BY_US) != environ["TF_CPP_MIN_LOG_LEVEL"]
+    if user_set or verbose_logging_requested(argv):
         return False
-    environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    environ["TF_CPP_MIN_LOG_LEVEL"] = environ[_SET_BY_US] = "3"
     if "tensorflow" not in sys.modules and importlib.util.find_spec("tensorflow") is not None:
         _import_with_stderr_captured("tensorflow")
     return True

@@ -39,10 +39,11 @@ def _output_dir_is_new():
 
 
 def _quiet_tfds():
-    """TFDS's INFO lines and progress bars say nothing a user needs here;
+    """TFDS's log lines (such as a warning that the folder it is about to
+    fill has no dataset yet) and progress bars say nothing a user needs here;
     `-v 0` (absl's --verbosity) brings the lines back."""
     if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+        logging.set_verbosity(logging.ERROR)
     if not sys.stderr.isatty():
         import tensorflow_datasets as tfds
 

@@ -55,7 +55,11 @@ def test_native_log_left_to_the_user_who_asks_for_it():
         assert not _native_log.quiet_tensorflow_start(argv, env) and env == {}, argv
     for argv in (["train"], ["train", "--verbosity=0"], ["train", "--verbose=2"], ["train", "-v"]):
         env = {}
-        assert _native_log.quiet_tensorflow_start(argv, env) and env == {"TF_CPP_MIN_LOG_LEVEL": "3"}, argv
+        assert _native_log.quiet_tensorflow_start(argv, env) and env["TF_CPP_MIN_LOG_LEVEL"] == "3", argv
+        # What it hands to the apps it starts is quieted again there, not taken for the user's setting.
+        assert _native_log.quiet_tensorflow_start(["train"], dict(env)), argv
+    user = {"TF_CPP_MIN_LOG_LEVEL": "1", "SNGM_KERAS_QUIET_NATIVE_LOG": "3"}
+    assert not _native_log.quiet_tensorflow_start(["train"], user) and user["TF_CPP_MIN_LOG_LEVEL"] == "1"
 
 
 def test_verbosity_follows_the_terminal(monkeypatch):
