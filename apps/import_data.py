@@ -74,6 +74,8 @@ def main():
             counts = importing.split_class_folders(source, FLAGS.output_dir, FLAGS.test_fraction, FLAGS.seed)
         except DataError as error:
             fail(f"--source: {error}")
+        except OSError as error:
+            fail(f"--output_dir: cannot write {FLAGS.output_dir} ({error.strerror or error})")
         print(f"{counts['train']} train and {counts['test']} test images in {FLAGS.output_dir}; "
               f"train with: python -m apps.train --dataset={FLAGS.output_dir}")
         return
@@ -86,9 +88,14 @@ def main():
             where = importing.prepare_tfds(copy, FLAGS.data_dir)
         except DataError as error:
             fail(f"--data_dir: {error}")
+        except OSError as error:
+            fail(f"--data_dir: cannot write {FLAGS.data_dir} ({error.strerror or error})")
         hint = f"--dataset={copy.name} --data_dir={FLAGS.data_dir}"
     else:
-        where = importing.write_image_folders(copy.arrays, FLAGS.output_dir)
+        try:
+            where = importing.write_image_folders(copy.arrays, FLAGS.output_dir)
+        except OSError as error:
+            fail(f"--output_dir: cannot write {FLAGS.output_dir} ({error.strerror or error})")
         hint = f"--dataset={FLAGS.output_dir}"
     a = copy.arrays
     print(f"{copy.name}: {a.num_train} train and {a.num_test} test images in {where}; "

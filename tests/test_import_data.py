@@ -111,7 +111,12 @@ def test_read_refuses_what_is_not_a_cifar_copy(tmp_path):
     with pytest.raises(DataError, match="not a CIFAR-10/100 copy"):
         read_cifar(tmp_path)
     rng = np.random.default_rng(3)
-    folder, _ = write_cifar10_python(tmp_path, *random_split(rng, 5, 10), *random_split(rng, 2, 10))
+    folder, archive = write_cifar10_python(tmp_path, *random_split(rng, 5, 10), *random_split(rng, 2, 10))
+    whole = archive.read_bytes()
+    archive.write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(DataError, match="cannot read .*cifar-10-python.tar.gz .*whole and unchanged"):
+        read_cifar(archive)
+    archive.unlink()
     marker = tmp_path / "code-ran"
     with open(folder / "test_batch", "wb") as f:
         pickle.dump({b"data": RunsCode(marker)}, f, protocol=2)

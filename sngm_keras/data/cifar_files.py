@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import pickle
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,14 +192,24 @@ def read_cifar(path) -> CifarCopy:
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path} not found")
-    found = _detect(path)
+    try:
+        found = _detect(path)
+    except (OSError, EOFError, tarfile.TarError, zlib.error) as err:
+        raise DataError(f"cannot read {path} ({type(err).__name__}: {err}); "
+                        "pass the official archive, whole and unchanged") from err
     if found is None:
         raise DataError(f"{path} is not a CIFAR-10/100 copy: expected {', '.join(ARCHIVES)} or a folder "
                         f"{', '.join(f[0] for f in LAYOUTS.values())}")
     name, fmt, files = found
     folder, train, test, meta = LAYOUTS[(name, fmt)]
     reader = _read_python if fmt == "python" else _read_binary
-    splits, class_names, coarse_names = reader(name, files, train, test, meta)
+    try:
+        splits, class_names, coarse_names = reader(name, files, train, test, meta)
+    except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"cannot read {files.where} as {name} ({type(err).__name__}: {err}); "
+                        "pass the official file, unchanged") from err
     if len(class_names) != NUM_CLASSES[name]:
         raise DataError(f"{files.where} names {len(class_names)} classes; {name} has {NUM_CLASSES[name]}")
     for split, (x, y, coarse) in splits.items():
