@@ -17,8 +17,6 @@ import random
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from absl import app, flags
 
 FLAGS = flags.FLAGS

@@ -16,14 +16,12 @@ is written before the data, the devices and the model are ready. See
 import dataclasses
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import flags
 
-from absl import flags  # noqa: E402
+from apps._cli import fail, run
 
-from apps._cli import fail, run  # noqa: E402
-
-from sngm_keras.training.config import DATASETS, TrainConfig  # noqa: E402
-from sngm_keras.training.presets import PRESETS  # noqa: E402
+from sngm_keras.training.config import DATASETS, TrainConfig
+from sngm_keras.training.presets import PRESETS
 
 FLAGS = flags.FLAGS
 _D = TrainConfig()
@@ -66,7 +64,8 @@ flags.DEFINE_integer("validation_size", _D.validation_size,
 flags.DEFINE_integer("validations_per_epoch", _D.validations_per_epoch,
                      "Evaluate the validation split this many times per epoch (validation.csv).")
 flags.DEFINE_integer("image_size", None, "ImageNet image size (default 224).")
-flags.DEFINE_integer("verbose", _D.verbose, "Keras progress: 0 silent, 1 bar, 2 a line per epoch.")
+flags.DEFINE_integer("verbose", None, "Keras progress: 0 silent, 1 a progress bar, 2 a line per epoch "
+                     "(default: 1 on a terminal, 2 when the output goes to a file or pipe).")
 flags.DEFINE_string("coordinator_address", None, "--strategy=multi_worker on JAX: process 0's host:port "
                     "(else KERAS_DISTRIBUTION_JOB_ADDRESSES).")
 flags.DEFINE_integer("num_processes", None, "--strategy=multi_worker on JAX: the number of processes "

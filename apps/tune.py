@@ -25,13 +25,13 @@ as a flagfile for apps.train (--epochs=--final_epochs, default
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import flags
 
-from absl import flags  # noqa: E402
+from apps._cli import fail, run
 
 from apps._cli import fail, run  # noqa: E402
 
-from sngm_keras.training.config import DATASETS, INT_LIMIT, TrainConfig  # noqa: E402
+from sngm_keras.training.config import DATASETS, INT_LIMIT, TrainConfig, keras_verbosity  # noqa: E402
 
 FLAGS = flags.FLAGS
 _D = TrainConfig()
@@ -61,7 +61,8 @@ flags.DEFINE_integer("micro_batch_size", None, "Examples per forward/backward pa
 flags.DEFINE_float("trust_coefficient", _D.trust_coefficient, "LARS trust coefficient eta.")
 flags.DEFINE_integer("seed", _D.seed, "Seed of initialization, data order, augmentation, held-out split and search.")
 flags.DEFINE_bool("augment", _D.augment, "Training augmentation.")
-flags.DEFINE_integer("verbose", 1, "0 silent, 1 Keras Tuner's and Keras' progress, 2 a line per epoch.")
+flags.DEFINE_integer("verbose", None, "0 silent, 1 Keras Tuner's and Keras' progress, 2 a line per epoch "
+                     "(default: 1 on a terminal, else 2).", lower_bound=0, upper_bound=2)
 
 # ConfigError fields of the base TrainConfig that are other flags here.
 _RENAMED = {"epochs": "epochs_per_trial", "model_dir": "directory", "batch_size": "batch_sizes"}
@@ -141,7 +142,7 @@ def main():
         if tuner.oracle.trials:
             print(f"resuming the search in {tuner.project_dir}: {done} trial(s) completed, "
                   f"up to {FLAGS.max_trials} in all")
-        tuner.search(verbose=FLAGS.verbose)
+        tuner.search(verbose=keras_verbosity(FLAGS.verbose))
         paths = tuning.write_reports(tuner, final_epochs=FLAGS.final_epochs)
     except (ConfigError, DataError) as error:
         fail(_message(error))

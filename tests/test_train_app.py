@@ -109,7 +109,8 @@ def test_kill_and_resume_is_exact_with_deterministic(tmp_path):
     wait_for_epoch(resumed, 1, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    killed_at = json.load(open(os.path.join(resumed, "checkpoints", "state.json")))["epoch"]
+    killed_state = json.load(open(os.path.join(resumed, "checkpoints", "state.json")))
+    killed_at = killed_state["epoch"]
     assert 1 <= killed_at < 4
     assert not os.path.exists(os.path.join(resumed, "summary.json"))
 
@@ -119,7 +120,9 @@ def test_kill_and_resume_is_exact_with_deterministic(tmp_path):
     rows = history(resumed)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert [int(r["updates"]) for r in rows] == [10, 20, 30, 40]
-    assert json.load(open(os.path.join(resumed, "summary.json")))["updates"] == 40
+    summary = json.load(open(os.path.join(resumed, "summary.json")))
+    assert summary["updates"] == 40
+    assert summary["started_utc"] == killed_state["started_utc"]  # the run's first start, kept across the resume
     for a, b in zip(final_weights(resumed), final_weights(straight)):
         np.testing.assert_array_equal(a, b)
     # Resumed test accuracies are those of the uninterrupted run.

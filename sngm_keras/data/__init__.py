@@ -9,6 +9,10 @@ Public API::
         -> (train_ds, test_ds, DatasetInfo[, validation_ds])
     steps_per_epoch(info, batch_size) -> int
     hold_out_validation(arrays, size) -> (kept ArraySplits, x_val, y_val)
+    read_cifar(path) -> CifarCopy            # a local CIFAR-10/100 archive or folder
+    prepare_tfds(copy, data_dir)             # ... as TFDS's prepared dataset, offline
+    write_image_folders(arrays, out_dir)     # ... as DIR/{train,test}/<class>/<n>.png
+    split_class_folders(source, out_dir, test_fraction, seed=0)
 
 ``dataset`` is "sample" (embedded CIFAR-10 subset), "cifar10", "cifar100",
 "imagenet2012" (TFDS) or a folder ``DIR/{train,test}/<class>/<image>``.
@@ -18,12 +22,16 @@ Importing this package does not import TensorFlow.
 from .arrays import SAMPLE_PATH, ArraySplits, hold_out_validation, load_arrays, preprocessing, read_sample_file, sample_jpegs
 from .constants import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD,
                         IMAGENET_MEAN, IMAGENET_STD, KNOWN_DATASETS, NORMALIZATION)
+from .cifar_files import CifarCopy, read_cifar
 from .errors import DataError
+from .importing import prepare_tfds, split_class_folders, write_image_folders
 from .pipeline import DatasetInfo, make_datasets, steps_per_epoch
 
 __all__ = [
-    "ArraySplits", "DataError", "hold_out_validation", "preprocessing", "DatasetInfo", "KNOWN_DATASETS", "NORMALIZATION",
+    "ArraySplits", "CifarCopy", "DataError", "hold_out_validation", "preprocessing", "DatasetInfo", "KNOWN_DATASETS",
+    "NORMALIZATION",
     "SAMPLE_PATH", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD",
     "IMAGENET_MEAN", "IMAGENET_STD", "load_arrays", "make_datasets", "read_sample_file",
-    "sample_jpegs", "steps_per_epoch",
+    "sample_jpegs", "steps_per_epoch", "read_cifar", "prepare_tfds", "write_image_folders",
+    "split_class_folders",
 ]

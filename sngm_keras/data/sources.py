@@ -67,17 +67,21 @@ def _data_dir_text(data_dir) -> str:
     return f"{tfds.core.constants.DATA_DIR} (the TFDS default)"
 
 
+#: The official python-version archive of each CIFAR, named in messages.
+CIFAR_ARCHIVES = {C.CIFAR10: "cifar-10-python.tar.gz", C.CIFAR100: "cifar-100-python.tar.gz"}
+
+
 def not_found_message(name: str, data_dir) -> str:
+    """The one line of a missing TFDS dataset, naming the commands that fix it."""
     where = _data_dir_text(data_dir)
+    root = str(data_dir) if data_dir else _import_tfds().core.constants.DATA_DIR
     if name == C.IMAGENET:
-        root = str(data_dir) if data_dir else _import_tfds().core.constants.DATA_DIR
         return (f"{name} not found in {where}; TFDS cannot download it: put "
                 "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in "
-                f"{os.path.join(root, 'downloads', 'manual')} and pass download=True "
-                "(--download) once to prepare it")
-    return (f"{name} not found in {where}; pass download=True (--download), or "
-            f"prepare it offline first (e.g. `tfds build {name} --data_dir=DIR`) "
-            "and pass that data_dir")
+                f"{os.path.join(root, 'downloads', 'manual')} and pass --download once to prepare it")
+    return (f"{name} not found in {where}; pass --download to fetch it, or import a copy you have "
+            f"offline with: python -m apps.import_data --source={CIFAR_ARCHIVES.get(name, 'ARCHIVE')} "
+            f"--data_dir={root}")
 
 
 def tfds_builder(name: str, data_dir=None, download: bool = False):
@@ -100,8 +104,9 @@ def tfds_builder(name: str, data_dir=None, download: bool = False):
             if name == C.IMAGENET:
                 raise DataError(not_found_message(name, data_dir) + f" ({first})") from err
             raise DataError(f"could not download/prepare {name} into "
-                            f"{_data_dir_text(data_dir)}: {first}; check network "
-                            "access, or prepare it offline and pass that data_dir") from err
+                            f"{_data_dir_text(data_dir)}: {first}; check network access, or import a "
+                            f"copy you have offline with: python -m apps.import_data "
+                            f"--source={CIFAR_ARCHIVES.get(name, 'ARCHIVE')} --data_dir=DIR") from err
         return builder, True
     return builder, builder.is_prepared()
 

@@ -22,10 +22,11 @@ class EpochRecorder(keras.callbacks.Callback):
     """Writes a history row and a checkpoint at the end of every epoch.
 
     Training time excludes evaluation, so `examples_per_second` is the
-    training throughput."""
+    training throughput. `started_utc`, when the run first started, is kept
+    in the checkpoint's state so a resumed run reports it too."""
 
     def __init__(self, run_dir, rows, batch_size, num_train, base_wall_seconds, base_train_seconds,
-                 validation=None):
+                 validation=None, started_utc=None):
         super().__init__()
         self.validation = validation  # a ValidationMonitor, whose time within epochs is not training
         self.run_dir = run_dir
@@ -34,6 +35,7 @@ class EpochRecorder(keras.callbacks.Callback):
         self.num_train = num_train
         self.wall_seconds = base_wall_seconds
         self.train_seconds = base_train_seconds
+        self.started_utc = started_utc
 
     stopped_in_epoch = False  # the last epoch was cut short (--max_updates)
 
@@ -83,7 +85,7 @@ class EpochRecorder(keras.callbacks.Callback):
             # A cut epoch is not checkpointed: a resume trains it again from
             # its start, as an uninterrupted run would.
             state = {"epoch": epoch + 1, "updates": updates, "wall_seconds": self.wall_seconds,
-                     "train_seconds": self.train_seconds}
+                     "train_seconds": self.train_seconds, "started_utc": self.started_utc}
             self.run_dir.save_checkpoint(self.model, state)
         self.run_dir.write_history(self.rows)
 

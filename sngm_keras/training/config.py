@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from typing import Optional, Tuple
 
 from sngm_keras.training.presets import PRESETS
@@ -76,7 +77,7 @@ class TrainConfig:
     validation_size: int = 0
     validations_per_epoch: int = 1
     image_size: Optional[int] = None
-    verbose: int = 1
+    verbose: Optional[int] = None  # Keras' fit verbosity; None: 1 on a terminal, else 2
     # --strategy=multi_worker on JAX (see sngm_keras.training.cluster)
     coordinator_address: Optional[str] = None
     num_processes: Optional[int] = None
@@ -200,7 +201,7 @@ class TrainConfig:
         _positive_int("validations_per_epoch", self.validations_per_epoch)
         if self.validations_per_epoch > 1 and not self.validation_size:
             raise ConfigError("validations_per_epoch", "needs a validation split: set --validation_size")
-        if self.verbose not in VERBOSITY or isinstance(self.verbose, bool):
+        if self.verbose is not None and (self.verbose not in VERBOSITY or isinstance(self.verbose, bool)):
             raise ConfigError("verbose", f"must be 0, 1 or 2, got {self.verbose!r}")
         if self.num_cpu_devices > MAX_CPU_DEVICES:
             raise ConfigError("num_cpu_devices", f"must be at most {MAX_CPU_DEVICES}, got {self.num_cpu_devices}")
@@ -229,6 +230,15 @@ def _check_cluster(config):
             raise ConfigError(field, "applies to --strategy=multi_worker on the jax backend")
     described = cluster.describe(config, backend)
     return described is None or described.is_chief
+
+
+def keras_verbosity(verbose):
+    """Keras' `fit` verbosity for a configured one: None means a progress bar
+    on a terminal and one line per epoch otherwise (a bar's control codes
+    fill a log file)."""
+    if verbose is not None:
+        return verbose
+    return 1 if sys.stdout.isatty() else 2
 
 
 def _choice(field, value, choices):

@@ -1,13 +1,28 @@
 """Learning curves like the paper's Figure 2: training loss and test accuracy
-against #grad/n (gradient computations divided by the training-set size)."""
+against #grad/n (gradient computations divided by the training-set size,
+i.e. epochs of data seen)."""
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+
+X_LABEL = "epochs (#grad/n)"
 
 
-def plot_curves(groups, path):
+class PlainLogFormatter(ticker.LogFormatter):
+    """Log-axis tick labels as plain numbers (0.5, 2, 0.01), where
+    matplotlib's default writes 2×10⁰; it labels the same ticks."""
+
+    def __init__(self):
+        super().__init__(labelOnlyBase=False)
+
+    def __call__(self, x, pos=None):
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def curves_figure(groups):
     """`groups`: {panel title: {run label: history rows}}, rows being dicts
     with `grad_per_n`, `train_loss` and, where evaluated, `test_accuracy`.
     One column per group: training loss on top, test accuracy below."""
@@ -23,12 +38,20 @@ def plot_curves(groups, path):
                 [100 * float(r["test_accuracy"]) for r in evaluated],
                 label=label,
             )
-        loss_ax.set(title=title, xlabel="#grad/n", ylabel="training loss", yscale="log")
-        acc_ax.set(xlabel="#grad/n", ylabel="test accuracy (%)")
+        loss_ax.set(title=title, xlabel=X_LABEL, ylabel="training loss", yscale="log")
+        loss_ax.yaxis.set_major_formatter(PlainLogFormatter())
+        loss_ax.yaxis.set_minor_formatter(PlainLogFormatter())
+        acc_ax.set(xlabel=X_LABEL, ylabel="test accuracy (%)")
         for ax in (loss_ax, acc_ax):
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(groups, path):
+    """Writes `curves_figure(groups)` to `path` (PNG)."""
+    fig = curves_figure(groups)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

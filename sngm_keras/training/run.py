@@ -31,7 +31,8 @@ import platform
 import sys
 import time
 
-from sngm_keras.training.config import ConfigError
+from sngm_keras.training.config import ConfigError, keras_verbosity
+from sngm_keras.training.provenance import git_commit, package_version, utc_now
 from sngm_keras.training.rundir import RunDir, write_atomic
 
 log = logging.getLogger("sngm_keras")
@@ -259,7 +260,7 @@ def _fit(config, run_dir, state, start_epoch, model, train_ds, test_ds, info, st
         run_dir, rows, config.batch_size, info.num_train,
         base_wall_seconds=state["wall_seconds"] if state else 0.0,
         base_train_seconds=state["train_seconds"] if state else 0.0,
-        validation=monitor,
+        validation=monitor, started_utc=(state or {}).get("started_utc") or utc_now(),
     )
     # The monitor first: the recorder's history row takes its epoch-end figures.
     callbacks = [*([monitor] if monitor else []), recorder, cb.SkippedStepsMonitor(), *extra_callbacks]
@@ -272,7 +273,7 @@ def _fit(config, run_dir, state, start_epoch, model, train_ds, test_ds, info, st
         model.fit(
             train_ds, epochs=config.epochs, initial_epoch=start_epoch, steps_per_epoch=steps,
             validation_data=test_ds, validation_freq=config.eval_every, callbacks=callbacks,
-            verbose=config.verbose, shuffle=False,
+            verbose=keras_verbosity(config.verbose), shuffle=False,
         )
     results = model.evaluate(test_ds, verbose=0, return_dict=True)
     summary = _summary(config, model, recorder, rows, results, replicas, micro, info)
@@ -282,7 +283,7 @@ def _fit(config, run_dir, state, start_epoch, model, train_ds, test_ds, info, st
     from sngm_keras.training.curves import plot_curves, plot_noise_scale
 
     if rows:
-        plot_curves({config.preset or config.model: {_label(config): rows}}, run_dir.curves)
+        plot_curves({curves_title(config): {_label(config): rows}}, run_dir.curves)
         plot_noise_scale(rows, config.batch_size, run_dir.noise_scale_plot)
     write_atomic(run_dir.summary, json.dumps(summary, indent=2))
     log.info("run finished in %.1f s", time.perf_counter() - started)
@@ -448,6 +449,13 @@ def _label(config):
     return f"{config.optimizer.upper()}, B={config.batch_size}"
 
 
+def curves_title(config):
+    """curves.png's title: what was trained, with what (and the preset's name)."""
+    title = (f"{config.model}, {config.optimizer.upper()}, B = {config.batch_size}, "
+             f"learning rate {config.learning_rate:g}")
+    return f"{config.preset}\n{title}" if config.preset else title
+
+
 def _summary(config, model, recorder, rows, results, replicas, micro, info):
     from sngm_keras.training.factory import inner_optimizer
 
@@ -477,7 +485,11 @@ def _summary(config, model, recorder, rows, results, replicas, micro, info):
         "micro_batch_size": micro,
         "num_train": info.num_train,
         "num_test": info.num_test,
+        "started_utc": recorder.started_utc,
+        "finished_utc": utc_now(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "sngm_keras": package_version(),
+        "git": git_commit(),
         **_versions(),
         "flags": config.to_dict(),
         **_noise_scale_summary(rows),

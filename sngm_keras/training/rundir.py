@@ -8,7 +8,7 @@ a half-written file behind and a different run never overwrites them.
                          (with --validation_size), several per epoch
     logs/                TensorBoard
     summary.json         final figures, written last
-    curves.png           training loss and test accuracy against #grad/n
+    curves.png           training loss and test accuracy against epochs (#grad/n)
     noise_scale.png      the gradient noise scale over training (when measured)
     final.keras          the trained model (without the micro-batch wrapper)
 """
