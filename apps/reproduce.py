@@ -42,7 +42,7 @@ flags.DEFINE_string("strategy", None, "Passed to every run.")
 flags.DEFINE_integer("num_cpu_devices", None, "Passed to every run.")
 flags.DEFINE_bool("jit_compile", None, "Passed to every run.")
 flags.DEFINE_integer("verbose", None, "Keras progress of every run: 0 silent, 1 a progress bar, 2 a line per epoch "
-                     "(default: 1 on a terminal, else 2).", lower_bound=0, upper_bound=2)
+                     "(default: 1 on a terminal, else 2).")
 flags.DEFINE_bool("dry_run", False, "Print the plan (and for batch_scaling a time estimate) and stop.")
 flags.DEFINE_bool("report_only", False, "Write results.md and the figure from the runs finished so far; train nothing.")
 flags.DEFINE_list("models", None, "Table studies: train only the rows of these models (e.g. resnet20).")

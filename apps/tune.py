@@ -62,7 +62,7 @@ flags.DEFINE_float("trust_coefficient", _D.trust_coefficient, "LARS trust coeffi
 flags.DEFINE_integer("seed", _D.seed, "Seed of initialization, data order, augmentation, held-out split and search.")
 flags.DEFINE_bool("augment", _D.augment, "Training augmentation.")
 flags.DEFINE_integer("verbose", None, "0 silent, 1 Keras Tuner's and Keras' progress, 2 a line per epoch "
-                     "(default: 1 on a terminal, else 2).", lower_bound=0, upper_bound=2)
+                     "(default: 1 on a terminal, else 2).")
 
 # ConfigError fields of the base TrainConfig that are other flags here.
 _RENAMED = {"epochs": "epochs_per_trial", "model_dir": "directory", "batch_size": "batch_sizes"}

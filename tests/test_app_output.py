@@ -95,7 +95,8 @@ def test_run_to_a_file_prints_lines_per_epoch_and_reports_its_provenance(tmp_pat
     assert not [line for line in err.splitlines() if NATIVE_LOG.search(line)], err[-3000:]
     assert not re.search(r"[\x08\r\x1b]", out), repr(out[-500:])  # no progress-bar control codes
     assert [line for line in out.splitlines() if line.startswith("Epoch ")] == ["Epoch 1/2", "Epoch 2/2"]
-    assert len(out.splitlines()) == 5, out  # Epoch, its one line of figures, twice, and the result
+    # Epoch, its one line of figures, twice, the result and the noise scale
+    assert len(out.splitlines()) == 6, out
 
     summary = json.loads((model_dir / "summary.json").read_text())
     started = datetime.datetime.fromisoformat(summary["started_utc"].replace("Z", "+00:00"))

@@ -114,6 +114,7 @@ def test_the_app_refuses_bad_input_in_one_line_writing_nothing(tmp_path, args, f
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_tiny_study_selects_on_validation_writes_table_and_figure_and_resumes(tmp_path):
     out = tmp_path / "study"
     args = ["--dataset=sample", "--validation_size=500", "--batch_sizes=128,512", "--methods=sngm",

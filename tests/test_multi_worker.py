@@ -23,7 +23,7 @@ import pytest
 from sngm_keras.training import ConfigError, TrainConfig
 from sngm_keras.training import cluster
 
-pytestmark = pytest.mark.multiworker
+pytestmark = [pytest.mark.multiworker, pytest.mark.slow]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 5000 sample images, B = 1000: 5 updates an epoch; micro-batches of 250
@@ -92,7 +92,7 @@ def jax_workers(tmp_path, name, args, count=2):
 def succeeded(results):
     for code, out, err in results:
         assert code == 0, err[-3000:]
-    assert "run finished" in results[0][1] and "the results are in the chief's --model_dir" in results[1][1]
+    assert "test accuracy" in results[0][1] and "the results are in the chief's --model_dir" in results[1][1]
 
 
 def worker_folders(folder, count=2):

@@ -70,6 +70,7 @@ def test_models_grid_rows_and_the_pytorch_lars_row_at_the_selected_rate(tmp_path
         studies.plan("table2", str(tmp_path), grid_rows=["sngm_b8192"])
 
 
+@pytest.mark.slow
 def test_tiny_study_writes_table_and_curves_and_resumes(tmp_path):
     out = str(tmp_path / "study")
     args = ["--study=figure1_cpu", "--dataset=sample", "--epochs_scale=0.1", "--max_updates=2", "--verbose=0",

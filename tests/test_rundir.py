@@ -15,6 +15,7 @@ def test_a_setting_added_after_a_run_started_counts_at_its_default(tmp_path):
     recorded = json.load(open(run_dir.config))
     del recorded["pytorch_lars"], recorded["validation_size"]  # as written before these settings existed
     json.dump(recorded, open(run_dir.config, "w"))
+    run_dir.write_history([])  # an epoch was trained: the folder holds a run
     run_dir.claim(config)  # resumes
     with pytest.raises(ConfigError, match="validation_size"):
         run_dir.claim(TrainConfig(model_dir=config.model_dir, validation_size=100))

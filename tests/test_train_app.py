@@ -99,6 +99,7 @@ def wait_for_epoch(model_dir, epoch, process, timeout=240):
     raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.slow
 def test_kill_and_resume_is_exact_with_deterministic(tmp_path):
     args = [*TINY, "--epochs=4", "--deterministic"]
     straight = str(tmp_path / "straight")

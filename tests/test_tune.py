@@ -253,6 +253,7 @@ def test_resume_trusts_the_trial_files_after_a_kill_between_writes(tmp_path):
 # -- apps.tune end to end ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_search_killed_and_resumed_then_trained_from_best_flags(tmp_path):
     args = [*TINY, "--tuner=random", "--max_trials=3", f"--directory={tmp_path}", "--project_name=search"]
     project = str(tmp_path / "search")

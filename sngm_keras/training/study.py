@@ -49,7 +49,9 @@ def scaled(config, epochs_scale):
     if epochs_scale == 1:
         return config
     epochs = max(1, round(config.epochs * epochs_scale))
-    decay = tuple(sorted({min(epochs - 1, max(1, round(e * epochs_scale))) for e in config.decay_epochs}))
+    decay = config.decay_epochs
+    if config.lr_schedule == "step":  # other schedules ignore them
+        decay = tuple(sorted({min(epochs - 1, max(1, round(e * epochs_scale))) for e in decay}))
     if config.lr_schedule == "step" and epochs < 2:
         raise ConfigError("epochs_scale", f"{epochs_scale} leaves {epochs} epoch, too few for the step schedule")
     warmup = min(round(config.warmup_epochs * epochs_scale), epochs - 1)
