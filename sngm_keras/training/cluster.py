@@ -166,7 +166,7 @@ def worker_model_dir(config, cluster):
 # -- joining, and what the chief sends -------------------------------------
 
 
-class Session:
+class Membership:
     """A joined cluster: the TensorFlow strategy, or JAX's initialized runtime."""
 
     def __init__(self, cluster, backend, strategy=None):
@@ -182,7 +182,7 @@ class Session:
 
 
 def join(config, cluster, backend):
-    """Starts this worker's part of the cluster; returns the `Session`.
+    """Starts this worker's part of the cluster; returns the `Membership`.
 
     TensorFlow: creates the MultiWorkerMirroredStrategy (which waits until
     every worker is up). JAX: `keras.distribution.initialize` (JAX's own
@@ -191,13 +191,13 @@ def join(config, cluster, backend):
         import keras
 
         keras.distribution.initialize(cluster.coordinator_address, cluster.num_workers, cluster.index)
-        return Session(cluster, backend)
+        return Membership(cluster, backend)
     import tensorflow as tf
 
-    return Session(cluster, backend, tf.distribute.MultiWorkerMirroredStrategy())
+    return Membership(cluster, backend, tf.distribute.MultiWorkerMirroredStrategy())
 
 
-def agree(session, run_dir, open_run):
+def agree(membership, run_dir, open_run):
     """Runs `open_run()` (-> the summary of a finished run or None) on every
     worker and hands every worker the chief's outcome: when the chief
     resumes, the others get its checkpoint in their `run_dir`, so every
@@ -208,14 +208,14 @@ def agree(session, run_dir, open_run):
     error, done, payload = None, None, []
     try:
         done = open_run()
-        if session.cluster.is_chief and done is None:
+        if membership.cluster.is_chief and done is None:
             payload = [_to_words(data) for data in _checkpoint_files(run_dir)]
     except ConfigError as raised:
         error = raised
     sizes = [len(words) for words in payload] or [0, 0]
-    head = session.broadcast([np.array([error is not None, done is not None, *sizes], np.int64)])[0]
+    head = membership.broadcast([np.array([error is not None, done is not None, *sizes], np.int64)])[0]
     failed, finished, sizes = bool(head[0]), bool(head[1]), [int(n) for n in head[2:]]
-    if error is not None and session.cluster.is_chief:
+    if error is not None and membership.cluster.is_chief:
         raise error
     if failed:
         raise ConfigError("strategy", "the chief stopped before training; its output says why")
@@ -224,8 +224,8 @@ def agree(session, run_dir, open_run):
     if finished:
         return done if done is not None else {"complete": True}
     if sizes[0]:
-        received = session.broadcast(payload or [np.zeros(n, np.int32) for n in sizes])
-        if not session.cluster.is_chief:
+        received = membership.broadcast(payload or [np.zeros(n, np.int32) for n in sizes])
+        if not membership.cluster.is_chief:
             _write_checkpoint(run_dir, *[_from_words(words) for words in received])
     return None
 

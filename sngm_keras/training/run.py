@@ -124,16 +124,16 @@ def _train(config, backend, cluster, extra_callbacks):
     from sngm_keras.training import cluster as cluster_lib
 
     run_dir = RunDir(config.model_dir)
-    session = None
+    membership = None
     if cluster is None:
         done, state = _open_run(config, run_dir, backend)
         if done is None:
             prepare_devices(config)
     else:
         prepare_devices(config)
-        session = cluster_lib.join(config, cluster, backend)
+        membership = cluster_lib.join(config, cluster, backend)
         # A worker's own (temporary) folder is claimed at once: the chief's checkpoint is copied into it.
-        done = cluster_lib.agree(session, run_dir,
+        done = cluster_lib.agree(membership, run_dir,
                                  lambda: _open_run(config, run_dir, backend, claim=not cluster.is_chief)[0])
         state = run_dir.load_state()  # the chief's, copied to the others
     if done is not None:
@@ -146,7 +146,7 @@ def _train(config, backend, cluster, extra_callbacks):
             return _train_jax(config, run_dir, state, start_epoch, extra_callbacks)
         finally:
             keras.distribution.set_distribution(previous)
-    return _train_tf(config, run_dir, state, start_epoch, extra_callbacks, session)
+    return _train_tf(config, run_dir, state, start_epoch, extra_callbacks, membership)
 
 
 def _open_run(config, run_dir, backend, claim=False):
@@ -166,7 +166,7 @@ def _open_run(config, run_dir, backend, claim=False):
     return None, state
 
 
-def _train_tf(config, run_dir, state, start_epoch, extra_callbacks, session):
+def _train_tf(config, run_dir, state, start_epoch, extra_callbacks, membership):
     import keras
 
     from sngm_keras.data import make_datasets, steps_per_epoch
@@ -177,7 +177,7 @@ def _train_tf(config, run_dir, state, start_epoch, extra_callbacks, session):
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    strategy = make_strategy(config) if session is None else session.strategy
+    strategy = make_strategy(config) if membership is None else membership.strategy
     replicas = strategy.num_replicas_in_sync
     micro = _micro_batch_size(config, replicas)
     train_ds, test_ds, info, *validation_ds = make_datasets(
@@ -186,7 +186,7 @@ def _train_tf(config, run_dir, state, start_epoch, extra_callbacks, session):
         start_epoch=min(start_epoch, config.epochs - 1), num_epochs=config.epochs, image_size=config.image_size,
         validation_size=config.validation_size,
     )
-    if session is not None:
+    if membership is not None:
         from sngm_keras.training.cluster import shard_by_examples
 
         train_ds, test_ds = shard_by_examples(train_ds), shard_by_examples(test_ds)
