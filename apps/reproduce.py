@@ -270,8 +270,8 @@ def batch_scaling(output_dir, grid, overrides):
     while not FLAGS.report_only and (config := study.next_config()) is not None:
         _train(os.path.basename(config.model_dir), config, output_dir)
     table = study.results()
-    context = dict(_context(overrides, study.config(study.cells[0], 1.0).dataset),
-                   epochs=study.config(study.cells[0], 1.0).epochs)
+    first = study.config(study.cells[0], 1.0)
+    context = dict(_context(overrides, first.dataset), epochs=first.epochs)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(report.markdown(study, table, context))
     report.plot(study, table, os.path.join(output_dir, "batch_scaling.png"))

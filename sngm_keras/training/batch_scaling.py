@@ -185,8 +185,8 @@ class Study:
                 entry["runs"].append({"config": config, "summary": summary,
                                       "steps_to_target": steps_to_target(rows, self.target)})
             if done:
-                entry["selected"] = next(r for r in entry["runs"]
-                                         if r["config"] is select([c for c, _ in done], [s for _, s in done]))
+                chosen = select([c for c, _ in done], [s for _, s in done])
+                entry["selected"] = next(r for r in entry["runs"] if r["config"] is chosen)
                 reached = [r for r in entry["runs"] if r["steps_to_target"] is not None]
                 entry["fastest"] = min(reached, key=lambda r: r["steps_to_target"]) if reached else None
             table.append(entry)
