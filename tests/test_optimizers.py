@@ -34,7 +34,7 @@ def run_keras(optimizer, steps, weights=None, grad_fn=quadratic_grad):
     for t in range(steps):
         grads = grad_fn([np.asarray(v.numpy(), np.float64) for v in variables], t)
         optimizer.apply([keras.ops.convert_to_tensor(g, "float32") for g in grads], variables)
-    return [v.numpy() for v in variables], [np.asarray(u) for u in optimizer.momentum_buffers()]
+    return [v.numpy() for v in variables], [np.asarray(u) for u in optimizer.momentums]
 
 
 def assert_close(actual, expected, rtol=1e-5, atol=1e-6):
@@ -154,8 +154,8 @@ def scaled_grad(scale):
     return lambda w, t: [scale * g for g in quadratic_grad(w, t)]
 
 
-# Gradient sequences (one function per step) whose norm jumps: the momentum
-# is stored scaled by the last ||g||, and must still give Algorithm 1.
+# Gradient sequences (one function per step) whose norm jumps by up to 1e63
+# or falls to zero: the float32 norm must neither over- nor underflow.
 NORM_JUMPS = {
     "alternating_1e15_1e-15": [scaled_grad(10.0 ** (15 * (-1) ** t)) for t in range(12)],
     "alternating_1e30_1e-33": [scaled_grad(1e30 if t % 2 else 1e-33) for t in range(12)],
@@ -189,7 +189,7 @@ def test_lemma2_momentum_bound(scale):
     for _ in range(30):
         raw = [rng.normal(size=s) for s in SHAPES]
         opt.apply([keras.ops.convert_to_tensor(scale * r, "float32") for r in raw], variables)
-        norms.append(reference.global_norm([np.asarray(u) for u in opt.momentum_buffers()]))
+        norms.append(reference.global_norm([np.asarray(u) for u in opt.momentums]))
     assert np.all(np.isfinite(norms))
     assert max(norms) <= 1 / (1 - beta) * (1 + 1e-5)
     # Each normalized step is a unit vector, so the first momentum has norm 1.
@@ -283,11 +283,72 @@ def test_non_finite_step_is_skipped(cls, bad, weight_decay):
         (sngm_keras.MSGD, {"momentum": 1.5}, "momentum"),
         (sngm_keras.LARS, {"weight_decay": -1.0}, "weight_decay"),
         (sngm_keras.LARS, {"trust_coefficient": 0.0}, "trust_coefficient"),
+        (sngm_keras.LARS, {"epsilon": -1.0}, "epsilon"),
+        (sngm_keras.SNGM, {"clipnorm": 1.0, "not_an_argument": 1}, "not_an_argument"),
+        (sngm_keras.MSGD, {"epsilon": 1e-8}, "epsilon"),  # MSGD divides by nothing
+        (sngm_keras.LARS, {"decoupled_weight_decay": True}, "decoupled_weight_decay"),  # LARS has none
     ],
 )
 def test_bad_hyperparameters_rejected(cls, kwargs, name):
-    with pytest.raises(ValueError, match=name):
+    # Keras' base optimizer names unknown keywords in a ValueError too.
+    with pytest.raises((ValueError, TypeError), match=name):
         cls(**kwargs)
+
+
+def test_epsilon_is_the_floor_of_the_divided_norm():
+    # SNGM: a gradient whose norm is below epsilon is divided by epsilon.
+    opt = sngm_keras.SNGM(1.0, momentum=0.0, epsilon=1e-3)
+    w = keras.Variable(np.zeros(4, "float32"))
+    opt.apply([keras.ops.convert_to_tensor(np.full(4, 1e-4, "float32"))], [w])
+    np.testing.assert_allclose(w.numpy(), -0.1, rtol=1e-6)
+    # LARS: the trust ratio's denominator ||g|| + wd ||w|| is floored at epsilon.
+    opt = sngm_keras.LARS(1.0, momentum=0.0, trust_coefficient=1.0, epsilon=1e-2, exclude_bias_and_norm=False)
+    w = keras.Variable(np.full(4, 2.0, "float32"))
+    opt.apply([keras.ops.convert_to_tensor(np.full(4, 1e-4, "float32"))], [w])
+    # trust = ||w|| / max(||g||, 1e-2) = 4 / 1e-2; step = trust * g = 400 * 1e-4
+    np.testing.assert_allclose(w.numpy(), 2.0 - 0.04, rtol=1e-5)
+    assert "epsilon" not in sngm_keras.MSGD(0.1).get_config()
+
+
+def test_one_weight_decay_attribute_per_meaning():
+    coupled = sngm_keras.SNGM(0.1, weight_decay=1e-4)
+    decoupled = sngm_keras.SNGM(0.1, weight_decay=1e-4, decoupled_weight_decay=True)
+    lars = sngm_keras.LARS(0.1, weight_decay=1e-4)
+    assert (coupled.l2_weight_decay, coupled.weight_decay) == (1e-4, None)
+    assert (decoupled.l2_weight_decay, decoupled.weight_decay) == (0.0, 1e-4)
+    assert (lars.l2_weight_decay, lars.weight_decay) == (1e-4, None)
+    assert [o.get_config()["weight_decay"] for o in (coupled, decoupled, lars)] == [1e-4] * 3
+    assert "decoupled_weight_decay" not in lars.get_config()
+
+
+def test_all_reduce_hook_sees_the_whole_gradient(monkeypatch):
+    """Pins Keras' private TensorFlow hook `_all_reduce_sum_gradients`: the
+    optimizers take the step's norm there. If Keras stops calling it, this
+    fails (and SNGM would divide by epsilon instead of ||g||)."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's hook")
+    from sngm_keras.optimizers.base import ReducedGradientOptimizer
+
+    calls = []
+    original = ReducedGradientOptimizer._all_reduce_sum_gradients
+
+    def spy(self, grads_and_vars):
+        calls.append(len(grads_and_vars))
+        return original(self, grads_and_vars)
+
+    monkeypatch.setattr(ReducedGradientOptimizer, "_all_reduce_sum_gradients", spy)
+    model = tiny_model()
+    x, y = tiny_data()
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        loss = loss_fn(y, model(x, training=True))
+    expected = reference.global_norm([g.numpy() for g in tape.gradient(loss, model.trainable_variables)])
+    model.compile(optimizer=sngm_keras.SNGM(0.5), loss=loss_fn)
+    model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+    assert calls and set(calls) == {len(model.trainable_variables)}  # once per trace
+    assert float(model.optimizer.gradient_norm.numpy()) == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("cls", [sngm_keras.SNGM, sngm_keras.MSGD, sngm_keras.LARS])

@@ -3,8 +3,9 @@
 import keras
 from keras import ops
 
-from sngm_keras.optimizers.base import ReducedGradientOptimizer, check_range
-from sngm_keras.optimizers.norms import robust_norm
+from sngm_keras.checks import check_positive
+from sngm_keras.optimizers.base import ReducedGradientOptimizer
+from sngm_keras.optimizers.norms import global_norm
 
 
 @keras.saving.register_keras_serializable(package="sngm_keras")
@@ -38,74 +39,60 @@ class LARS(ReducedGradientOptimizer):
         learning_rate: float > 0 or a `LearningRateSchedule` (the global
             rate; pytorch-lars applies its polynomial decay to it).
         momentum: in [0, 1).
-        weight_decay: float >= 0.
-        trust_coefficient: eta of the paper, default 0.001.
+        weight_decay: float >= 0, coupled L2 (inside the trust ratio, as
+            above; honours `exclude_from_weight_decay()`).
+        trust_coefficient: float > 0, eta of the paper, default 0.001.
         exclude_bias_and_norm: exclude rank <= 1 variables from adaptation
             and decay (ignored with `pytorch_lars=True`).
         pytorch_lars: the pytorch-lars semantics (see above).
-        epsilon: guards the trust ratio's denominator.
+        epsilon: float > 0, the floor of the trust ratio's denominator
+            `||g|| + weight_decay * ||w||` (pytorch-lars has none and gives
+            NaN where both norms are zero).
         **kwargs: the keywords of `keras.optimizers.Optimizer` (clipping is
-            applied to the all-reduced gradient).
+            applied to the all-reduced gradient). LARS has no decoupled
+            weight decay.
     """
 
     # The trust ratio needs the bare gradient's norm; the decay is added here.
     _l2_in_gradient = False
 
-    def __init__(
-        self,
-        learning_rate=0.1,
-        momentum=0.9,
-        weight_decay=0.0,
-        trust_coefficient=0.001,
-        exclude_bias_and_norm=True,
-        pytorch_lars=False,
-        epsilon=1e-30,
-        name="LARS",
-        **kwargs,
-    ):
-        kwargs.pop("decoupled_weight_decay", None)
-        super().__init__(
-            learning_rate=learning_rate,
-            momentum=momentum,
-            weight_decay=0.0,  # LARS applies its own decay, inside the trust ratio
-            epsilon=epsilon,
-            name=name,
-            **kwargs,
-        )
-        self._weight_decay_value = check_range("weight_decay", weight_decay, 0.0)
-        self.trust_coefficient = check_range("trust_coefficient", trust_coefficient, 0.0)
-        if not self.trust_coefficient > 0:
-            raise ValueError(f"trust_coefficient must be > 0, got {trust_coefficient!r}")
+    def __init__(self, learning_rate=0.1, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001,
+                 exclude_bias_and_norm=True, pytorch_lars=False, epsilon=1e-30, name="LARS", **kwargs):
+        if "decoupled_weight_decay" in kwargs:
+            raise ValueError("decoupled_weight_decay: LARS has no decoupled weight decay; its weight_decay is "
+                             "coupled, inside the trust ratio")
+        super().__init__(learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay, name=name,
+                         **kwargs)
+        self.trust_coefficient = check_positive("trust_coefficient", trust_coefficient)
+        self.epsilon = check_positive("epsilon", epsilon)
         self.pytorch_lars = bool(pytorch_lars)
         self.exclude_bias_and_norm = bool(exclude_bias_and_norm) and not self.pytorch_lars
 
-    def _adapts(self, variable):
-        return not (self.exclude_bias_and_norm and len(variable.shape) <= 1)
-
     def update_step(self, gradient, variable, learning_rate):
-        gradient = ops.cast(gradient, "float32")
-        if not self._adapts(variable):
-            self._momentum_update(variable, gradient * ops.cast(learning_rate, gradient.dtype), 1.0)
-            return
-        w = ops.cast(variable, "float32")
-        wd = self._weight_decay_value if self._use_weight_decay(variable) else 0.0
-        w_norm = robust_norm([w])
-        g_norm = robust_norm([gradient])
-        trust = self.trust_coefficient * w_norm / (g_norm + wd * w_norm + self.epsilon)
-        if not self.pytorch_lars:
-            trust = ops.where(ops.logical_and(w_norm > 0, g_norm > 0), trust, ops.ones_like(trust))
-        # On a skipped step the gradient is zero but wd * w is not: scale it away.
-        scale = ops.where(self._step_ok(), learning_rate * trust, ops.zeros_like(trust))
-        self._momentum_update(variable, (gradient + wd * w) * scale, 1.0)
+        if self.exclude_bias_and_norm and len(variable.shape) <= 1:
+            trust, weight_decay = 1.0, 0.0
+        else:
+            weight_decay = self.l2_weight_decay if self._use_weight_decay(variable) else 0.0
+            w_norm = global_norm([variable])
+            g_norm = global_norm([gradient])
+            trust = self.trust_coefficient * w_norm / ops.maximum(g_norm + weight_decay * w_norm, self.epsilon)
+            if not self.pytorch_lars:
+                trust = ops.where(ops.logical_and(w_norm > 0, g_norm > 0), trust, 1.0)
+        direction = learning_rate * trust * (gradient + weight_decay * variable)
+        # The learning rate is inside u here; `moves` is 0 on a skipped step.
+        momentum, moves, direction = self._unless_skipped(self.momentum, 1.0, direction)
+        u = self.momentums[self._get_variable_index(variable)]
+        self.assign(u, momentum * u + direction)
+        self.assign_sub(variable, moves * u)
 
     def get_config(self):
         config = super().get_config()
-        config.pop("decoupled_weight_decay")
         config.update(
             {
                 "trust_coefficient": self.trust_coefficient,
                 "exclude_bias_and_norm": self.exclude_bias_and_norm,
                 "pytorch_lars": self.pytorch_lars,
+                "epsilon": self.epsilon,
             }
         )
         return config

@@ -27,7 +27,6 @@ class MSGD(ReducedGradientOptimizer):
         weight_decay: float >= 0, L2 added to the gradient (honours
             `exclude_from_weight_decay()`).
         decoupled_weight_decay: if True, Keras' decoupled decay instead.
-        epsilon: unused by the update; kept for a common signature.
         **kwargs: the keywords of `keras.optimizers.Optimizer` (clipping is
             applied to the all-reduced gradient).
 
@@ -35,25 +34,25 @@ class MSGD(ReducedGradientOptimizer):
     `skipped_steps`.
     """
 
-    def __init__(
-        self,
-        learning_rate=0.1,
-        momentum=0.9,
-        weight_decay=0.0,
-        decoupled_weight_decay=False,
-        epsilon=1e-30,
-        name="MSGD",
-        **kwargs,
-    ):
+    def __init__(self, learning_rate=0.1, momentum=0.9, weight_decay=0.0, decoupled_weight_decay=False, name="MSGD",
+                 **kwargs):
         super().__init__(
             learning_rate=learning_rate,
             momentum=momentum,
             weight_decay=weight_decay,
             decoupled_weight_decay=decoupled_weight_decay,
-            epsilon=epsilon,
             name=name,
             **kwargs,
         )
 
     def update_step(self, gradient, variable, learning_rate):
-        self._momentum_update(variable, gradient, learning_rate)
+        # `gradient` is the whole step's, with the L2 term (see base.py).
+        momentum, learning_rate, gradient = self._unless_skipped(self.momentum, learning_rate, gradient)
+        u = self.momentums[self._get_variable_index(variable)]
+        self.assign(u, momentum * u + gradient)
+        self.assign_sub(variable, learning_rate * u)
+
+    def get_config(self):
+        config = super().get_config()
+        config["decoupled_weight_decay"] = self.decoupled_weight_decay
+        return config
