@@ -36,13 +36,19 @@ class _SearchTuner:
 
     final_epochs = None
     write_reports_after_trials = True
+    _trial_started = None  # (trial id, time.perf_counter()) of the trial begun last
 
     def on_trial_begin(self, trial):
-        self._trial_started = time.perf_counter()
+        self._trial_started = (trial.trial_id, time.perf_counter())
         super().on_trial_begin(trial)
 
     def on_trial_end(self, trial):
-        seconds = time.perf_counter() - getattr(self, "_trial_started", time.perf_counter())
+        if self._trial_started is None or self._trial_started[0] != trial.trial_id:
+            raise RuntimeError(
+                f"keras_tuner {keras_tuner.__version__} ended trial {trial.trial_id} without beginning it "
+                "(on_trial_begin), so its wall_seconds cannot be measured"
+            )
+        seconds = time.perf_counter() - self._trial_started[1]
         metrics = self.oracle.trials[trial.trial_id].metrics
         metrics.metrics.pop(WALL_SECONDS, None)  # a retried trial: its last run
         metrics.register(WALL_SECONDS, direction="min")
@@ -175,6 +181,18 @@ def recover_interrupted(oracle):
     oracle.json (and would never run, yet count toward max_trials). Finished
     trials leave the retry queue; started, unfinished ones join it.
     """
+    # Private Keras Tuner API: Oracle._retry_queue, the list of trial ids that
+    # create_trial runs before drawing new values and that oracle.json saves
+    # as "retry_queue". No public API serves: Keras Tuner queues a trial only
+    # itself (from Oracle.reload, for the trials oracle.json lists as running,
+    # and for a failed trial with retries left), and has no way to queue a
+    # trial oracle.json does not list or to drop a finished one.
+    # tests/test_tune_keras_tuner.py fails when Keras Tuner stops honouring it.
+    if not isinstance(getattr(oracle, "_retry_queue", None), list):
+        raise RuntimeError(
+            f"keras_tuner {keras_tuner.__version__}: the oracle has no list _retry_queue, which resuming an "
+            "interrupted search relies on"
+        )
     queue = [i for i in oracle._retry_queue if oracle.trials[i].status not in ("COMPLETED", "FAILED")]
     for trial_id in sorted(oracle.trials):
         trial = oracle.trials[trial_id]
