@@ -35,8 +35,8 @@ import keras
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 from keras import tree
-from keras.src.trainers.data_adapters import data_adapter_utils
 
+from sngm_keras.batch_split import num_replicas
 from sngm_keras.noise_scale import sum_of_squares
 
 
@@ -115,10 +115,8 @@ def _track_noise_scale(model, metrics_variables, optimizer_variables, micro_sq, 
 
 
 def train_step(model, state, data):
-    from sngm_keras.accumulation import num_replicas
-
     trainable, non_trainable, optimizer_variables, metrics_variables = state
-    x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     b = model.micro_batch_size
     replicas = num_replicas(model)
     batch = next(t for t in tree.flatten(x) if t is not None).shape[0]
@@ -190,6 +188,9 @@ def train_step(model, state, data):
     loss = loss_sum / num_micro
     y_pred = _map(lambda t: _merge(t, replicas, num_micro, b), y_pred)
     # Loss tracker (weighted by B) and compiled metrics on the whole batch.
+    # Private Keras method (pinned by tests/test_private_api_pins.py): the
+    # loss tracker is private too, and no public stateless call updates it
+    # with the compiled metrics as Keras' own JAX train step does.
     logs, metrics_variables = model._update_metrics_variables(
         metrics_variables, loss, x, y, y_pred, sample_weight
     )

@@ -4,7 +4,6 @@ import keras
 import tensorflow as tf
 from keras import tree
 from keras.src.losses import loss as loss_module
-from keras.src.trainers.data_adapters import data_adapter_utils
 
 from sngm_keras.noise_scale import sum_of_squares
 from sngm_keras.optimizers.base import ReducedGradientOptimizer
@@ -34,7 +33,7 @@ def _gradient_sum(model, xs, ys, sws, num_micro, measure_noise=False):
         x, y, sw = _take(xs, i), _take(ys, i), _take(sws, i)
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
-            loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sw, training=True)
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sw, training=True)
             scaled = model.optimizer.scale_loss(loss) if model.optimizer is not None else loss
         grads = tape.gradient(scaled, trainable)
         grad_sum = [s + tf.cast(g, s.dtype) for s, g in zip(grad_sum, grads)]
@@ -65,7 +64,7 @@ def _merge_micro(t):
 
 
 def train_step(model, data):
-    x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     b = model.micro_batch_size
     batch = tf.shape(next(t for t in tree.flatten(x) if t is not None))[0]
     tf.debugging.assert_equal(
@@ -90,6 +89,11 @@ def train_step(model, data):
         _apply_measuring_noise(model, grads, trainable, sq_sum, count, *noise)
 
     loss = loss_sum / count
+    # Private Keras API (pinned by tests/test_private_api_pins.py): Keras
+    # divides each replica's loss by the replicas (`scale_loss_for_distribution`)
+    # and only its private `unscale_loss_for_distribution` undoes exactly
+    # that; the loss tracker that fit reports as "loss" is private too
+    # (Keras' own TensorFlow train step updates it the same way).
     model._loss_tracker.update_state(loss_module.unscale_loss_for_distribution(loss), sample_weight=batch)
     return logs_for_strategy(model.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
 
@@ -150,11 +154,18 @@ def inner_optimizer(optimizer):
 
 def logs_for_strategy(logs):
     """Keras 3 reduces each log across workers with `reduce("MEAN", v, axis=0)`
-    under MultiWorkerMirroredStrategy, which fails on scalars: give it [1]."""
-    extended = tf.distribute.get_strategy().extended
-    if getattr(extended, "_in_multi_worker_mode", lambda: False)():
+    under a MultiWorkerMirroredStrategy of several workers, which fails on
+    scalars: give it [1]."""
+    if _across_workers(tf.distribute.get_strategy()):
         return tree.map_structure(lambda v: tf.reshape(v, [1]), logs)
     return logs
+
+
+def _across_workers(strategy):
+    """Keras' test for that reduction: a MultiWorkerMirroredStrategy with
+    more than one worker, whose replicas then outnumber this worker's devices."""
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.num_replicas_in_sync > len(strategy.extended.worker_devices))
 
 
 def first_local_batch(strategy, epoch_iterator):

@@ -11,7 +11,9 @@ gradient -- the gradient of the whole batch of B, as the paper's accumulation
 computes it. BatchNorm statistics follow each micro-batch, as in the paper.
 
 The optimizer's `iterations`, and so every learning-rate schedule, advance
-once per update, not once per micro-batch.
+once per update, not once per micro-batch. `PreprocessedMicroBatchModel`
+is the same with its inputs preprocessed on the device first (the PyDataset
+feed's uint8 images, `sngm_keras.data.pydatasets`).
 
 Works with any Keras optimizer, on one device, under
 `tf.distribute.MirroredStrategy` and `MultiWorkerMirroredStrategy`
@@ -44,26 +46,13 @@ there the measure needs an `sngm_keras` optimizer (SNGM, MSGD, LARS).
 """
 
 import logging
-import sys
 
 import keras
 
+from sngm_keras.batch_split import check_fit_batches, num_replicas
 from sngm_keras.noise_scale import NOISE_SCALE_KEYS, GradientNoiseScale
 
 log = logging.getLogger("sngm_keras")
-
-
-def check_batch_split(batch_size, micro_batch_size, num_replicas=1):
-    """Raises ValueError unless batch_size = k * micro_batch_size * num_replicas."""
-    for name, value in (("batch_size", batch_size), ("micro_batch_size", micro_batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if batch_size % (micro_batch_size * num_replicas):
-        raise ValueError(
-            f"batch_size {batch_size} is not a multiple of micro_batch_size {micro_batch_size}"
-            f" x {num_replicas} replica(s) = {micro_batch_size * num_replicas}"
-        )
-    return batch_size // (micro_batch_size * num_replicas)
 
 
 @keras.saving.register_keras_serializable(package="sngm_keras")
@@ -119,9 +108,11 @@ class MicroBatchModel(keras.Model):
         return super().fit(x, y, batch_size=batch_size, **kwargs)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # keras-team/keras#20585: Keras 3 reduces the first distributed batch
+        # Private Keras hook (pinned by tests/test_private_api_pins.py):
+        # keras-team/keras#20585, Keras 3 reduces the first distributed batch
         # with MEAN across replicas to build the model, which
-        # MultiWorkerMirroredStrategy cannot do eagerly. A local shard has the
+        # MultiWorkerMirroredStrategy cannot do eagerly, and no public hook
+        # lets a model pick the batch it is built from. A local shard has the
         # same structure and shapes, and is all the build needs.
         if iterator is not None and keras.backend.backend() == "tensorflow":
             from sngm_keras._accumulation_tf import first_local_batch
@@ -190,38 +181,31 @@ class MicroBatchModel(keras.Model):
         return cls(**config)
 
 
-def num_replicas(model):
-    """Replicas that share each batch: tf.distribute's, or JAX's data-parallel devices."""
-    if keras.backend.backend() == "tensorflow":
-        return model.distribute_strategy.num_replicas_in_sync
-    distribution = keras.distribution.distribution()
-    if distribution is None:
-        return 1
-    # The size of the mesh axis the batch is sharded on (DataParallel: all
-    # its devices; ModelParallel: the data-parallel axis).
-    mesh = distribution.device_mesh
-    return int(mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)])
+@keras.saving.register_keras_serializable(package="sngm_keras")
+class PreprocessedMicroBatchModel(MicroBatchModel):
+    """`MicroBatchModel` whose inputs go through `preprocessing` first.
 
+    Takes what the PyDataset feed yields (`sngm_keras.data.pydatasets`:
+    uint8 images and augmentation draws); `.model` is the network alone,
+    taking normalized images like the tf.data feed's model (it is what
+    final.keras holds). The preprocessing runs inside the jitted step, on
+    each micro-batch, on the device.
+    """
 
-def check_fit_batches(x, batch_size, micro_batch_size, replicas):
-    """Fails before training when fit's batches cannot be split evenly."""
-    # A tf.data.Dataset means TensorFlow is imported already; never import it
-    # here (JAX without TensorFlow, or JAX keeping TensorFlow off its GPUs).
-    tf = sys.modules.get("tensorflow")
-    if tf is not None and hasattr(tf, "data") and isinstance(x, tf.data.Dataset):
-        spec = keras.tree.flatten(x.element_spec)[0]
-        batch = spec.shape[0] if spec.shape.rank else None
-        if batch is None:
-            raise ValueError(
-                "MicroBatchModel needs batches of a fixed size: batch the dataset with drop_remainder=True"
-            )
-        check_batch_split(int(batch), micro_batch_size, replicas)
-    elif hasattr(x, "shape") or isinstance(x, (list, tuple, dict)):
-        first = keras.tree.flatten(x)[0]
-        batch = 32 if batch_size is None else batch_size
-        check_batch_split(batch, micro_batch_size, replicas)
-        if len(first) % batch:
-            raise ValueError(
-                f"{len(first)} examples do not split into batches of {batch}: "
-                "MicroBatchModel needs full batches; drop the remainder"
-            )
+    def __init__(self, model, micro_batch_size, preprocessing, jit_compile=False, **kwargs):
+        super().__init__(model, micro_batch_size, jit_compile=jit_compile, **kwargs)
+        if isinstance(preprocessing, dict):
+            preprocessing = keras.saving.deserialize_keras_object(preprocessing)
+        self.preprocessing = preprocessing
+
+    def call(self, inputs, training=None):
+        return self.model(self.preprocessing(inputs, training=training), training=training)
+
+    def build(self, input_shape):
+        if not self.model.built:
+            shape = input_shape["images"] if isinstance(input_shape, dict) else input_shape
+            self.model.build(shape)
+        self.built = True
+
+    def get_config(self):
+        return {**super().get_config(), "preprocessing": keras.saving.serialize_keras_object(self.preprocessing)}

@@ -11,7 +11,7 @@ horizontally. One int32 draw per example in ``[0, num_draws(pad))`` encodes
 the encoding the tf.data pipeline uses.
 
 The draws are an input, not a `SeedGenerator`'s: the JAX input path
-(`sngm_keras.training.jax_data`) draws them on the host from (seed, epoch),
+(the PyDataset feed, `sngm_keras.data.pydatasets`) draws them on the host from (seed, epoch),
 so an example's augmentation depends only on (seed, epoch, its place in the
 epoch) -- not on the micro-batch size, the number of devices, or the state
 of a generator -- and a resumed run sees exactly the images an uninterrupted

@@ -70,6 +70,7 @@ def main(mode, out, micro_batch_size=0, optimizer_name="sngm"):
         *model.get_weights(),
         iterations=int(model.optimizer.iterations.numpy()),
         replicas=strategy.num_replicas_in_sync,
+        loss=np.ravel(history["loss"]),
         noise_scale=[float(np.ravel(history[k])[-1]) for k in NOISE_SCALE_KEYS if k in history],
     )
 

@@ -68,7 +68,7 @@ def _worker(init_path, out_path):
     import sngm_keras
     from sngm_keras import _accumulation_jax
     from sngm_keras.accumulation import MicroBatchModel
-    from sngm_keras.accumulation import num_replicas
+    from sngm_keras.batch_split import num_replicas
     from sngm_keras.noise_scale import NOISE_SCALE_KEYS
     from sngm_keras.schedules import PolynomialWarmup
 

@@ -17,7 +17,7 @@ from apps import _native_log
 from sngm_keras.training import ConfigError, TrainConfig
 from sngm_keras.training.config import keras_verbosity
 from sngm_keras.training.curves import curves_figure
-from sngm_keras.training.run import curves_title
+from sngm_keras.training.outputs import curves_title
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # TensorFlow's C++ log lines ("I0000 00:00:... port.cc:153] oneDNN ..."), and absl's note before them.

@@ -114,7 +114,7 @@ def test_crop_flip_normalize_is_the_pipelines_pad_crop_flip():
 
 
 def test_train_batches_depend_only_on_seed_and_epoch():
-    from sngm_keras.training.jax_data import TestBatches, TrainBatches
+    from sngm_keras.data.pydatasets import TestBatches, TrainBatches
 
     x = np.arange(103 * 2 * 2 * 3, dtype=np.uint8).reshape(103, 2, 2, 3)
     y = np.arange(103, dtype=np.int32)

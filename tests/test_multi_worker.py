@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from sngm_keras.training import ConfigError, TrainConfig
-from sngm_keras.training import cluster
+from sngm_keras.training import cluster, membership
 
 pytestmark = [pytest.mark.multiworker, pytest.mark.slow]
 
@@ -220,7 +220,7 @@ def test_cluster_descriptions():
 def test_checkpoint_bytes_survive_the_float64_broadcast():
     for size in (0, 1, 3, 4, 5, 1001):
         data = os.urandom(size)
-        assert cluster._from_words(cluster._to_words(data).astype(np.float64)) == data
+        assert membership._from_words(membership._to_words(data).astype(np.float64)) == data
 
 
 def test_malformed_tf_config_is_ignored_without_multi_worker(tmp_path, monkeypatch):

@@ -1,12 +1,15 @@
-"""Datasets for sngm_keras: in-memory arrays and resumable tf.data pipelines.
+"""Datasets for sngm_keras: in-memory arrays, and resumable input fed by
+tf.data pipelines or by PyDatasets (`make_datasets`, the one way in).
 
 Public API::
 
     load_arrays(dataset, data_dir=None, download=False) -> ArraySplits
     make_datasets(dataset, *, data_dir=None, download=False, batch_size,
                   eval_batch_size=None, augment=True, seed=0, start_epoch=0,
-                  num_epochs, image_size=None, validation_size=0)
-        -> (train_ds, test_ds, DatasetInfo[, validation_ds])
+                  num_epochs, image_size=None, validation_size=0,
+                  feed="tf.data", share=(0, 1))
+        -> (train_ds, test_ds, DatasetInfo[, validation_ds])        # tf.data
+        -> (train, test, DatasetInfo, preprocessing[, validation])  # feed="pydataset"
     steps_per_epoch(info, batch_size) -> int
     hold_out_validation(arrays, size) -> (kept ArraySplits, x_val, y_val)
     read_cifar(path) -> CifarCopy            # a local CIFAR-10/100 archive or folder
@@ -23,12 +26,14 @@ from .arrays import SAMPLE_PATH, ArraySplits, hold_out_validation, load_arrays, 
 from .constants import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD,
                         IMAGENET_MEAN, IMAGENET_STD, KNOWN_DATASETS, NORMALIZATION)
 from .cifar_files import CifarCopy, read_cifar
+from .datasets import FEEDS, make_datasets
 from .errors import DataError
 from .importing import prepare_tfds, split_class_folders, write_image_folders
-from .pipeline import DatasetInfo, make_datasets, steps_per_epoch
+from .info import DatasetInfo, steps_per_epoch
 
 __all__ = [
-    "ArraySplits", "CifarCopy", "DataError", "hold_out_validation", "preprocessing", "DatasetInfo", "KNOWN_DATASETS",
+    "ArraySplits", "CifarCopy", "DataError", "FEEDS", "hold_out_validation", "preprocessing", "DatasetInfo",
+    "KNOWN_DATASETS",
     "NORMALIZATION",
     "SAMPLE_PATH", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD",
     "IMAGENET_MEAN", "IMAGENET_STD", "load_arrays", "make_datasets", "read_sample_file",

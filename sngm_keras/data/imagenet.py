@@ -16,7 +16,8 @@ import numpy as np
 from . import constants as C
 from . import sources
 from .errors import DataError
-from .pipeline import DatasetInfo, _check_batch, epoch_key, import_tf
+from .info import DatasetInfo, check_batch
+from .tf_setup import epoch_key, import_tf
 
 
 def _python_seed(seed: int, epoch: int, stream: int) -> int:
@@ -59,7 +60,7 @@ def make_imagenet_datasets(*, data_dir, download, batch_size, eval_batch_size, a
         return n if n >= 0 else int(builder.info.splits[split].num_examples)
 
     num_train, num_test = count(probe, "train"), count(val_ds, "validation")
-    _check_batch(name, batch_size, num_train)
+    check_batch(name, batch_size, num_train)
     steps = num_train // batch_size
     class_names = tuple(builder.info.features["label"].names)
     info = DatasetInfo(name=name, num_classes=len(class_names),

@@ -16,8 +16,8 @@ Only the chief reads and writes `model_dir`. The other workers run in a
 temporary folder they remove at the end: they save like the chief (saving is
 collective under MultiWorkerMirroredStrategy, as Keras documents) and keep
 nothing. So the workers' `model_dir` need not be shared: when the chief
-resumes, it sends its last checkpoint to the others (`agree`), which resume
-from their copy of it.
+resumes, it sends its last checkpoint to the others
+(`sngm_keras.training.membership.agree`), which resume from their copy of it.
 """
 
 import contextlib
@@ -29,7 +29,7 @@ import shutil
 import tempfile
 from typing import Optional
 
-from sngm_keras.training.config import ConfigError
+from sngm_keras.training.errors import ConfigError
 
 TF_TASK_TYPES = ("chief", "worker")
 _JAX_VARIABLES = {
@@ -161,142 +161,6 @@ def worker_model_dir(config, cluster):
         yield dataclasses.replace(config, model_dir=folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-# -- joining, and what the chief sends -------------------------------------
-
-
-class Membership:
-    """A joined cluster: the TensorFlow strategy, or JAX's initialized runtime."""
-
-    def __init__(self, cluster, backend, strategy=None):
-        self.cluster, self.backend, self.strategy = cluster, backend, strategy
-
-    def broadcast(self, arrays):
-        """The chief's `arrays` (a list of numpy arrays) on every worker."""
-        if self.backend == "jax":
-            from jax.experimental import multihost_utils
-
-            return [_numpy(a) for a in multihost_utils.broadcast_one_to_all(list(arrays))]
-        return _tf_broadcast(self.strategy, self.cluster.is_chief, arrays)
-
-
-def join(config, cluster, backend):
-    """Starts this worker's part of the cluster; returns the `Membership`.
-
-    TensorFlow: creates the MultiWorkerMirroredStrategy (which waits until
-    every worker is up). JAX: `keras.distribution.initialize` (JAX's own
-    multi-process runtime; gloo collectives on the CPU)."""
-    if backend == "jax":
-        import keras
-
-        keras.distribution.initialize(cluster.coordinator_address, cluster.num_workers, cluster.index)
-        return Membership(cluster, backend)
-    import tensorflow as tf
-
-    return Membership(cluster, backend, tf.distribute.MultiWorkerMirroredStrategy())
-
-
-def agree(membership, run_dir, open_run):
-    """Runs `open_run()` (-> the summary of a finished run or None) on every
-    worker and hands every worker the chief's outcome: when the chief
-    resumes, the others get its checkpoint in their `run_dir`, so every
-    worker loads the same one (loading is collective on JAX). When the chief
-    failed (its ConfigError, re-raised there), the others raise one too."""
-    import numpy as np
-
-    error, done, payload = None, None, []
-    try:
-        done = open_run()
-        if membership.cluster.is_chief and done is None:
-            payload = [_to_words(data) for data in _checkpoint_files(run_dir)]
-    except ConfigError as raised:
-        error = raised
-    sizes = [len(words) for words in payload] or [0, 0]
-    head = membership.broadcast([np.array([error is not None, done is not None, *sizes], np.int64)])[0]
-    failed, finished, sizes = bool(head[0]), bool(head[1]), [int(n) for n in head[2:]]
-    if error is not None and membership.cluster.is_chief:
-        raise error
-    if failed:
-        raise ConfigError("strategy", "the chief stopped before training; its output says why")
-    if error is not None:  # pragma: no cover - a worker's temporary folder is always usable
-        raise error
-    if finished:
-        return done if done is not None else {"complete": True}
-    if sizes[0]:
-        received = membership.broadcast(payload or [np.zeros(n, np.int32) for n in sizes])
-        if not membership.cluster.is_chief:
-            _write_checkpoint(run_dir, *[_from_words(words) for words in received])
-    return None
-
-
-def _checkpoint_files(run_dir):
-    """The bytes of the chief's last checkpoint, (weights, state), or ()."""
-    if not os.path.exists(run_dir.state):
-        return ()
-    with open(run_dir.state, "rb") as f:
-        state = f.read()
-    with open(run_dir.weights_path(json.loads(state)), "rb") as f:
-        return f.read(), state
-
-
-def _write_checkpoint(run_dir, weights, state):
-    from sngm_keras.training.rundir import write_atomic
-
-    with open(run_dir.weights_path(json.loads(state)), "wb") as f:
-        f.write(weights)
-    write_atomic(run_dir.state, state.decode())
-
-
-def _to_words(data):
-    """bytes -> int32 words, the length first: every broadcast keeps them exactly."""
-    import numpy as np
-
-    padded = data + b"\0" * (-len(data) % 4)
-    return np.concatenate([np.array([len(data)], np.int32), np.frombuffer(padded, np.int32)])
-
-
-def _from_words(words):
-    import numpy as np
-
-    words = np.asarray(words, np.int32)
-    return words[1:].tobytes()[:int(words[0])]
-
-
-def _numpy(value):
-    import numpy as np
-
-    return np.asarray(value)
-
-
-def _tf_broadcast(strategy, is_chief, arrays):
-    """The chief's arrays on every worker: one all-reduce (sum) in which the
-    other workers give zeros, in float64 so that every float32 and every
-    integer below 2**53 comes back exactly."""
-    import numpy as np
-    import tensorflow as tf
-
-    dtypes = [np.asarray(a).dtype for a in arrays]
-    local = [tf.constant(np.asarray(a, np.float64) if is_chief else np.zeros(np.shape(a), np.float64))
-             for a in arrays]
-
-    @tf.function
-    def reduce():
-        def fn():
-            context = tf.distribute.get_replica_context()
-            # Only the first local replica contributes.
-            first = tf.equal(context.replica_id_in_sync_group % _local_replicas(strategy), 0)
-            return context.all_reduce(tf.distribute.ReduceOp.SUM,
-                                      [tf.where(first, t, tf.zeros_like(t)) for t in local])
-
-        return strategy.run(fn)
-
-    summed = reduce()
-    return [strategy.experimental_local_results(s)[0].numpy().astype(d) for s, d in zip(summed, dtypes)]
-
-
-def _local_replicas(strategy):
-    return len(strategy.extended.worker_devices)
 
 
 def shard_by_examples(dataset):

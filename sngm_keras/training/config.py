@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Optional, Tuple
 
+from sngm_keras.training.errors import ConfigError
 from sngm_keras.training.presets import PRESETS
 
 DATASETS = ("sample", "cifar10", "cifar100", "imagenet2012")
@@ -32,14 +33,6 @@ VERBOSITY = (0, 1, 2)
 # Whole-number fields end up in int32 tensors or seeds; larger values are typos.
 INT_LIMIT = 2**31 - 1
 MAX_CPU_DEVICES = 256
-
-
-class ConfigError(ValueError):
-    """A bad value of one field; `field` is the flag's name."""
-
-    def __init__(self, field, message):
-        super().__init__(f"--{field}: {message}")
-        self.field = field
 
 
 @dataclasses.dataclass

@@ -1,4 +1,5 @@
-"""From a `TrainConfig` to the optimizer and its learning-rate schedule."""
+"""From a `TrainConfig` to the compiled training model: the network in its
+micro-batch wrapper, the optimizer and its learning-rate schedule."""
 
 import keras
 
@@ -43,6 +44,29 @@ def compile_for_training(model, config, steps_per_epoch, jit_compile=False):
     )
     model.optimizer.build(model.trainable_variables)
     return model
+
+
+def build_training_model(config, info, steps_per_epoch, micro_batch_size, placement, preprocessing=None):
+    """The network of `config` in a `MicroBatchModel`, compiled, on `placement`.
+
+    With `preprocessing` (the PyDataset feed) it is a
+    `PreprocessedMicroBatchModel` and the whole step is always jitted, JAX's
+    way (--jit_compile is TensorFlow's choice). On TensorFlow XLA cannot
+    compile the all-reduce under a strategy: there the micro-batch loop is
+    compiled alone, on one device the whole step."""
+    from sngm_keras.accumulation import MicroBatchModel, PreprocessedMicroBatchModel
+    from sngm_keras.models import build_model
+
+    if preprocessing is not None:
+        net = build_model(config.model, info.num_classes, info.image_shape, seed=config.seed)
+        model = PreprocessedMicroBatchModel(net, micro_batch_size, preprocessing, noise_scale=config.noise_scale)
+        return compile_for_training(model, config, steps_per_epoch, True)
+    jit_whole_step = config.jit_compile and placement.replicas == 1
+    with placement.scope():
+        net = build_model(config.model, info.num_classes, info.image_shape, seed=config.seed)
+        model = MicroBatchModel(net, micro_batch_size, jit_compile=config.jit_compile and not jit_whole_step,
+                                noise_scale=config.noise_scale)
+        return compile_for_training(model, config, steps_per_epoch, jit_whole_step)
 
 
 def inner_optimizer(optimizer):

@@ -2,7 +2,8 @@
 a half-written file behind and a different run never overwrites them.
 
     config.json          the run's configuration (checked on every start)
-    checkpoints/         epoch-NNNN.weights.h5 (model + optimizer) and state.json
+    checkpoints/         epoch-NNNN.weights.h5 (model + optimizer) and state.json,
+                         and backend: the backend of a run not on TensorFlow
     history.csv          one row per epoch
     validation.csv       every evaluation of the held-out validation split
                          (with --validation_size), several per epoch
@@ -153,6 +154,29 @@ class RunDir:
         for old in os.listdir(self.checkpoints):
             if old.endswith(".weights.h5") and old != name:
                 os.remove(os.path.join(self.checkpoints, old))
+
+    def check_backend(self, state, backend):
+        """A run continues on the backend it started on (its data order and
+        checkpoint layout are the backend's). Runs on other backends than
+        TensorFlow record theirs in checkpoints/backend (`record_backend`)."""
+        path = os.path.join(self.checkpoints, "backend")
+        if state:
+            recorded = open(path).read().strip() if os.path.exists(path) else "tensorflow"
+            if recorded != backend:
+                raise ConfigError(
+                    "model_dir",
+                    f"{self.path} holds a run trained on the {recorded} backend; resume it with "
+                    f"KERAS_BACKEND={recorded}, or use another --model_dir",
+                )
+
+    def record_backend(self, state, backend):
+        path = os.path.join(self.checkpoints, "backend")
+        if state:
+            return
+        if backend != "tensorflow":
+            write_atomic(path, backend + "\n")
+        elif os.path.exists(path):
+            os.remove(path)
 
     def weights_path(self, state):
         return os.path.join(self.checkpoints, state["weights"])

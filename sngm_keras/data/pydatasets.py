@@ -1,11 +1,12 @@
-"""The training run's input on Keras' JAX backend: arrays in memory, no tf.data.
+"""The PyDataset feed: arrays in memory, no tf.data (the JAX path's input).
 
-`make_datasets` mirrors `sngm_keras.data.make_datasets` for the datasets
-that fit in memory (the sample, cifar10/cifar100 from a TFDS-prepared
-data_dir, folders of class sub-folders): it returns `keras.utils.PyDataset`s
-that yield uint8 images and int32 labels, and the `CropFlipNormalize` layer
-that the training model applies on the device (pad, crop, flip with
-training=True, then normalize).
+`make_pydatasets` is `sngm_keras.data.make_datasets(feed="pydataset")` for
+the datasets that fit in memory (the sample, cifar10/cifar100 from a
+TFDS-prepared data_dir, folders of class sub-folders): it returns
+`keras.utils.PyDataset`s that yield uint8 images and int32 labels, and the
+`CropFlipNormalize` layer that the training model
+(`sngm_keras.accumulation.PreprocessedMicroBatchModel`) applies on the
+device (pad, crop, flip with training=True, then normalize).
 
 Determinism, as on the tf.data path: epoch e's order is a permutation from
 ``np.random.default_rng([seed, SALT, e])``, and its augmentation draws (one
@@ -31,11 +32,14 @@ import logging
 import keras
 import numpy as np
 
-from sngm_keras.accumulation import MicroBatchModel
 from sngm_keras.augment import CropFlipNormalize, num_draws
-from sngm_keras.data import DataError, DatasetInfo, hold_out_validation, load_arrays, preprocessing
-from sngm_keras.data import constants as C
-from sngm_keras.data import sources
+
+from . import constants as C
+from . import sources
+from .arrays import hold_out_validation, load_arrays, preprocessing
+from .errors import DataError
+from .info import DatasetInfo, check_batch, check_image_size
+from .tf_setup import import_tf
 
 log = logging.getLogger("sngm_keras")
 
@@ -125,35 +129,6 @@ def _share(rows, share):
     return rows[index * size:(index + 1) * size]
 
 
-@keras.saving.register_keras_serializable(package="sngm_keras")
-class PreprocessedMicroBatchModel(MicroBatchModel):
-    """`MicroBatchModel` whose inputs go through `preprocessing` first.
-
-    Takes what `TrainBatches` / `TestBatches` yield; `.model` is the network
-    alone, taking normalized images like the tf.data path's model (it is what
-    final.keras holds). The preprocessing runs inside the jitted step, on
-    each micro-batch, on the device.
-    """
-
-    def __init__(self, model, micro_batch_size, preprocessing, jit_compile=False, **kwargs):
-        super().__init__(model, micro_batch_size, jit_compile=jit_compile, **kwargs)
-        if isinstance(preprocessing, dict):
-            preprocessing = keras.saving.deserialize_keras_object(preprocessing)
-        self.preprocessing = preprocessing
-
-    def call(self, inputs, training=None):
-        return self.model(self.preprocessing(inputs, training=training), training=training)
-
-    def build(self, input_shape):
-        if not self.model.built:
-            shape = input_shape["images"] if isinstance(input_shape, dict) else input_shape
-            self.model.build(shape)
-        self.built = True
-
-    def get_config(self):
-        return {**super().get_config(), "preprocessing": keras.saving.serialize_keras_object(self.preprocessing)}
-
-
 def _tensorflow_datasets_available():
     try:
         import tensorflow_datasets  # noqa: F401
@@ -162,18 +137,19 @@ def _tensorflow_datasets_available():
     return True
 
 
-def make_datasets(dataset, *, data_dir=None, download=False, batch_size, eval_batch_size=None, augment=True,
-                  seed=0, start_epoch=0, num_epochs, validation_size=0, share=(0, 1)):
-    """``(train, test, info, preprocessing)`` for the JAX path, and the
-    held-out ``validation`` batches after them when ``validation_size`` > 0
-    (the same images as `sngm_keras.data.make_datasets` holds out).
+def make_pydatasets(dataset, *, data_dir, download, batch_size, eval_batch_size, augment, seed, start_epoch,
+                    num_epochs, image_size, validation_size, share):
+    """The PyDataset feed of `sngm_keras.data.make_datasets` (see there):
+    ``(train, test, info, preprocessing)``, and the held-out ``validation``
+    batches after them when ``validation_size`` > 0 (the same images as the
+    tf.data feed holds out).
 
     `train` and `test` are `PyDataset`s (see `TrainBatches`, `TestBatches`),
     `info` a `sngm_keras.data.DatasetInfo`, and `preprocessing` the
     `CropFlipNormalize` layer with the dataset's normalization and padding
-    (as `sngm_keras.data.make_datasets` uses: CIFAR statistics for the
-    sample and CIFAR, the folder's own for folders). ``share=(p, P)``:
-    process p of P takes its part of every batch. Raises `DataError`.
+    (as the tf.data feed uses: CIFAR statistics for the sample and CIFAR,
+    the folder's own for folders). ``share=(p, P)``: process p of P takes
+    its part of every batch. Raises `DataError`.
     """
     source = sources.resolve(dataset)
     if source.kind == "tfds":
@@ -184,23 +160,19 @@ def make_datasets(dataset, *, data_dir=None, download=False, batch_size, eval_ba
             raise DataError(f"{source.name} is read from TFDS, which needs TensorFlow (not installed here): "
                             "pass the images as a folder instead, --dataset=DIR with "
                             "DIR/{train,test}/<class>/<image>")
-        from sngm_keras.data.pipeline import import_tf
-
         import_tf()  # keeps TensorFlow off the accelerators before TFDS starts it
     arrays = load_arrays(dataset, data_dir=data_dir, download=download)
+    check_image_size(source, arrays, image_size)
     if validation_size:
         arrays, x_val, y_val = hold_out_validation(arrays, validation_size)
     mean, std, pad = preprocessing(source, arrays)
     name = C.SAMPLE if source.kind == "sample" else source.name
-    if batch_size > arrays.num_train:
-        raise DataError(f"batch_size {batch_size} is larger than the {arrays.num_train} training "
-                        f"images of {name}; use a batch_size of at most {arrays.num_train}")
+    check_batch(name, batch_size, arrays.num_train)
     info = DatasetInfo(name=name, num_classes=arrays.num_classes, image_shape=tuple(arrays.image_shape),
                        num_train=arrays.num_train, num_test=arrays.num_test,
                        class_names=tuple(arrays.class_names), num_validation=validation_size)
     train = TrainBatches(arrays.x_train, arrays.y_train, batch_size=batch_size, seed=seed,
                          start_epoch=start_epoch, num_epochs=num_epochs, pad=pad if augment else None, share=share)
-    eval_batch_size = eval_batch_size or min(batch_size, 1000)
     test = TestBatches(arrays.x_test, arrays.y_test, eval_batch_size, share=share)
     preprocess = CropFlipNormalize(mean, std, pad, name="crop_flip_normalize")
     if not validation_size:

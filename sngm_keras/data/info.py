@@ -1,0 +1,53 @@
+"""What both input feeds report and check: `DatasetInfo`, steps per epoch,
+and the argument checks shared by the tf.data pipelines and the PyDatasets."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import constants as C
+from .errors import DataError
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the model and the training loop need to know about a dataset."""
+    name: str
+    num_classes: int
+    image_shape: tuple  # (H, W, C) of the images the pipelines yield
+    num_train: int
+    num_test: int
+    class_names: tuple
+    num_validation: int = 0  # training images held out (not in num_train)
+
+
+def steps_per_epoch(info: DatasetInfo, batch_size: int) -> int:
+    """Batches per training epoch (the remainder of each epoch is dropped)."""
+    return info.num_train // batch_size
+
+
+def check_args(batch_size, eval_batch_size, start_epoch, num_epochs):
+    for label, value in (("batch_size", batch_size), ("num_epochs", num_epochs)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise DataError(f"{label} must be a positive integer, got {value!r}")
+    if eval_batch_size is not None and (not isinstance(eval_batch_size, (int, np.integer))
+                                        or eval_batch_size < 1):
+        raise DataError("eval_batch_size must be a positive integer or None, "
+                        f"got {eval_batch_size!r}")
+    if not isinstance(start_epoch, (int, np.integer)) or not 0 <= start_epoch <= num_epochs:
+        raise DataError(f"start_epoch must be in 0..num_epochs={num_epochs}, got {start_epoch!r}")
+
+
+def check_batch(name, batch_size, num_train):
+    if batch_size > num_train:
+        raise DataError(f"batch_size {batch_size} is larger than the {num_train} training "
+                        f"images of {name}; use a batch_size of at most {num_train}")
+
+
+def check_image_size(source, arrays, image_size):
+    """In-memory datasets keep their native size: `image_size` is ImageNet's."""
+    if image_size is not None and tuple(arrays.image_shape[:2]) != (image_size, image_size):
+        raise DataError(f"image_size={image_size} is only supported for {C.IMAGENET}; "
+                        f"{source.name} images are {arrays.image_shape[1]}x"
+                        f"{arrays.image_shape[0]}: leave image_size unset")

@@ -1,0 +1,118 @@
+"""A finished run's outputs: summary.json, final.keras, curves.png and
+noise_scale.png, from the trained model and its history."""
+
+import json
+import math
+import os
+import platform
+import sys
+
+from sngm_keras.training.provenance import git_commit, package_version, utc_now
+from sngm_keras.training.rundir import write_atomic
+
+
+def write_outputs(config, run_dir, model, recorder, rows, results, replicas, micro, info, validated):
+    """Writes the run's summary, final model and plots; returns the summary.
+    `validated`: whether a validation split was evaluated during training."""
+    summary = _summary(config, model, recorder, rows, results, replicas, micro, info)
+    if validated:
+        summary.update(_validation_summary(run_dir.read_validation(), info.num_validation))
+    model.model.save(run_dir.final_model)
+    from sngm_keras.training.curves import plot_curves, plot_noise_scale
+
+    if rows:
+        plot_curves({curves_title(config): {_label(config): rows}}, run_dir.curves)
+        plot_noise_scale(rows, config.batch_size, run_dir.noise_scale_plot)
+    write_atomic(run_dir.summary, json.dumps(summary, indent=2))
+    return summary
+
+
+def curves_title(config):
+    """curves.png's title: what was trained, with what (and the preset's name)."""
+    title = (f"{config.model}, {config.optimizer.upper()}, B = {config.batch_size}, "
+             f"learning rate {config.learning_rate:g}")
+    return f"{config.preset}\n{title}" if config.preset else title
+
+
+def _label(config):
+    return f"{config.optimizer.upper()}, B={config.batch_size}"
+
+
+def _validation_summary(rows, num_validation):
+    """The validation split's figures: after the last update, and the best of all evaluations."""
+    if not rows:
+        return {"num_validation": num_validation}
+    accuracies = [float(r["validation_accuracy"]) for r in rows]
+    return {
+        "validation_accuracy": accuracies[-1],
+        "validation_loss": float(rows[-1]["validation_loss"]),
+        "best_validation_accuracy": max(accuracies),
+        "num_validation": num_validation,
+    }
+
+
+def _versions():
+    import keras
+
+    versions = {"keras": keras.__version__, "backend": keras.backend.backend()}
+    if "tensorflow" in sys.modules:  # reported when used, never imported for it
+        versions["tensorflow"] = sys.modules["tensorflow"].__version__
+    if keras.backend.backend() == "jax":
+        import jax
+
+        versions["jax"] = jax.__version__
+        versions["devices"] = [str(d) for d in jax.devices()]
+    return versions
+
+
+def _summary(config, model, recorder, rows, results, replicas, micro, info):
+    from sngm_keras.training.factory import inner_optimizer
+
+    optimizer = inner_optimizer(model.optimizer)
+    updates = int(optimizer.iterations.numpy())
+    tested = [float(r["test_accuracy"]) for r in rows if r.get("test_accuracy") not in (None, "")]
+    test_accuracy = float(results["accuracy"])
+    epochs_done = int(rows[-1]["epoch"]) - recorder.stopped_in_epoch if rows else 0
+    examples = updates * config.batch_size
+    return {
+        # A run stopped by --max_updates before its last epoch is not
+        # complete: rerun without it (or with a larger one) to continue.
+        "complete": epochs_done >= config.epochs,
+        "stopped_at_max_updates": bool(config.max_updates) and updates >= config.max_updates,
+        "test_accuracy": test_accuracy,
+        "best_test_accuracy": max(tested + [test_accuracy]),
+        "test_loss": float(results["loss"]),
+        "train_loss": float(rows[-1]["train_loss"]) if rows else None,
+        "updates": updates,
+        "epochs_completed": epochs_done,
+        "grad_per_n": examples / info.num_train,
+        "examples_per_second": examples / recorder.train_seconds if recorder.train_seconds else None,
+        "wall_seconds": recorder.wall_seconds,
+        "train_seconds": recorder.train_seconds,
+        "skipped_steps": int(optimizer.skipped_steps.numpy()),
+        "replicas": replicas,
+        "micro_batch_size": micro,
+        "num_train": info.num_train,
+        "num_test": info.num_test,
+        "started_utc": recorder.started_utc,
+        "finished_utc": utc_now(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "sngm_keras": package_version(),
+        "git": git_commit(),
+        **_versions(),
+        "flags": config.to_dict(),
+        **_noise_scale_summary(rows),
+    }
+
+
+def _noise_scale_summary(rows):
+    """The last epoch's noise-scale metrics (None when not measured; the
+    noise scale also None while its |G|^2 average is not positive)."""
+    from sngm_keras.noise_scale import NOISE_SCALE_KEYS
+
+    last = rows[-1] if rows else {}
+    values = {k: float(last[k]) if last.get(k) not in (None, "") else None for k in NOISE_SCALE_KEYS}
+    scale = values["gradient_noise_scale"]
+    if scale is not None and not math.isfinite(scale):
+        values["gradient_noise_scale"] = None
+    return values
