@@ -104,15 +104,16 @@ def _interrupted():
 def main():
     from sngm_keras.data import DataError
     from sngm_keras.training import ConfigError
+    from sngm_keras.training.errors import as_config_errors
 
     try:
-        from sngm_keras import tuning
+        from sngm_keras import checks, tuning
 
         tuning.check_search_options(FLAGS.tuner, FLAGS.max_trials, FLAGS.objective)
-        for name in ("epochs_per_trial", "final_epochs", "max_trials"):
-            value = FLAGS[name].value
-            if value is not None and not 1 <= value <= INT_LIMIT:
-                raise ConfigError(name, f"must be a positive integer up to {INT_LIMIT}, got {value}")
+        with as_config_errors():
+            for name in ("epochs_per_trial", "final_epochs", "max_trials"):
+                if FLAGS[name].value is not None:
+                    checks.check_int(name, FLAGS[name].value, 1, INT_LIMIT)
         space = tuning.SearchSpace(
             lr_range=_numbers("lr_range"), momentum_choices=_numbers("momentum_choices"),
             power_range=_numbers("power_range"), wd_range=_numbers("wd_range"),

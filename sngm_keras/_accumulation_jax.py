@@ -37,6 +37,7 @@ from jax.sharding import PartitionSpec
 from keras import tree
 
 from sngm_keras.batch_split import num_replicas
+from sngm_keras.checks import check_batch_split
 from sngm_keras.noise_scale import sum_of_squares
 
 
@@ -120,12 +121,7 @@ def train_step(model, state, data):
     b = model.micro_batch_size
     replicas = num_replicas(model)
     batch = next(t for t in tree.flatten(x) if t is not None).shape[0]
-    if batch % (b * replicas):
-        raise ValueError(
-            f"batch of {batch} does not split into micro-batches of micro_batch_size={b}"
-            f" on each of {replicas} data-parallel device(s)"
-        )
-    num_micro = batch // (b * replicas)
+    num_micro = check_batch_split(batch, b, replicas)  # shapes are static under jit: checked as it traces
     sharding = _micro_batch_sharding() if replicas > 1 else None
     split = lambda t: _split(t, replicas, num_micro, b, sharding)
     micro_batches = (_map(split, x), _map(split, y), _map(split, sample_weight))

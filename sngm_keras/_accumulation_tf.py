@@ -5,6 +5,7 @@ import tensorflow as tf
 from keras import tree
 from keras.src.losses import loss as loss_module
 
+from sngm_keras.checks import batch_split_message
 from sngm_keras.noise_scale import sum_of_squares
 from sngm_keras.optimizers.base import ReducedGradientOptimizer
 
@@ -67,9 +68,8 @@ def train_step(model, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     b = model.micro_batch_size
     batch = tf.shape(next(t for t in tree.flatten(x) if t is not None))[0]
-    tf.debugging.assert_equal(
-        batch % b, 0, message=f"the per-replica batch is not a multiple of micro_batch_size={b}"
-    )
+    # The batch's size may be known only when the step runs: a guard in the graph.
+    tf.debugging.assert_equal(batch % b, 0, message=batch_split_message("the batch of each replica", b))
     num_micro = batch // b
     xs, ys, sws = _split(x, b), _split(y, b), _split(sample_weight, b)
 

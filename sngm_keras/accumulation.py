@@ -50,6 +50,7 @@ import logging
 import keras
 
 from sngm_keras.batch_split import check_fit_batches, num_replicas
+from sngm_keras.checks import check_positive_int
 from sngm_keras.noise_scale import NOISE_SCALE_KEYS, GradientNoiseScale
 
 log = logging.getLogger("sngm_keras")
@@ -84,10 +85,8 @@ class MicroBatchModel(keras.Model):
                  **kwargs):
         kwargs.setdefault("name", f"{model.name}_microbatch")
         super().__init__(**kwargs)
-        if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int) or micro_batch_size < 1:
-            raise ValueError(f"micro_batch_size must be a positive integer, got {micro_batch_size!r}")
         self.model = model
-        self.micro_batch_size = micro_batch_size
+        self.micro_batch_size = check_positive_int("micro_batch_size", micro_batch_size)
         self.micro_jit_compile = bool(jit_compile)
         self.noise_scale_decay = noise_scale_decay
         self.noise_scale_tracker = GradientNoiseScale(noise_scale_decay) if noise_scale else None

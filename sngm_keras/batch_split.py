@@ -1,23 +1,13 @@
 """How batches split over replicas and micro-batches, for `MicroBatchModel`
-and its train steps: the replicas that share each batch, and the checks
-that every batch splits evenly."""
+and its train steps: the replicas that share each batch, and the check,
+before `fit` starts, that every batch it will be given splits evenly (the
+rule itself is `sngm_keras.checks.check_batch_split`)."""
 
 import sys
 
 import keras
 
-
-def check_batch_split(batch_size, micro_batch_size, num_replicas=1):
-    """Raises ValueError unless batch_size = k * micro_batch_size * num_replicas."""
-    for name, value in (("batch_size", batch_size), ("micro_batch_size", micro_batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if batch_size % (micro_batch_size * num_replicas):
-        raise ValueError(
-            f"batch_size {batch_size} is not a multiple of micro_batch_size {micro_batch_size}"
-            f" x {num_replicas} replica(s) = {micro_batch_size * num_replicas}"
-        )
-    return batch_size // (micro_batch_size * num_replicas)
+from sngm_keras.checks import check_batch_split
 
 
 def num_replicas(model):

@@ -29,6 +29,8 @@ import math
 import keras
 from keras import ops
 
+from sngm_keras.checks import check_range
+
 NOISE_SCALE_KEYS = ("gradient_noise_scale", "gradient_sq_norm_ema", "gradient_variance_ema")
 
 
@@ -66,9 +68,7 @@ class GradientNoiseScale(keras.metrics.Metric):
 
     def __init__(self, decay=0.99, name="gradient_noise_scale", dtype="float32"):
         super().__init__(name=name, dtype=dtype)
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
-            raise ValueError(f"noise scale decay must be in [0, 1), got {decay!r}")
-        self.decay = float(decay)
+        self.decay = check_range("noise_scale_decay", decay, 0, 1)
         self.measured = False
         # "mean": every replica holds the same value (computed from all-reduced
         # scalars), so reading across replicas must not add them up.

@@ -11,6 +11,8 @@
 import keras
 from keras import ops
 
+from sngm_keras.checks import check_int, check_positive, check_positive_int, check_range
+
 
 @keras.saving.register_keras_serializable(package="sngm_keras")
 class PolynomialWarmup(keras.optimizers.schedules.LearningRateSchedule):
@@ -26,19 +28,11 @@ class PolynomialWarmup(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, initial_learning_rate, total_steps, power=1.0, warmup_steps=0, warmup_learning_rate=0.0):
-        if not initial_learning_rate > 0:
-            raise ValueError(f"initial_learning_rate must be > 0, got {initial_learning_rate!r}")
-        if not int(total_steps) >= 1:
-            raise ValueError(f"total_steps must be >= 1, got {total_steps!r}")
-        if not power > 0:
-            raise ValueError(f"power must be > 0, got {power!r}")
-        if not 0 <= int(warmup_steps) < int(total_steps):
-            raise ValueError(f"warmup_steps must be in [0, total_steps), got {warmup_steps!r}")
-        self.initial_learning_rate = float(initial_learning_rate)
-        self.total_steps = int(total_steps)
-        self.power = float(power)
-        self.warmup_steps = int(warmup_steps)
-        self.warmup_learning_rate = float(warmup_learning_rate)
+        self.initial_learning_rate = check_positive("initial_learning_rate", initial_learning_rate)
+        self.total_steps = check_positive_int("total_steps", int(total_steps))
+        self.power = check_positive("power", power)
+        self.warmup_steps = check_int("warmup_steps", int(warmup_steps), 0, self.total_steps - 1)
+        self.warmup_learning_rate = check_range("warmup_learning_rate", warmup_learning_rate, 0)
 
     def __call__(self, step):
         step = ops.cast(step, "float32")

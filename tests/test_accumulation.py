@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import sngm_keras
 from sngm_keras.accumulation import MicroBatchModel
-from sngm_keras.batch_split import check_batch_split
+from sngm_keras.checks import check_batch_split
 from sngm_keras.schedules import PolynomialWarmup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from sngm_keras import checks
+
 from . import constants as C
 from . import sources
-from .errors import DataError
+from .errors import DataError, as_data_errors
 
 #: The embedded CIFAR-10 sample (see sngm_keras/sample_data/README.md).
 SAMPLE_PATH = Path(__file__).resolve().parent.parent / "sample_data" / "cifar10_sample.npz"
@@ -238,8 +240,8 @@ def hold_out_validation(arrays: ArraySplits, size: int):
     unchanged, both in their original order.
     """
     n = arrays.num_train
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 0 < size < n:
-        raise DataError(f"validation_size must be in 1..{n - 1} for the {n} training images, got {size!r}")
+    with as_data_errors():
+        checks.check_int("validation_size", size, 1, n - 1)
     order = np.random.default_rng(_VALIDATION_SPLIT_SEED).permutation(n)
     held, kept = np.sort(order[:size]), np.sort(order[size:])
     kept_splits = ArraySplits(

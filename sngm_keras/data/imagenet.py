@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from sngm_keras import checks
+
 from . import constants as C
 from . import sources
-from .errors import DataError
+from .errors import as_data_errors
 from .info import DatasetInfo, check_batch
 from .tf_setup import epoch_key, import_tf
 
@@ -39,8 +41,8 @@ def make_imagenet_datasets(*, data_dir, download, batch_size, eval_batch_size, a
     tf = import_tf()
     tfds = sources._import_tfds()
     name = C.IMAGENET
-    if not isinstance(image_size, (int, np.integer)) or image_size < 8:
-        raise DataError(f"image_size must be an integer >= 8, got {image_size!r}")
+    with as_data_errors():
+        checks.check_int("image_size", image_size, 8)
     builder, prepared = sources.tfds_builder(name, data_dir, download)
     decoders = {"image": tfds.decode.SkipDecoding()}
 

@@ -25,10 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from sngm_keras import checks
+
 from . import sources
 from .arrays import IMAGE_SUFFIXES, ArraySplits
 from .cifar_files import LAYOUTS, CifarCopy
-from .errors import DataError
+from .errors import DataError, as_data_errors
 
 
 def _check_new_folder(path: Path, what):
@@ -154,8 +156,8 @@ def split_class_folders(source, out_dir, test_fraction: float, seed: int = 0) ->
     ``round(n * test_fraction)`` (at least one, at most n - 1) go to test.
     Returns {split: number of images}."""
     source, out_dir = Path(source).expanduser(), Path(out_dir).expanduser()
-    if not 0 < test_fraction < 1:
-        raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    with as_data_errors():
+        checks.check_fraction("test_fraction", test_fraction)
     if (source / "train").is_dir() and (source / "test").is_dir():
         raise DataError(f"{source} already has train/ and test/: use it as the dataset folder as it is")
     classes = sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))

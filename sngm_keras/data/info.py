@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
+from sngm_keras import checks
 
 from . import constants as C
-from .errors import DataError
+from .errors import DataError, as_data_errors
 
 
 @dataclass(frozen=True)
@@ -27,16 +27,13 @@ def steps_per_epoch(info: DatasetInfo, batch_size: int) -> int:
     return info.num_train // batch_size
 
 
+@as_data_errors()
 def check_args(batch_size, eval_batch_size, start_epoch, num_epochs):
-    for label, value in (("batch_size", batch_size), ("num_epochs", num_epochs)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise DataError(f"{label} must be a positive integer, got {value!r}")
-    if eval_batch_size is not None and (not isinstance(eval_batch_size, (int, np.integer))
-                                        or eval_batch_size < 1):
-        raise DataError("eval_batch_size must be a positive integer or None, "
-                        f"got {eval_batch_size!r}")
-    if not isinstance(start_epoch, (int, np.integer)) or not 0 <= start_epoch <= num_epochs:
-        raise DataError(f"start_epoch must be in 0..num_epochs={num_epochs}, got {start_epoch!r}")
+    checks.check_positive_int("batch_size", batch_size)
+    num_epochs = checks.check_positive_int("num_epochs", num_epochs)
+    if eval_batch_size is not None:
+        checks.check_positive_int("eval_batch_size", eval_batch_size)
+    checks.check_int("start_epoch", start_epoch, 0, num_epochs)
 
 
 def check_batch(name, batch_size, num_train):

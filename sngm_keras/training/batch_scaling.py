@@ -23,7 +23,9 @@ import dataclasses
 import math
 import os
 
-from sngm_keras.training.config import ConfigError, TrainConfig
+from sngm_keras import checks
+from sngm_keras.training.config import TrainConfig
+from sngm_keras.training.errors import as_config_errors
 from sngm_keras.training.rundir import RunDir
 
 METHODS = ("msgd", "lars", "sngm")
@@ -62,32 +64,17 @@ def centre_rate(method, batch_size):
     return rate0 * (batch_size / batch0) ** exponent
 
 
+@as_config_errors()
 def check_args(methods, batch_sizes, lr_factors, target, micro_batch_size, max_extensions):
-    if not methods:
-        raise ConfigError("methods", "must name at least one method")
-    for method in methods:
-        if method not in METHODS:
-            raise ConfigError("methods", f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    if len(set(methods)) != len(methods):
-        raise ConfigError("methods", f"lists a method twice: {','.join(methods)}")
-    if not batch_sizes:
-        raise ConfigError("batch_sizes", "must name at least one batch size")
-    for b in batch_sizes:
-        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-            raise ConfigError("batch_sizes", f"must be positive integers, got {b!r}")
-        if b > micro_batch_size and b % micro_batch_size:
-            raise ConfigError("batch_sizes", f"{b} is not a multiple of the micro-batch {micro_batch_size}")
-    if len(set(batch_sizes)) != len(batch_sizes):
-        raise ConfigError("batch_sizes", "lists a batch size twice")
-    if not lr_factors:
-        raise ConfigError("lr_grid", "must hold at least one factor")
-    if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) and f > 0
-               for f in lr_factors):
-        raise ConfigError("lr_grid", f"must be positive numbers, got {lr_factors!r}")
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target < 1:
-        raise ConfigError("target_accuracy", f"must be in (0, 1), got {target!r}")
-    if isinstance(max_extensions, bool) or not isinstance(max_extensions, int) or max_extensions < 0:
-        raise ConfigError("max_extensions", f"must be a non-negative integer, got {max_extensions!r}")
+    """Raises ConfigError naming the apps.reproduce flag of the first bad argument."""
+    checks.check_values("methods", methods, lambda name, m: checks.check_choice(name, m, METHODS))
+    checks.check_positive_int("micro_batch_size", micro_batch_size)
+    for b in checks.check_values("batch_sizes", batch_sizes, checks.check_positive_int):
+        if b > micro_batch_size:  # a smaller batch is one micro-batch of its own
+            checks.check_batch_split(b, micro_batch_size, name="batch_sizes")
+    checks.check_values("lr_grid", lr_factors, checks.check_positive, unique=False)
+    checks.check_fraction("target_accuracy", target)
+    checks.check_non_negative_int("max_extensions", max_extensions)
 
 
 class Study:

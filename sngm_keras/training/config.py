@@ -7,12 +7,12 @@ flag at fault. Validation runs before any data is read or model built.
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import sys
 from typing import Optional, Tuple
 
-from sngm_keras.training.errors import ConfigError
+from sngm_keras import checks
+from sngm_keras.training.errors import ConfigError, as_config_errors
 from sngm_keras.training.presets import PRESETS
 
 DATASETS = ("sample", "cifar10", "cifar100", "imagenet2012")
@@ -132,6 +132,7 @@ class TrainConfig:
                 ignored[name] = f"applies to the TFDS datasets ({', '.join(TFDS_DATASETS)}) only"
         return ignored
 
+    @as_config_errors()
     def validate(self):
         """Raises ConfigError for the first bad field; returns self."""
         for field in dataclasses.fields(self):
@@ -141,36 +142,27 @@ class TrainConfig:
         _check_dataset(self.dataset, self.data_dir)
         from sngm_keras.models import MODEL_NAMES
 
-        _choice("model", self.model, MODEL_NAMES)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("lr_schedule", self.lr_schedule, SCHEDULES)
-        _choice("strategy", self.strategy, STRATEGIES)
-        _choice("dtype_policy", self.dtype_policy, DTYPE_POLICIES)
-        _positive_int("batch_size", self.batch_size)
+        checks.check_choice("model", self.model, MODEL_NAMES)
+        checks.check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        checks.check_choice("lr_schedule", self.lr_schedule, SCHEDULES)
+        checks.check_choice("strategy", self.strategy, STRATEGIES)
+        checks.check_choice("dtype_policy", self.dtype_policy, DTYPE_POLICIES)
+        checks.check_positive_int("batch_size", self.batch_size)
         if self.micro_batch_size is not None:
-            _positive_int("micro_batch_size", self.micro_batch_size)
-            if self.batch_size % self.micro_batch_size:
-                raise ConfigError(
-                    "micro_batch_size",
-                    f"{self.micro_batch_size} does not divide --batch_size={self.batch_size}",
-                )
-        _positive("learning_rate", self.learning_rate)
-        if not 0 <= _number("momentum", self.momentum) < 1:
-            raise ConfigError("momentum", f"must be in [0, 1), got {self.momentum}")
-        if _number("weight_decay", self.weight_decay) < 0:
-            raise ConfigError("weight_decay", f"must be >= 0, got {self.weight_decay}")
-        _positive("trust_coefficient", self.trust_coefficient)
+            checks.check_batch_split(self.batch_size, self.micro_batch_size, name="micro_batch_size")
+        checks.check_positive("learning_rate", self.learning_rate)
+        checks.check_range("momentum", self.momentum, 0, 1)
+        checks.check_range("weight_decay", self.weight_decay, 0)
+        checks.check_positive("trust_coefficient", self.trust_coefficient)
         if self.pytorch_lars and self.optimizer != "lars":
             raise ConfigError("pytorch_lars", f"applies to --optimizer=lars, not {self.optimizer}")
-        _positive("power", self.power)
-        _positive("decay_factor", self.decay_factor)
-        _positive_int("epochs", self.epochs)
+        checks.check_positive("power", self.power)
+        checks.check_positive("decay_factor", self.decay_factor)
+        checks.check_positive_int("epochs", self.epochs)
         if self.max_updates is not None:
-            _positive_int("max_updates", self.max_updates)
-        if not isinstance(self.warmup_epochs, int) or not 0 <= self.warmup_epochs < self.epochs:
-            raise ConfigError("warmup_epochs", f"must be in [0, --epochs={self.epochs}), got {self.warmup_epochs}")
-        if _number("warmup_learning_rate", self.warmup_learning_rate) < 0:
-            raise ConfigError("warmup_learning_rate", f"must be >= 0, got {self.warmup_learning_rate}")
+            checks.check_positive_int("max_updates", self.max_updates)
+        checks.check_int("warmup_epochs", self.warmup_epochs, 0, self.epochs - 1)
+        checks.check_range("warmup_learning_rate", self.warmup_learning_rate, 0)
         if self.lr_schedule == "step":
             epochs = list(self.decay_epochs)
             if not epochs or epochs != sorted(set(epochs)) or not all(0 < e < self.epochs for e in epochs):
@@ -179,31 +171,25 @@ class TrainConfig:
                 )
         if self.warmup_epochs and self.lr_schedule != "poly":
             raise ConfigError("warmup_epochs", "warm-up is implemented for --lr_schedule=poly only")
-        if not isinstance(self.num_cpu_devices, int) or self.num_cpu_devices < 0:
-            raise ConfigError("num_cpu_devices", f"must be >= 0, got {self.num_cpu_devices}")
+        checks.check_int("num_cpu_devices", self.num_cpu_devices, 0, MAX_CPU_DEVICES)
         if self.num_cpu_devices > 1 and self.strategy not in ("auto", "mirrored"):
             raise ConfigError("num_cpu_devices", f"splits the CPU for --strategy=mirrored, not {self.strategy}")
-        _positive_int("eval_every", self.eval_every)
-        _positive_int("eval_batch_size", self.eval_batch_size)
-        if isinstance(self.validation_size, bool) or not isinstance(self.validation_size, int) \
-                or self.validation_size < 0:
-            raise ConfigError("validation_size", f"must be a non-negative integer, got {self.validation_size!r}")
+        checks.check_positive_int("eval_every", self.eval_every)
+        checks.check_positive_int("eval_batch_size", self.eval_batch_size)
+        checks.check_non_negative_int("validation_size", self.validation_size)
         if self.validation_size and self.dataset == "imagenet2012":
             raise ConfigError("validation_size", "holds training images out of in-memory datasets; "
                               "imagenet2012 is streamed from files")
-        _positive_int("validations_per_epoch", self.validations_per_epoch)
+        checks.check_positive_int("validations_per_epoch", self.validations_per_epoch)
         if self.validations_per_epoch > 1 and not self.validation_size:
             raise ConfigError("validations_per_epoch", "needs a validation split: set --validation_size")
-        if self.verbose is not None and (self.verbose not in VERBOSITY or isinstance(self.verbose, bool)):
-            raise ConfigError("verbose", f"must be 0, 1 or 2, got {self.verbose!r}")
-        if self.num_cpu_devices > MAX_CPU_DEVICES:
-            raise ConfigError("num_cpu_devices", f"must be at most {MAX_CPU_DEVICES}, got {self.num_cpu_devices}")
+        if self.verbose is not None:
+            checks.check_choice("verbose", self.verbose, VERBOSITY)
         if self.image_size is not None:
-            _positive_int("image_size", self.image_size)
+            checks.check_positive_int("image_size", self.image_size)
             if self.dataset != "imagenet2012":
                 raise ConfigError("image_size", "applies to --dataset=imagenet2012 only")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= INT_LIMIT:
-            raise ConfigError("seed", f"must be an integer in [0, {INT_LIMIT}], got {self.seed!r}")
+        checks.check_int("seed", self.seed, 0, INT_LIMIT)
         if not _check_cluster(self):
             return self  # a worker that is not the chief keeps no files: model_dir is the chief's
         _check_model_dir(self.model_dir)
@@ -232,27 +218,6 @@ def keras_verbosity(verbose):
     if verbose is not None:
         return verbose
     return 1 if sys.stdout.isatty() else 2
-
-
-def _choice(field, value, choices):
-    if value not in choices:
-        raise ConfigError(field, f"unknown {value!r}; choose one of {', '.join(choices)}")
-
-
-def _number(field, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(field, f"must be a finite number, got {value!r}")
-    return value
-
-
-def _positive(field, value):
-    if not _number(field, value) > 0:
-        raise ConfigError(field, f"must be > 0, got {value}")
-
-
-def _positive_int(field, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(field, f"must be a positive integer, got {value!r}")
 
 
 def _check_dataset(dataset, data_dir):

@@ -27,11 +27,13 @@ import logging
 import time
 from typing import Any, Optional
 
+from sngm_keras import checks
 from sngm_keras.data import make_datasets, steps_per_epoch
 from sngm_keras.training import cluster as cluster_lib
 from sngm_keras.training import devices
 from sngm_keras.training import membership as membership_lib
 from sngm_keras.training.config import ConfigError, keras_verbosity
+from sngm_keras.training.errors import as_config_errors
 from sngm_keras.training.outputs import write_outputs
 from sngm_keras.training.provenance import utc_now
 from sngm_keras.training.rundir import RunDir
@@ -149,23 +151,14 @@ def _open_run(config, run_dir, backend, claim=False):
     return None, state
 
 
+@as_config_errors()
 def micro_batch_size(config, replicas):
     """The micro-batch of each replica: --micro_batch_size, or the replica's
     whole share of the batch."""
     if config.micro_batch_size is None:
-        micro = config.batch_size // replicas
-        if not micro or config.batch_size % replicas:
-            raise ConfigError(
-                "batch_size", f"{config.batch_size} does not split evenly over {replicas} replicas; use a multiple "
-                f"of {replicas}, or fewer --num_cpu_devices")
-        return micro
-    micro = config.micro_batch_size
-    if config.batch_size % (micro * replicas):
-        raise ConfigError(
-            "micro_batch_size",
-            f"--batch_size={config.batch_size} is not a multiple of {micro} x {replicas} replica(s)",
-        )
-    return micro
+        return checks.check_replica_split(config.batch_size, replicas)
+    checks.check_batch_split(config.batch_size, config.micro_batch_size, replicas, name="micro_batch_size")
+    return config.micro_batch_size
 
 
 @dataclasses.dataclass

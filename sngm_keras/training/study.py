@@ -8,11 +8,12 @@ and grid), one `runs/<run id>/` model_dir per run, `results.md` and
 
 import dataclasses
 import json
-import math
 import os
 from typing import Optional
 
+from sngm_keras import checks
 from sngm_keras.training.config import ConfigError, TrainConfig
+from sngm_keras.training.errors import as_config_errors
 from sngm_keras.training.rundir import RunDir, describe_differences, differences, read_json, write_atomic
 
 
@@ -58,18 +59,12 @@ def scaled(config, epochs_scale):
     return dataclasses.replace(config, epochs=epochs, decay_epochs=decay, warmup_epochs=warmup)
 
 
+@as_config_errors()
 def check_study_args(study, epochs_scale, lr_grid):
-    if study not in STUDIES:
-        raise ConfigError("study", f"unknown study {study!r}; choose one of {', '.join(STUDIES)}")
-    if not _positive_number(epochs_scale):
-        raise ConfigError("epochs_scale", f"must be a positive number, got {epochs_scale!r}")
+    checks.check_choice("study", study, tuple(STUDIES))
+    checks.check_positive("epochs_scale", epochs_scale)
     if lr_grid is not None:
-        if not lr_grid or not all(_positive_number(f) for f in lr_grid):
-            raise ConfigError("lr_grid", f"must be a list of positive numbers, got {lr_grid!r}")
-
-
-def _positive_number(value):
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+        checks.check_values("lr_grid", lr_grid, checks.check_positive, unique=False)
 
 
 def plan(study, output_dir, epochs_scale=1.0, lr_grid=None, overrides=None, models=None, grid_rows=None):

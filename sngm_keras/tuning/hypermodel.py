@@ -14,8 +14,9 @@ import dataclasses
 import keras_tuner
 import numpy as np
 
-from sngm_keras.training.config import ConfigError
-from sngm_keras.tuning.space import HYPERPARAMETERS, is_finite_number
+from sngm_keras import checks
+from sngm_keras.training.errors import ConfigError, as_config_errors
+from sngm_keras.tuning.space import HYPERPARAMETERS
 
 
 class LargeBatchHyperModel(keras_tuner.HyperModel):
@@ -50,17 +51,15 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
                 "imagenet2012 is streamed, so use the sample, cifar10, cifar100 or an image folder"
             )
         space.validate()
-        for b in space.batch_sizes:
-            if config.micro_batch_size and b % config.micro_batch_size:
-                raise ConfigError(
-                    "batch_sizes", f"{b} is not a multiple of --micro_batch_size={config.micro_batch_size}"
-                )
+        if config.micro_batch_size:
+            with as_config_errors():
+                for b in space.batch_sizes:
+                    checks.check_batch_split(b, config.micro_batch_size, name="batch_sizes")
         config.validate()
-        if not is_finite_number(validation_fraction) or not 0 < validation_fraction < 1:
-            raise ConfigError("validation_fraction", f"must be in (0, 1), got {validation_fraction!r}")
+        with as_config_errors():
+            self.validation_fraction = checks.check_fraction("validation_fraction", validation_fraction)
         self.config = config
         self.space = space
-        self.validation_fraction = float(validation_fraction)
         self._load_data()
         largest = max(space.batch_sizes)
         if largest > self.num_train:

@@ -19,7 +19,8 @@ import time
 
 import keras_tuner
 
-from sngm_keras.training.config import ConfigError
+from sngm_keras import checks
+from sngm_keras.training.errors import ConfigError, as_config_errors
 from sngm_keras.training.rundir import describe_differences, differences, read_json, write_atomic
 from sngm_keras.tuning.reports import WALL_SECONDS, write_reports
 
@@ -72,9 +73,9 @@ class HyperbandTuner(_SearchTuner, keras_tuner.Hyperband):
     pass
 
 
+@as_config_errors()
 def check_search_options(tuner, max_trials, objective):
-    if tuner not in TUNERS:
-        raise ConfigError("tuner", f"unknown {tuner!r}; choose one of {', '.join(TUNERS)}")
+    checks.check_choice("tuner", tuner, TUNERS)
     if tuner == "bayesian":
         try:  # what keras_tuner.BayesianOptimization imports
             import scipy.optimize  # noqa: F401
@@ -84,14 +85,11 @@ def check_search_options(tuner, max_trials, objective):
                 "tuner", f"bayesian needs scikit-learn and scipy ({error}): pip install 'keras-tuner[bayesian]', "
                 "or use --tuner=random or hyperband"
             ) from None
-    if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
-        raise ConfigError("max_trials", f"must be a positive integer, got {max_trials!r}")
-    if objective not in OBJECTIVES:
-        why = (
-            "; the test split is never used to select hyperparameters (its accuracy would be optimistic)"
-            if str(objective).startswith("test") else ""
-        )
-        raise ConfigError("objective", f"unknown {objective!r}; choose one of {', '.join(OBJECTIVES)}{why}")
+    checks.check_positive_int("max_trials", max_trials)
+    if str(objective).startswith("test"):
+        raise ConfigError("objective", f"{objective!r}: the test split is never used to select hyperparameters (its "
+                          f"accuracy would be optimistic); choose one of {', '.join(OBJECTIVES)}")
+    checks.check_choice("objective", objective, tuple(OBJECTIVES))
 
 
 def claim_search(project_dir, settings):
@@ -139,9 +137,9 @@ def make_tuner(hypermodel, tuner="random", *, max_trials, directory, project_nam
     (default: the trials' epochs).
     """
     check_search_options(tuner, max_trials, objective)
-    if final_epochs is not None and (isinstance(final_epochs, bool) or not isinstance(final_epochs, int)
-                                     or final_epochs < 1):
-        raise ConfigError("final_epochs", f"must be a positive integer, got {final_epochs!r}")
+    if final_epochs is not None:
+        with as_config_errors():
+            checks.check_positive_int("final_epochs", final_epochs)
     if not project_name or os.sep in project_name or project_name in (".", ".."):
         raise ConfigError("project_name", f"must be a plain folder name, got {project_name!r}")
     project_dir = os.path.join(directory, project_name)

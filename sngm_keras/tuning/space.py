@@ -11,11 +11,9 @@ Bad ranges raise `ConfigError` naming the apps.tune flag at fault.
 """
 
 import dataclasses
-import math
 
-import numpy as np
-
-from sngm_keras.training.config import ConfigError
+from sngm_keras import checks
+from sngm_keras.training.errors import as_config_errors
 
 HYPERPARAMETERS = ("learning_rate", "momentum", "power", "weight_decay", "batch_size")
 
@@ -42,20 +40,17 @@ class SearchSpace:
     wd_range: tuple = (1e-5, 1e-3)
     batch_sizes: tuple = (PAPER_BATCH_SIZE,)
 
+    @as_config_errors()
     def validate(self):
         """Raises ConfigError for the first bad field; returns self."""
-        _range("lr_range", self.lr_range, positive=True)
-        _range("power_range", self.power_range, positive=True)
-        _range("wd_range", self.wd_range, positive=tuple(self.wd_range)[:1] != tuple(self.wd_range)[1:],
-               example="1e-5,1e-3")
-        choices = _values("momentum_choices", self.momentum_choices, "0.9,0.95,0.99")
-        for m in choices:
-            if not (is_finite_number(m) and 0 <= m < 1):
-                raise ConfigError("momentum_choices", f"each momentum must be in [0, 1), got {m!r}")
-        sizes = _values("batch_sizes", self.batch_sizes, "500,1000")
-        for b in sizes:
-            if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1:
-                raise ConfigError("batch_sizes", f"each batch size must be a positive integer, got {b!r}")
+        checks.check_interval("lr_range", self.lr_range, low=0, low_inclusive=False)
+        checks.check_interval("power_range", self.power_range, low=0, low_inclusive=False)
+        # Sampled log-uniformly, so above 0, unless fixed (0,0 fixes it at 0).
+        wd_range = tuple(self.wd_range or ())
+        checks.check_interval("wd_range", wd_range, low=0, low_inclusive=wd_range[:1] == wd_range[1:])
+        checks.check_values("momentum_choices", self.momentum_choices,
+                            lambda name, m: checks.check_range(name, m, 0, 1))
+        checks.check_values("batch_sizes", self.batch_sizes, checks.check_positive_int)
         return self
 
     def to_dict(self):
@@ -73,41 +68,6 @@ class SearchSpace:
             "weight_decay": _float(hp, "weight_decay", self.wd_range, log=True),
             "batch_size": _choice(hp, "batch_size", [int(b) for b in self.batch_sizes]),
         }
-
-
-def is_finite_number(value):
-    """A finite int or float (NumPy's too), not a bool."""
-    return not isinstance(value, bool) and isinstance(value, (int, float, np.number)) and math.isfinite(value)
-
-
-def _values(field, values, example):
-    values = tuple(values) if values is not None else ()
-    if not values:
-        raise ConfigError(field, f"empty; give at least one value, e.g. {example}")
-    if len(set(values)) != len(values):
-        repeated = next(v for v in values if values.count(v) > 1)
-        raise ConfigError(field, f"{repeated} is given more than once")
-    return values
-
-
-def _range(field, values, positive, example=None):
-    example = example or {"lr_range": "0.1,4", "power_range": "1,2"}.get(field, "MIN,MAX")
-    values = tuple(values) if values is not None else ()
-    if not values:
-        raise ConfigError(field, f"empty range; give MIN,MAX, e.g. {example}")
-    if len(values) != 2:
-        raise ConfigError(field, f"a range is two numbers MIN,MAX (e.g. {example}), got {len(values)}")
-    low, high = values
-    for value in values:
-        if not is_finite_number(value):
-            raise ConfigError(field, f"not a finite number: {value!r}")
-    if low > high:
-        raise ConfigError(field, f"inverted range {low:g},{high:g}; give MIN,MAX with MIN <= MAX")
-    if positive and low <= 0:
-        log = " (it is sampled log-uniformly; 0,0 fixes it at 0)" if field == "wd_range" else ""
-        raise ConfigError(field, f"must be > 0{log}, got {low:g}")
-    if low < 0:
-        raise ConfigError(field, f"must be >= 0, got {low:g}")
 
 
 def _float(hp, name, bounds, log):
