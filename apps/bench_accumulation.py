@@ -52,8 +52,10 @@ def build(kind):
     model = build_model(FLAGS.model, 10, (32, 32, 3), seed=0)
     if kind in ("micro", "micro_nonoise"):
         model = sngm_keras.MicroBatchModel(model, micro_batch_size=b, noise_scale=kind == "micro")
-    model.compile(optimizer=sngm_keras.SNGM(0.1, weight_decay=1e-4),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=sngm_keras.SNGM(0.1, weight_decay=1e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     size = b if kind == "plain" else big
     rng = np.random.default_rng(0)
     x = rng.normal(size=(size, 32, 32, 3)).astype("float32")
@@ -87,15 +89,30 @@ def main(argv):
     del argv
     if FLAGS.measure_memory_of:
         return measure_memory(FLAGS.measure_memory_of)
-    results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "model": FLAGS.model,
-               "micro_batch_size": FLAGS.micro_batch_size, "batch_size": FLAGS.batch_size, "configs": {}}
+    results = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "model": FLAGS.model,
+        "micro_batch_size": FLAGS.micro_batch_size,
+        "batch_size": FLAGS.batch_size,
+        "configs": {},
+    }
     configs = [kind for kind in FLAGS.configs if kind in CONFIGS]
     if not configs or len(configs) != len(FLAGS.configs):
         raise app.UsageError(f"--configs: choose among {', '.join(CONFIGS)}")
     for kind in configs:
-        out = subprocess.run([sys.executable, "-m", "apps.bench_accumulation", f"--measure_memory_of={kind}",
-                              f"--model={FLAGS.model}", f"--micro_batch_size={FLAGS.micro_batch_size}",
-                              f"--batch_size={FLAGS.batch_size}"], capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "apps.bench_accumulation",
+                f"--measure_memory_of={kind}",
+                f"--model={FLAGS.model}",
+                f"--micro_batch_size={FLAGS.micro_batch_size}",
+                f"--batch_size={FLAGS.batch_size}",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if out.returncode:
             results["configs"][kind] = {"memory_error": out.stderr.strip().splitlines()[-1:]}
             continue
@@ -121,18 +138,24 @@ def main(argv):
         entry["examples_per_second"] = FLAGS.batch_size / statistics.median(times[kind])
         entry["peak_over_plain"] = entry["peak_bytes"] / plain["peak_bytes"]
         entry["growth_over_plain"] = (entry["peak_bytes"] - entry["baseline_bytes"]) / (
-            plain["peak_bytes"] - plain["baseline_bytes"])
+            plain["peak_bytes"] - plain["baseline_bytes"]
+        )
         entry["throughput_over_plain"] = entry["examples_per_second"] / (
-            FLAGS.batch_size / statistics.median(times[reference]))
-        print(f"{kind:13s} peak {entry['peak_bytes'] / 2**30:6.2f} GiB ({entry['peak_over_plain']:.2f}x {reference}; "
-              f"growth {entry['growth_over_plain']:.2f}x)  {entry['examples_per_second']:7.1f} examples/s "
-              f"({entry['throughput_over_plain']:.3f}x {reference})")
+            FLAGS.batch_size / statistics.median(times[reference])
+        )
+        print(
+            f"{kind:13s} peak {entry['peak_bytes'] / 2**30:6.2f} GiB ({entry['peak_over_plain']:.2f}x {reference}; "
+            f"growth {entry['growth_over_plain']:.2f}x)  {entry['examples_per_second']:7.1f} examples/s "
+            f"({entry['throughput_over_plain']:.3f}x {reference})"
+        )
     if "micro" in models and "micro_nonoise" in models:
         results["noise_scale_cost"] = noise_scale_cost(results["configs"], models["micro"][0], times)
         cost = results["noise_scale_cost"]
-        print(f"noise scale on/off: {cost['throughput_on_over_off']:.3f}x the examples/s (per-repeat ratios "
-              f"{cost['per_repeat_ratios']}); peak +{cost['peak_growth_bytes'] / 2**20:.1f} MiB, one gradient "
-              f"{cost['gradient_bytes'] / 2**20:.1f} MiB")
+        print(
+            f"noise scale on/off: {cost['throughput_on_over_off']:.3f}x the examples/s (per-repeat ratios "
+            f"{cost['per_repeat_ratios']}); peak +{cost['peak_growth_bytes'] / 2**20:.1f} MiB, one gradient "
+            f"{cost['gradient_bytes'] / 2**20:.1f} MiB"
+        )
     with open(FLAGS.output, "w") as f:
         json.dump(results, f, indent=2)
 

@@ -30,8 +30,9 @@ flags.DEFINE_string("dataset", "sample", "Dataset of the input pipeline (cifar10
 flags.DEFINE_string("data_dir", None, "TFDS data_dir.")
 flags.DEFINE_integer("micro_batch_size", 128, "Micro-batch b, and the plain batch.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 4096, "Effective batch B, a multiple of --micro_batch_size.", lower_bound=1)
-flags.DEFINE_integer("updates", 2, "Large-batch updates per timed round (the plain models see as many examples).",
-                     lower_bound=1)
+flags.DEFINE_integer(
+    "updates", 2, "Large-batch updates per timed round (the plain models see as many examples).", lower_bound=1
+)
 flags.DEFINE_integer("repeats", 7, "Timed rounds (medians reported).", lower_bound=1)
 flags.DEFINE_string("output", "bench_app_batches.json", "JSON results.")
 
@@ -40,21 +41,28 @@ def main(argv):
     del argv
     import keras
 
+    from sngm_keras.accumulation import MicroBatchModel
     from sngm_keras.data import make_datasets, steps_per_epoch
+    from sngm_keras.models import build_model
     from sngm_keras.training import TrainConfig
     from sngm_keras.training.factory import compile_for_training
-    from sngm_keras.accumulation import MicroBatchModel
-    from sngm_keras.models import build_model
 
     b, big = FLAGS.micro_batch_size, FLAGS.batch_size
     if big % b:
         raise app.UsageError(f"--batch_size={big} is not a multiple of --micro_batch_size={b}")
-    config = TrainConfig(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, model=FLAGS.model, optimizer="sngm",
-                         weight_decay=1e-4, learning_rate=0.1)
+    config = TrainConfig(
+        dataset=FLAGS.dataset,
+        data_dir=FLAGS.data_dir,
+        model=FLAGS.model,
+        optimizer="sngm",
+        weight_decay=1e-4,
+        learning_rate=0.1,
+    )
     pipelines, models = {}, {}
     for key, batch in (("plain", b), ("app", b), ("micro", big)):
-        train_ds, _, info = make_datasets(FLAGS.dataset, data_dir=FLAGS.data_dir, batch_size=batch, seed=0,
-                                          num_epochs=1000)
+        train_ds, _, info = make_datasets(
+            FLAGS.dataset, data_dir=FLAGS.data_dir, batch_size=batch, seed=0, num_epochs=1000
+        )
         pipelines[key] = iter(train_ds)
         net = build_model(FLAGS.model, info.num_classes, info.image_shape, seed=0)
         model = net if key == "plain" else MicroBatchModel(net, b)
@@ -74,21 +82,33 @@ def main(argv):
                 models[key].train_on_batch(x, y)
             times[key].append(time.perf_counter() - start)
     examples = FLAGS.updates * big
-    results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "keras": keras.__version__,
-               "model": FLAGS.model, "dataset": FLAGS.dataset, "micro_batch_size": b, "batch_size": big,
-               "updates_per_round": FLAGS.updates, "repeats": FLAGS.repeats, "configs": {}}
+    results = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "keras": keras.__version__,
+        "model": FLAGS.model,
+        "dataset": FLAGS.dataset,
+        "micro_batch_size": b,
+        "batch_size": big,
+        "updates_per_round": FLAGS.updates,
+        "repeats": FLAGS.repeats,
+        "configs": {},
+    }
     for key in models:
         per_round = [t_app / t for t_app, t in zip(times["app"], times[key])]
         results["configs"][key] = {
             "examples_per_second": examples / statistics.median(times[key]),
             "over_app_b128": statistics.median(per_round),
-            "over_app_b128_quartiles": statistics.quantiles(per_round, n=4)[::2] if len(per_round) > 1 else per_round * 2,
+            "over_app_b128_quartiles": statistics.quantiles(per_round, n=4)[::2]
+            if len(per_round) > 1
+            else per_round * 2,
         }
     names = {"plain": f"Keras model, B={b}", "app": f"app, B={b}", "micro": f"app, B={big} as {big // b}x{b}"}
     for key, entry in results["configs"].items():
-        print(f"{names[key]:24s} {entry['examples_per_second']:8.1f} examples/s  "
-              f"{entry['over_app_b128']:.3f}x app B={b} (quartiles {entry['over_app_b128_quartiles'][0]:.3f}-"
-              f"{entry['over_app_b128_quartiles'][1]:.3f})")
+        print(
+            f"{names[key]:24s} {entry['examples_per_second']:8.1f} examples/s  "
+            f"{entry['over_app_b128']:.3f}x app B={b} (quartiles {entry['over_app_b128_quartiles'][0]:.3f}-"
+            f"{entry['over_app_b128_quartiles'][1]:.3f})"
+        )
     with open(FLAGS.output, "w") as f:
         json.dump(results, f, indent=2)
 

@@ -27,8 +27,12 @@ flags.DEFINE_integer("repeats", 7, "Timed repeats per configuration (the median 
 flags.DEFINE_integer("steps", 20, "Updates per timed repeat.", lower_bound=1)
 flags.DEFINE_string("output", "bench_optimizer.json", "Where to write the JSON results.")
 
-MODEL_INPUTS = {"resnet56": ((32, 32, 3), 10), "resnet50": ((224, 224, 3), 1000),
-                "resnet20": ((32, 32, 3), 10), "twoconv": ((32, 32, 3), 10)}
+MODEL_INPUTS = {
+    "resnet56": ((32, 32, 3), 10),
+    "resnet50": ((224, 224, 3), 1000),
+    "resnet20": ((32, 32, 3), 10),
+    "twoconv": ((32, 32, 3), 10),
+}
 
 
 def optimizers():
@@ -56,8 +60,11 @@ def make_step(make_optimizer, shapes, xla):
     grads = [rng.normal(size=s).astype("float32") * 1e-3 for s in shapes]
     optimizer = make_optimizer()
     optimizer.build(variables)
-    step = _jax_step(optimizer, variables, grads) if keras.backend.backend() == "jax" else \
-        _tf_step(optimizer, variables, grads, xla)
+    step = (
+        _jax_step(optimizer, variables, grads)
+        if keras.backend.backend() == "jax"
+        else _tf_step(optimizer, variables, grads, xla)
+    )
     step()  # trace, compile and warm up
     step()
     return step
@@ -119,16 +126,23 @@ def main(argv):
             raise app.UsageError(f"--models: unknown {name!r}; choose from {', '.join(MODEL_INPUTS)}")
     backend = keras.backend.backend()
     compile_modes = (True,) if backend == "jax" else (False, True)
-    results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "backend": backend,
-               "devices": _devices(backend), "steps": FLAGS.steps, "repeats": FLAGS.repeats, "models": {}}
+    results = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "backend": backend,
+        "devices": _devices(backend),
+        "steps": FLAGS.steps,
+        "repeats": FLAGS.repeats,
+        "models": {},
+    }
     for name in FLAGS.models:
         input_shape, classes = MODEL_INPUTS[name]
         model = build_model(name, classes, input_shape)
         shapes = [tuple(v.shape) for v in model.trainable_weights]
         params = sum(int(np.prod(s)) for s in shapes)
         del model
-        configs = {(opt, xla): make_step(make, shapes, xla) for opt, make in optimizers().items()
-                   for xla in compile_modes}
+        configs = {
+            (opt, xla): make_step(make, shapes, xla) for opt, make in optimizers().items() for xla in compile_modes
+        }
         samples = {key: [] for key in configs}
         order, shuffle = list(configs), random.Random(0)
         for _ in range(FLAGS.repeats):  # interleaved, in a new order each round
@@ -144,7 +158,7 @@ def main(argv):
         results["models"][name] = {"variables": len(shapes), "parameters": params, "results": rows}
         print(f"\n{name}: {len(shapes)} variables, {params:,} parameters")
         print(f"{'optimizer':12s} {'XLA':>5s} {'ms/update':>10s} {'x SGD':>7s}")
-        for (opt, xla) in samples:
+        for opt, xla in samples:
             row = rows[f"{opt}{'_xla' if xla else ''}"]
             print(f"{opt:12s} {'yes' if xla else 'no':>5s} {row['ms']:10.3f} {row['ratio_to_sgd']:7.3f}")
     with open(FLAGS.output, "w") as f:

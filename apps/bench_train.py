@@ -25,7 +25,9 @@ flags.DEFINE_string("dataset", "sample", "Dataset for the input pipeline (sample
 flags.DEFINE_string("data_dir", None, "TFDS data_dir.")
 flags.DEFINE_integer("batch_size", 128, "Batch size of every model.", lower_bound=1)
 flags.DEFINE_integer("steps", 20, "Training steps per timed repeat.", lower_bound=1)
-flags.DEFINE_integer("repeats", 21, "Timed rounds; each model runs once per round, in a new order (medians reported).", lower_bound=1)
+flags.DEFINE_integer(
+    "repeats", 21, "Timed rounds; each model runs once per round, in a new order (medians reported).", lower_bound=1
+)
 flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.")
 flags.DEFINE_string("output", "bench_train.json", "JSON results.")
 
@@ -48,11 +50,17 @@ def main(argv):
     from sngm_keras.data import make_datasets
     from sngm_keras.models import build_model
 
-    train_ds, _, info = make_datasets(FLAGS.dataset, data_dir=FLAGS.data_dir, batch_size=FLAGS.batch_size,
-                                      seed=0, num_epochs=1000)
-    results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "batch_size": FLAGS.batch_size,
-               "jit_compile": FLAGS.jit_compile, "dataset": FLAGS.dataset,
-               "pipeline_images_per_second": pipeline_rate(train_ds, 300, FLAGS.batch_size), "models": {}}
+    train_ds, _, info = make_datasets(
+        FLAGS.dataset, data_dir=FLAGS.data_dir, batch_size=FLAGS.batch_size, seed=0, num_epochs=1000
+    )
+    results = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "batch_size": FLAGS.batch_size,
+        "jit_compile": FLAGS.jit_compile,
+        "dataset": FLAGS.dataset,
+        "pipeline_images_per_second": pipeline_rate(train_ds, 300, FLAGS.batch_size),
+        "models": {},
+    }
     print(f"input pipeline alone: {results['pipeline_images_per_second']:,.0f} images/s")
     iterator = iter(train_ds.repeat())
     shuffle = random.Random(0)
@@ -68,8 +76,11 @@ def main(argv):
         for key, make in optimizers.items():
             model = build_model(name, info.num_classes, info.image_shape, seed=0)
             model.set_weights(base.get_weights())
-            model.compile(optimizer=make(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                          jit_compile=FLAGS.jit_compile)
+            model.compile(
+                optimizer=make(),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                jit_compile=FLAGS.jit_compile,
+            )
             for _ in range(3):  # trace, compile, warm up
                 model.train_on_batch(*next(iterator))
             models[key] = model
@@ -94,9 +105,13 @@ def main(argv):
         row.update({f"{k}_over_sgd": r for k, r in ratio.items()})
         row.update({f"{k}_over_sgd_quartiles": q for k, q in quartiles.items()})
         results["models"][name] = row
-        print(f"{name}: SGD {rate['sgd']:,.0f} images/s; "
-              + ", ".join(f"{k} {rate[k]:,.0f} images/s ({r:.3f}x SGD, quartiles {quartiles[k][0]:.3f}-{quartiles[k][1]:.3f})"
-                          for k, r in ratio.items()))
+        print(
+            f"{name}: SGD {rate['sgd']:,.0f} images/s; "
+            + ", ".join(
+                f"{k} {rate[k]:,.0f} images/s ({r:.3f}x SGD, quartiles {quartiles[k][0]:.3f}-{quartiles[k][1]:.3f})"
+                for k, r in ratio.items()
+            )
+        )
     with open(FLAGS.output, "w") as f:
         json.dump(results, f, indent=2)
 

@@ -25,7 +25,9 @@ from absl import flags, logging
 from apps._cli import fail, run
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("source", None, "The copy you have: a CIFAR-10/100 archive or folder, or a folder of class folders.")
+flags.DEFINE_string(
+    "source", None, "The copy you have: a CIFAR-10/100 archive or folder, or a folder of class folders."
+)
 flags.DEFINE_string("data_dir", None, "Prepare TFDS's cifar10/cifar100 here (for apps.train --data_dir).")
 flags.DEFINE_string("output_dir", None, "Write DIR/{train,test}/<class>/<image> here (for apps.train --dataset=DIR).")
 flags.DEFINE_float("test_fraction", 0.1, "A folder of class folders: the part of each class's images kept for test.")
@@ -66,8 +68,10 @@ def main():
     class_folders = os.path.isdir(source) and not cifar_files.is_cifar_copy(source)
     if class_folders:
         if FLAGS.data_dir is not None:
-            fail(f"--data_dir: {FLAGS.source} is not a CIFAR copy; a folder of class folders becomes a "
-                 "--dataset folder: pass --output_dir instead")
+            fail(
+                f"--data_dir: {FLAGS.source} is not a CIFAR copy; a folder of class folders becomes a "
+                "--dataset folder: pass --output_dir instead"
+            )
         if not 0 < FLAGS.test_fraction < 1:
             fail(f"--test_fraction: must be in (0, 1), got {FLAGS.test_fraction}")
         try:
@@ -76,8 +80,10 @@ def main():
             fail(f"--source: {error}")
         except OSError as error:
             fail(f"--output_dir: cannot write {FLAGS.output_dir} ({error.strerror or error})")
-        print(f"{counts['train']} train and {counts['test']} test images in {FLAGS.output_dir}; "
-              f"train with: python -m apps.train --dataset={FLAGS.output_dir}")
+        print(
+            f"{counts['train']} train and {counts['test']} test images in {FLAGS.output_dir}; "
+            f"train with: python -m apps.train --dataset={FLAGS.output_dir}"
+        )
         return
     try:
         copy = cifar_files.read_cifar(source)
@@ -98,8 +104,10 @@ def main():
             fail(f"--output_dir: cannot write {FLAGS.output_dir} ({error.strerror or error})")
         hint = f"--dataset={FLAGS.output_dir}"
     a = copy.arrays
-    print(f"{copy.name}: {a.num_train} train and {a.num_test} test images in {where}; "
-          f"train with: python -m apps.train {hint}")
+    print(
+        f"{copy.name}: {a.num_train} train and {a.num_test} test images in {where}; "
+        f"train with: python -m apps.train {hint}"
+    )
 
 
 if __name__ == "__main__":

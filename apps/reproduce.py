@@ -19,14 +19,15 @@ import time
 
 from absl import flags
 
-from apps._cli import fail, run
-
-from apps._cli import INTERRUPTED, fail, run  # noqa: E402
-
-from sngm_keras.training.config import ConfigError  # noqa: E402
-from sngm_keras.training.flagfile import flagfile_text  # noqa: E402
+from apps._cli import (
+    INTERRUPTED,  # noqa: E402
+    fail,
+    run,
+)
 from sngm_keras.training import batch_scaling as scaling  # noqa: E402
 from sngm_keras.training import study as studies  # noqa: E402
+from sngm_keras.training.config import ConfigError  # noqa: E402
+from sngm_keras.training.flagfile import flagfile_text  # noqa: E402
 
 FLAGS = flags.FLAGS
 STUDY_NAMES = (*studies.STUDIES, "batch_scaling")
@@ -41,27 +42,44 @@ flags.DEFINE_integer("max_updates", None, "Stop every run after this many update
 flags.DEFINE_string("strategy", None, "Passed to every run.")
 flags.DEFINE_integer("num_cpu_devices", None, "Passed to every run.")
 flags.DEFINE_bool("jit_compile", None, "Passed to every run.")
-flags.DEFINE_integer("verbose", None, "Keras progress of every run: 0 silent, 1 a progress bar, 2 a line per epoch "
-                     "(default: 1 on a terminal, else 2).")
+flags.DEFINE_integer(
+    "verbose",
+    None,
+    "Keras progress of every run: 0 silent, 1 a progress bar, 2 a line per epoch (default: 1 on a terminal, else 2).",
+)
 flags.DEFINE_bool("dry_run", False, "Print the plan (and for batch_scaling a time estimate) and stop.")
 flags.DEFINE_bool("report_only", False, "Write results.md and the figure from the runs finished so far; train nothing.")
 flags.DEFINE_list("models", None, "Table studies: train only the rows of these models (e.g. resnet20).")
-flags.DEFINE_list("lr_grid_rows", None, "Table studies: the rows --lr_grid sweeps (e.g. msgd_b4096,sngm_b4096); "
-                  "the others run at their preset's rate (default: all rows).")
-flags.DEFINE_integer("validation_size", None, "Training images held out to choose learning rates on "
-                     "(default: 5000 for table2 and batch_scaling, none for the others).")
+flags.DEFINE_list(
+    "lr_grid_rows",
+    None,
+    "Table studies: the rows --lr_grid sweeps (e.g. msgd_b4096,sngm_b4096); "
+    "the others run at their preset's rate (default: all rows).",
+)
+flags.DEFINE_integer(
+    "validation_size",
+    None,
+    "Training images held out to choose learning rates on "
+    "(default: 5000 for table2 and batch_scaling, none for the others).",
+)
 # batch_scaling
 flags.DEFINE_list("methods", list(scaling.METHODS), "batch_scaling: the optimizers compared.")
 flags.DEFINE_list("batch_sizes", [str(b) for b in scaling.BATCH_SIZES], "batch_scaling: the batch sizes B.")
 flags.DEFINE_integer("epochs", None, "batch_scaling: the epoch budget of every run (default 10).")
 flags.DEFINE_float("target_accuracy", scaling.TARGET, "batch_scaling: validation accuracy of steps-to-target.")
-flags.DEFINE_integer("max_extensions", scaling.MAX_EXTENSIONS,
-                     "batch_scaling: how often a grid whose best rate is on its edge is extended.")
-flags.DEFINE_float("images_per_second", None, "batch_scaling --dry_run: training speed assumed for the "
-                   "estimate (default: measured from finished runs, else 2000).")
+flags.DEFINE_integer(
+    "max_extensions",
+    scaling.MAX_EXTENSIONS,
+    "batch_scaling: how often a grid whose best rate is on its edge is extended.",
+)
+flags.DEFINE_float(
+    "images_per_second",
+    None,
+    "batch_scaling --dry_run: training speed assumed for the "
+    "estimate (default: measured from finished runs, else 2000).",
+)
 
 PASSED = ("data_dir", "download", "dataset", "max_updates", "strategy", "num_cpu_devices", "jit_compile", "verbose")
-
 
 
 # How errors about a run's settings name this app's flags.
@@ -128,8 +146,9 @@ def _train(run_id, config, output_dir):
     with open(flagfile, "w") as f:
         f.write(flagfile_text(config))
     print(f"\n== {run_id}", flush=True)
-    process = subprocess.Popen([sys.executable, "-m", "apps.train", f"--flagfile={flagfile}"], stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "apps.train", f"--flagfile={flagfile}"], stderr=subprocess.PIPE, text=True
+    )
     last = ""
     try:
         for line in process.stderr:  # shown as it comes; the last line kept for the message
@@ -149,15 +168,20 @@ def _train(run_id, config, output_dir):
         raise KeyboardInterrupt
     if process.returncode:
         state = RunDir(config.model_dir).load_state()
-        resume = (f"; rerunning the same command resumes it from epoch {state['epoch']}" if state
-                  else "; see its output above")
+        resume = (
+            f"; rerunning the same command resumes it from epoch {state['epoch']}"
+            if state
+            else "; see its output above"
+        )
         print(f"error: run {run_id} failed (exit {process.returncode}){resume}", file=sys.stderr)
         sys.exit(1)
 
 
 def _interrupted():
-    return ("interrupted; rerun the same command to continue the study (finished runs are kept, an interrupted "
-            "one resumes from its last checkpoint)")
+    return (
+        "interrupted; rerun the same command to continue the study (finished runs are kept, an interrupted "
+        "one resumes from its last checkpoint)"
+    )
 
 
 def _context(overrides, dataset):
@@ -189,8 +213,15 @@ def main():
     if FLAGS.study in ("table2",) and FLAGS.validation_size is None:
         overrides["validation_size"] = 5000
     try:
-        runs = studies.plan(FLAGS.study, output_dir, FLAGS.epochs_scale, grid, overrides, models=FLAGS.models,
-                            grid_rows=FLAGS.lr_grid_rows)
+        runs = studies.plan(
+            FLAGS.study,
+            output_dir,
+            FLAGS.epochs_scale,
+            grid,
+            overrides,
+            models=FLAGS.models,
+            grid_rows=FLAGS.lr_grid_rows,
+        )
     except ConfigError as error:
         fail(_message(error))
     try:
@@ -206,24 +237,30 @@ def main():
         fail(_message(error))
 
     print(f"study {FLAGS.study}: {len(runs)} runs into {output_dir}")
-    for run, resolved in zip(runs, studies.resolve_rates(runs)):
-        c = (resolved or run).config
+    for planned, resolved in zip(runs, studies.resolve_rates(runs)):
+        c = (resolved or planned).config
         state = "finished" if resolved and studies.is_finished(resolved) else "to run"
-        rate = f"lr={c.learning_rate:<8g}" if resolved else f"lr=that selected for {run.rate_from}"
-        print(f"  {(resolved or run).run_id:40s} {c.optimizer:5s} B={c.batch_size:<5d} {rate} "
-              f"epochs={c.epochs:<4d} {state}")
+        rate = f"lr={c.learning_rate:<8g}" if resolved else f"lr=that selected for {planned.rate_from}"
+        print(
+            f"  {(resolved or planned).run_id:40s} {c.optimizer:5s} B={c.batch_size:<5d} {rate} "
+            f"epochs={c.epochs:<4d} {state}"
+        )
     if FLAGS.dry_run:
         return
     started = time.time()
-    for run in runs:  # the rows with their own rates first, then those that take a selected rate
-        if run.rate_from is None and not studies.is_finished(run) and not FLAGS.report_only:
-            _train(run.run_id, run.config, output_dir)
+    for planned in runs:  # the rows with their own rates first, then those that take a selected rate
+        if planned.rate_from is None and not studies.is_finished(planned) and not FLAGS.report_only:
+            _train(planned.run_id, planned.config, output_dir)
     runs = [r for r in studies.resolve_rates(runs) if r is not None]
-    for run in runs:
-        if not studies.is_finished(run) and not FLAGS.report_only:
-            _train(run.run_id, run.config, output_dir)
-    context = dict(_context(overrides, runs[0].config.dataset), epochs_scale=FLAGS.epochs_scale, lr_grid=grid,
-                   lr_grid_rows=FLAGS.lr_grid_rows or "all")
+    for planned in runs:
+        if not studies.is_finished(planned) and not FLAGS.report_only:
+            _train(planned.run_id, planned.config, output_dir)
+    context = dict(
+        _context(overrides, runs[0].config.dataset),
+        epochs_scale=FLAGS.epochs_scale,
+        lr_grid=grid,
+        lr_grid_rows=FLAGS.lr_grid_rows or "all",
+    )
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(studies.results_markdown(FLAGS.study, runs, context))
     from sngm_keras.training.curves import plot_curves
@@ -247,12 +284,19 @@ def batch_scaling(output_dir, grid, overrides):
     if FLAGS.epochs is not None:
         overrides["epochs"] = FLAGS.epochs
     try:
-        study = scaling.Study(output_dir, methods=FLAGS.methods, batch_sizes=_batch_sizes(),
-                              lr_factors=scaling.LR_FACTORS if grid is None else grid, target=FLAGS.target_accuracy,
-                              max_extensions=FLAGS.max_extensions, overrides=overrides)
+        study = scaling.Study(
+            output_dir,
+            methods=FLAGS.methods,
+            batch_sizes=_batch_sizes(),
+            lr_factors=scaling.LR_FACTORS if grid is None else grid,
+            target=FLAGS.target_accuracy,
+            max_extensions=FLAGS.max_extensions,
+            overrides=overrides,
+        )
         if not study.config(study.cells[0], 1.0).validation_size:
-            raise ConfigError("validation_size", "batch_scaling chooses learning rates on a validation split: "
-                              "it must be > 0")
+            raise ConfigError(
+                "validation_size", "batch_scaling chooses learning rates on a validation split: it must be > 0"
+            )
         studies.check_settings(output_dir, study.settings())
     except ConfigError as error:
         fail(_message(error))
@@ -288,17 +332,23 @@ def _print_plan(study):
     left = sum(s is None for s in done)
     # Training examples per run, plus evaluations (forward passes, about a third of a training step each).
     num_train = 50_000 - first.validation_size if first.dataset in ("cifar10", "cifar100") else None
-    print(f"study batch_scaling: {len(study.cells)} cells x {len(study.lr_factors)} rates = {len(runs)} runs "
-          f"({left} to run) into {study.output_dir}, plus up to {len(study.cells) * study.max_extensions} "
-          "grid extensions")
+    print(
+        f"study batch_scaling: {len(study.cells)} cells x {len(study.lr_factors)} rates = {len(runs)} runs "
+        f"({left} to run) into {study.output_dir}, plus up to {len(study.cells) * study.max_extensions} "
+        "grid extensions"
+    )
     for config, summary in zip(runs, done):
-        print(f"  {os.path.basename(config.model_dir):28s} B={config.batch_size:<5d} lr={config.learning_rate:<9g} "
-              f"epochs={config.epochs} {'finished' if summary else 'to run'}")
+        print(
+            f"  {os.path.basename(config.model_dir):28s} B={config.batch_size:<5d} lr={config.learning_rate:<9g} "
+            f"epochs={config.epochs} {'finished' if summary else 'to run'}"
+        )
     if num_train:
         evals = first.epochs * (first.validations_per_epoch * first.validation_size + 10_000) / 3
         hours = left * (first.epochs * num_train + evals) / speed / 3600
-        print(f"estimate: {hours:.1f} h for the {left} grid runs left at {speed:.0f} training images/s ({source}); "
-              f"each grid extension adds {(first.epochs * num_train + evals) / speed / 60:.0f} min")
+        print(
+            f"estimate: {hours:.1f} h for the {left} grid runs left at {speed:.0f} training images/s ({source}); "
+            f"each grid extension adds {(first.epochs * num_train + evals) / speed / 60:.0f} min"
+        )
 
 
 if __name__ == "__main__":

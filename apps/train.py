@@ -19,7 +19,6 @@ import os
 from absl import flags
 
 from apps._cli import fail, run
-
 from sngm_keras.training.config import DATASETS, TrainConfig
 from sngm_keras.training.presets import PRESETS
 
@@ -27,19 +26,27 @@ FLAGS = flags.FLAGS
 _D = TrainConfig()
 
 flags.DEFINE_string("preset", None, f"A named configuration: {', '.join(PRESETS)}.")
-flags.DEFINE_string("dataset", _D.dataset, f"{', '.join(DATASETS)}, or a folder with train/ and test/ of class folders.")
+flags.DEFINE_string(
+    "dataset", _D.dataset, f"{', '.join(DATASETS)}, or a folder with train/ and test/ of class folders."
+)
 flags.DEFINE_string("data_dir", None, "TFDS data_dir (prepared or download target).")
 flags.DEFINE_bool("download", _D.download, "Let TFDS download the dataset.")
 flags.DEFINE_string("model", _D.model, "resnet20/32/44/56/110, resnet18/34/50, or twoconv.")
 flags.DEFINE_string("optimizer", _D.optimizer, "sngm, msgd or lars.")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Effective batch size B (examples per parameter update).")
-flags.DEFINE_integer("micro_batch_size", None, "Examples per forward/backward pass and replica (default: B / replicas).")
+flags.DEFINE_integer(
+    "micro_batch_size", None, "Examples per forward/backward pass and replica (default: B / replicas)."
+)
 flags.DEFINE_float("learning_rate", _D.learning_rate, "Initial learning rate.")
 flags.DEFINE_float("momentum", _D.momentum, "Momentum beta in [0, 1).")
 flags.DEFINE_float("weight_decay", _D.weight_decay, "L2 weight decay added to the gradient.")
 flags.DEFINE_float("trust_coefficient", _D.trust_coefficient, "LARS trust coefficient eta.")
-flags.DEFINE_bool("pytorch_lars", _D.pytorch_lars, "LARS as the pytorch-lars code: every variable adapted and "
-                  "decayed, zero-norm variables frozen (default: biases and BatchNorm excluded).")
+flags.DEFINE_bool(
+    "pytorch_lars",
+    _D.pytorch_lars,
+    "LARS as the pytorch-lars code: every variable adapted and "
+    "decayed, zero-norm variables frozen (default: biases and BatchNorm excluded).",
+)
 flags.DEFINE_string("lr_schedule", _D.lr_schedule, "poly, step or constant.")
 flags.DEFINE_float("power", _D.power, "Power of the poly schedule.")
 flags.DEFINE_list("decay_epochs", list(map(str, _D.decay_epochs)), "Epochs where --lr_schedule=step divides the rate.")
@@ -50,29 +57,56 @@ flags.DEFINE_integer("epochs", _D.epochs, "Epochs to train.")
 flags.DEFINE_integer("max_updates", None, "Stop after this many parameter updates.")
 flags.DEFINE_string("strategy", _D.strategy, "auto, one_device, mirrored or multi_worker.")
 flags.DEFINE_integer("num_cpu_devices", _D.num_cpu_devices, "Split the CPU into N logical devices (for mirrored).")
-flags.DEFINE_string("model_dir", None, "Where checkpoints and results go (default: runs/<preset> for a preset as "
-                    "it is, else runs/<preset or model_optimizer_bB>-<hash of the settings>).")
+flags.DEFINE_string(
+    "model_dir",
+    None,
+    "Where checkpoints and results go (default: runs/<preset> for a preset as "
+    "it is, else runs/<preset or model_optimizer_bB>-<hash of the settings>).",
+)
 flags.DEFINE_integer("seed", _D.seed, "Seed of initialization, data order and augmentation.")
 flags.DEFINE_bool("augment", _D.augment, "Training augmentation.")
 flags.DEFINE_bool("deterministic", _D.deterministic, "Deterministic TensorFlow ops (bit-identical resumes).")
-flags.DEFINE_bool("jit_compile", _D.jit_compile, "XLA: the whole step on one device, the micro-batch loop under a strategy.")
+flags.DEFINE_bool(
+    "jit_compile", _D.jit_compile, "XLA: the whole step on one device, the micro-batch loop under a strategy."
+)
 flags.DEFINE_string("dtype_policy", _D.dtype_policy, "float32, mixed_float16 or mixed_bfloat16.")
 flags.DEFINE_integer("eval_every", _D.eval_every, "Evaluate on the test split every N epochs.")
 flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size, "Batch size of evaluation.")
-flags.DEFINE_integer("validation_size", _D.validation_size,
-                     "Hold this many training images out (a fixed random subset) as a validation split.")
-flags.DEFINE_integer("validations_per_epoch", _D.validations_per_epoch,
-                     "Evaluate the validation split this many times per epoch (validation.csv).")
+flags.DEFINE_integer(
+    "validation_size",
+    _D.validation_size,
+    "Hold this many training images out (a fixed random subset) as a validation split.",
+)
+flags.DEFINE_integer(
+    "validations_per_epoch",
+    _D.validations_per_epoch,
+    "Evaluate the validation split this many times per epoch (validation.csv).",
+)
 flags.DEFINE_integer("image_size", None, "ImageNet image size (default 224).")
-flags.DEFINE_integer("verbose", None, "Keras progress: 0 silent, 1 a progress bar, 2 a line per epoch "
-                     "(default: 1 on a terminal, 2 when the output goes to a file or pipe).")
-flags.DEFINE_string("coordinator_address", None, "--strategy=multi_worker on JAX: process 0's host:port "
-                    "(else KERAS_DISTRIBUTION_JOB_ADDRESSES).")
-flags.DEFINE_integer("num_processes", None, "--strategy=multi_worker on JAX: the number of processes "
-                     "(else KERAS_DISTRIBUTION_NUM_PROCESSES).")
-flags.DEFINE_integer("process_id", None, "--strategy=multi_worker on JAX: this process's id, 0 the chief "
-                     "(else KERAS_DISTRIBUTION_PROCESS_ID).")
-flags.DEFINE_bool("noise_scale", _D.noise_scale, "Measure the gradient noise scale B_simple (needs 2+ micro-batches a step).")
+flags.DEFINE_integer(
+    "verbose",
+    None,
+    "Keras progress: 0 silent, 1 a progress bar, 2 a line per epoch "
+    "(default: 1 on a terminal, 2 when the output goes to a file or pipe).",
+)
+flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "--strategy=multi_worker on JAX: process 0's host:port (else KERAS_DISTRIBUTION_JOB_ADDRESSES).",
+)
+flags.DEFINE_integer(
+    "num_processes",
+    None,
+    "--strategy=multi_worker on JAX: the number of processes (else KERAS_DISTRIBUTION_NUM_PROCESSES).",
+)
+flags.DEFINE_integer(
+    "process_id",
+    None,
+    "--strategy=multi_worker on JAX: this process's id, 0 the chief (else KERAS_DISTRIBUTION_PROCESS_ID).",
+)
+flags.DEFINE_bool(
+    "noise_scale", _D.noise_scale, "Measure the gradient noise scale B_simple (needs 2+ micro-batches a step)."
+)
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset"]
 
@@ -136,8 +170,11 @@ def main():
     if summary.get("already_complete"):
         state = "was already complete" if summary["complete"] else "had already stopped at --max_updates"
     else:
-        state = "finished" if summary["complete"] else (
-            f"stopped at --max_updates={config.max_updates}; rerun without it to continue")
+        state = (
+            "finished"
+            if summary["complete"]
+            else (f"stopped at --max_updates={config.max_updates}; rerun without it to continue")
+        )
     if summary.get("chief") is False:
         print(f"run {state} on this worker; the results are in the chief's --model_dir")
         return
@@ -158,8 +195,10 @@ def noise_scale_line(summary, batch_size):
     scale = summary.get("gradient_noise_scale")
     if scale is None:
         if summary.get("gradient_sq_norm_ema") is not None:
-            return ("gradient noise scale: not yet measurable (the |G|^2 estimate is not positive); "
-                    "the batch is likely below it")
+            return (
+                "gradient noise scale: not yet measurable (the |G|^2 estimate is not positive); "
+                "the batch is likely below it"
+            )
         return None
     steps, examples = steps_and_examples(scale, batch_size)
     return (

@@ -28,9 +28,6 @@ import sys
 from absl import flags
 
 from apps._cli import fail, run
-
-from apps._cli import fail, run  # noqa: E402
-
 from sngm_keras.training.config import DATASETS, INT_LIMIT, TrainConfig, keras_verbosity  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -61,12 +58,14 @@ flags.DEFINE_integer("micro_batch_size", None, "Examples per forward/backward pa
 flags.DEFINE_float("trust_coefficient", _D.trust_coefficient, "LARS trust coefficient eta.")
 flags.DEFINE_integer("seed", _D.seed, "Seed of initialization, data order, augmentation, held-out split and search.")
 flags.DEFINE_bool("augment", _D.augment, "Training augmentation.")
-flags.DEFINE_integer("verbose", None, "0 silent, 1 Keras Tuner's and Keras' progress, 2 a line per epoch "
-                     "(default: 1 on a terminal, else 2).")
+flags.DEFINE_integer(
+    "verbose",
+    None,
+    "0 silent, 1 Keras Tuner's and Keras' progress, 2 a line per epoch (default: 1 on a terminal, else 2).",
+)
 
 # ConfigError fields of the base TrainConfig that are other flags here.
 _RENAMED = {"epochs": "epochs_per_trial", "model_dir": "directory", "batch_size": "batch_sizes"}
-
 
 
 def _numbers(name, kind=float):
@@ -97,8 +96,10 @@ _BASE_FLAGS = ("data_dir", "download", "trust_coefficient")
 
 
 def _interrupted():
-    return ("interrupted; rerun the same command to resume the search (finished trials are kept, the interrupted "
-            "one runs again)")
+    return (
+        "interrupted; rerun the same command to resume the search (finished trials are kept, the interrupted "
+        "one runs again)"
+    )
 
 
 def main():
@@ -115,18 +116,33 @@ def main():
                 if FLAGS[name].value is not None:
                     checks.check_int(name, FLAGS[name].value, 1, INT_LIMIT)
         space = tuning.SearchSpace(
-            lr_range=_numbers("lr_range"), momentum_choices=_numbers("momentum_choices"),
-            power_range=_numbers("power_range"), wd_range=_numbers("wd_range"),
-            batch_sizes=(_numbers("batch_sizes", int) if FLAGS.batch_sizes is not None
-                         else tuning.default_batch_sizes(FLAGS.dataset)),
+            lr_range=_numbers("lr_range"),
+            momentum_choices=_numbers("momentum_choices"),
+            power_range=_numbers("power_range"),
+            wd_range=_numbers("wd_range"),
+            batch_sizes=(
+                _numbers("batch_sizes", int)
+                if FLAGS.batch_sizes is not None
+                else tuning.default_batch_sizes(FLAGS.dataset)
+            ),
         ).validate()
         project_name = FLAGS.project_name or "_".join(
-            (FLAGS.optimizer, FLAGS.model, os.path.basename(os.path.normpath(FLAGS.dataset)) or "dataset"))
+            (FLAGS.optimizer, FLAGS.model, os.path.basename(os.path.normpath(FLAGS.dataset)) or "dataset")
+        )
         base = TrainConfig(
-            dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, download=FLAGS.download, model=FLAGS.model,
-            optimizer=FLAGS.optimizer, batch_size=space.batch_sizes[0], micro_batch_size=FLAGS.micro_batch_size,
-            trust_coefficient=FLAGS.trust_coefficient, lr_schedule="poly", epochs=FLAGS.epochs_per_trial,
-            seed=FLAGS.seed, augment=FLAGS.augment, verbose=FLAGS.verbose,
+            dataset=FLAGS.dataset,
+            data_dir=FLAGS.data_dir,
+            download=FLAGS.download,
+            model=FLAGS.model,
+            optimizer=FLAGS.optimizer,
+            batch_size=space.batch_sizes[0],
+            micro_batch_size=FLAGS.micro_batch_size,
+            trust_coefficient=FLAGS.trust_coefficient,
+            lr_schedule="poly",
+            epochs=FLAGS.epochs_per_trial,
+            seed=FLAGS.seed,
+            augment=FLAGS.augment,
+            verbose=FLAGS.verbose,
             model_dir=os.path.join(FLAGS.directory, project_name),
         )
         ignored = base.ignored_fields()
@@ -135,14 +151,21 @@ def main():
                 raise ConfigError(name, f"{ignored[name]}; drop it")
         hypermodel = tuning.LargeBatchHyperModel(base, space, validation_fraction=FLAGS.validation_fraction)
         tuner = tuning.make_tuner(
-            hypermodel, FLAGS.tuner, max_trials=FLAGS.max_trials, directory=FLAGS.directory,
-            project_name=project_name, objective=FLAGS.objective, overwrite=FLAGS.overwrite,
+            hypermodel,
+            FLAGS.tuner,
+            max_trials=FLAGS.max_trials,
+            directory=FLAGS.directory,
+            project_name=project_name,
+            objective=FLAGS.objective,
+            overwrite=FLAGS.overwrite,
             final_epochs=FLAGS.final_epochs,
         )
         done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
         if tuner.oracle.trials:
-            print(f"resuming the search in {tuner.project_dir}: {done} trial(s) completed, "
-                  f"up to {FLAGS.max_trials} in all")
+            print(
+                f"resuming the search in {tuner.project_dir}: {done} trial(s) completed, "
+                f"up to {FLAGS.max_trials} in all"
+            )
         tuner.search(verbose=keras_verbosity(FLAGS.verbose))
         paths = tuning.write_reports(tuner, final_epochs=FLAGS.final_epochs)
     except (ConfigError, DataError) as error:
@@ -162,8 +185,10 @@ def main():
         print(f"error: no trial completed; see {paths['md']}", file=sys.stderr)
         sys.exit(1)
     best = next(r for r in rows if r["best"])
-    print(f"best trial {best['trial']}: {FLAGS.objective} {best['score']:.4f}; "
-          f"train it with: python -m apps.train --flagfile={os.path.abspath(paths['flags'])}")
+    print(
+        f"best trial {best['trial']}: {FLAGS.objective} {best['score']:.4f}; "
+        f"train it with: python -m apps.train --flagfile={os.path.abspath(paths['flags'])}"
+    )
 
 
 if __name__ == "__main__":

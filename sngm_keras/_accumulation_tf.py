@@ -44,9 +44,7 @@ def _gradient_sum(model, xs, ys, sws, num_micro, measure_noise=False):
         return i + 1, grad_sum, loss_sum + tf.cast(loss, tf.float32), preds, sq_sum
 
     # Predictions are kept (B x classes floats) so metrics see the whole batch.
-    output_spec = model.compute_output_spec(
-        tree.map_structure(lambda t: keras.KerasTensor(t.shape[1:], t.dtype), xs)
-    )
+    output_spec = model.compute_output_spec(tree.map_structure(lambda t: keras.KerasTensor(t.shape[1:], t.dtype), xs))
     pred_arrays = tree.map_structure(lambda s: tf.TensorArray(tf.float32, size=num_micro), output_spec)
     zeros = [tf.zeros(v.shape, dtype=v.dtype) for v in trainable]
     _, grad_sum, loss_sum, preds, sq_sum = tf.while_loop(
@@ -106,8 +104,10 @@ def _noise_scale_sizes(model, x):
     per_replica = next(t for t in tree.flatten(x) if t is not None).shape[0]
     reason = None
     if replicas > 1 and not isinstance(inner_optimizer(model.optimizer), ReducedGradientOptimizer):
-        reason = (f"under {replicas} replicas the step's gradient is whole only inside the optimizer, "
-                  "and only sngm_keras optimizers (SNGM, MSGD, LARS) report it")
+        reason = (
+            f"under {replicas} replicas the step's gradient is whole only inside the optimizer, "
+            "and only sngm_keras optimizers (SNGM, MSGD, LARS) report it"
+        )
     if per_replica is not None:
         return model.noise_scale_batches(model.micro_batch_size, per_replica * replicas, reason)
     if replicas == 1:
@@ -164,16 +164,17 @@ def logs_for_strategy(logs):
 def _across_workers(strategy):
     """Keras' test for that reduction: a MultiWorkerMirroredStrategy with
     more than one worker, whose replicas then outnumber this worker's devices."""
-    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.num_replicas_in_sync > len(strategy.extended.worker_devices))
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.num_replicas_in_sync > len(
+        strategy.extended.worker_devices
+    )
 
 
 def first_local_batch(strategy, epoch_iterator):
     for _, _, iterator in epoch_iterator:
         batch = next(iterator)
         return tree.map_structure(
-            lambda v: strategy.experimental_local_results(v)[0]
-            if isinstance(v, tf.distribute.DistributedValues)
-            else v,
+            lambda v: (
+                strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v
+            ),
             batch,
         )

@@ -81,8 +81,7 @@ class MicroBatchModel(keras.Model):
         ```
     """
 
-    def __init__(self, model, micro_batch_size, jit_compile=False, noise_scale=True, noise_scale_decay=0.99,
-                 **kwargs):
+    def __init__(self, model, micro_batch_size, jit_compile=False, noise_scale=True, noise_scale_decay=0.99, **kwargs):
         kwargs.setdefault("name", f"{model.name}_microbatch")
         super().__init__(**kwargs)
         self.model = model
@@ -152,8 +151,7 @@ class MicroBatchModel(keras.Model):
             return None
         if reason_if_not is None and not (big and small < big):
             reason_if_not = (
-                f"each step has a single small batch ({small} of B={big} examples); "
-                "use a smaller micro_batch_size"
+                f"each step has a single small batch ({small} of B={big} examples); use a smaller micro_batch_size"
             )
         tracker.measured = reason_if_not is None
         if reason_if_not is None:

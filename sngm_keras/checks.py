@@ -171,8 +171,9 @@ def check_batch_split(batch_size, micro_batch_size, num_replicas=1, name="batch_
     check_positive_int("num_replicas", num_replicas)
     if batch_size % (micro_batch_size * num_replicas):
         if blame_micro:
-            raise InvalidValue(name, f"{_per_step(micro_batch_size, num_replicas)} does not divide batch_size "
-                               f"{batch_size}")
+            raise InvalidValue(
+                name, f"{_per_step(micro_batch_size, num_replicas)} does not divide batch_size {batch_size}"
+            )
         raise InvalidValue(name, batch_split_message(batch_size, micro_batch_size, num_replicas))
     return batch_size // (micro_batch_size * num_replicas)
 
@@ -183,6 +184,7 @@ def check_replica_split(batch_size, num_replicas, name="batch_size"):
     check_positive_int(name, batch_size)
     check_positive_int("num_replicas", num_replicas)
     if batch_size % num_replicas:
-        raise InvalidValue(name, f"{batch_size} does not split evenly over {num_replicas} replicas; use a multiple "
-                           f"of {num_replicas}")
+        raise InvalidValue(
+            name, f"{batch_size} does not split evenly over {num_replicas} replicas; use a multiple of {num_replicas}"
+        )
     return batch_size // num_replicas

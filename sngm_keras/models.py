@@ -17,9 +17,8 @@ Only ``keras`` is used, so the models run on the TensorFlow and JAX backends.
 Images are channels-last and already normalized; every model returns logits.
 """
 
-import numpy as np
-
 import keras
+import numpy as np
 from keras import layers, ops
 
 # PyTorch's BatchNorm2d defaults (momentum=0.1 there is 0.9 in Keras' convention),
@@ -98,8 +97,7 @@ class OptionAShortcut(layers.Layer):
         }
 
 
-def _conv(x, filters, kernel_size, strides, inits, name, use_bias=False,
-          activation=None):
+def _conv(x, filters, kernel_size, strides, inits, name, use_bias=False, activation=None):
     if strides > 1 and kernel_size > 1:
         # PyTorch pads k//2 on every side; "same" would pad only bottom/right
         # for even inputs and shift the sampling grid by one pixel.
@@ -120,9 +118,7 @@ def _conv(x, filters, kernel_size, strides, inits, name, use_bias=False,
 
 
 def _bn(x, name):
-    return layers.BatchNormalization(
-        momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=name
-    )(x)
+    return layers.BatchNormalization(momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=name)(x)
 
 
 # Logits in float32 under mixed precision, so the loss is not computed in half.
@@ -136,7 +132,9 @@ def _relu(x, name):
 def _head(x, num_classes, inits):
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     return layers.Dense(
-        num_classes, kernel_initializer=inits.glorot_uniform(), name="logits",
+        num_classes,
+        kernel_initializer=inits.glorot_uniform(),
+        name="logits",
         dtype=_LOGITS_DTYPE,
     )(x)
 
@@ -214,14 +212,11 @@ def _imagenet_resnet(inputs, block_type, blocks, num_classes, inits):
 def _twoconv(inputs, num_classes, inits):
     x = inputs
     for index, filters in enumerate((32, 64), start=1):
-        x = _conv(x, filters, 5, 1, inits, f"conv{index}", use_bias=True,
-                  activation="relu")
+        x = _conv(x, filters, 5, 1, inits, f"conv{index}", use_bias=True, activation="relu")
         x = layers.MaxPooling2D(2, name=f"pool{index}")(x)
     x = layers.Flatten(name="flatten")(x)
-    x = layers.Dense(256, activation="relu", kernel_initializer=inits.he_normal(),
-                     name="fc1")(x)
-    return layers.Dense(num_classes, kernel_initializer=inits.glorot_uniform(),
-                        name="logits", dtype=_LOGITS_DTYPE)(x)
+    x = layers.Dense(256, activation="relu", kernel_initializer=inits.he_normal(), name="fc1")(x)
+    return layers.Dense(num_classes, kernel_initializer=inits.glorot_uniform(), name="logits", dtype=_LOGITS_DTYPE)(x)
 
 
 def build_model(name, num_classes, input_shape, seed=None):
@@ -231,9 +226,7 @@ def build_model(name, num_classes, input_shape, seed=None):
     backend; with None the weights come from Keras' global random state.
     """
     if name not in MODEL_NAMES:
-        raise ValueError(
-            f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}"
-        )
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     inits = _Initializers(seed)
     inputs = keras.Input(shape=tuple(input_shape), name="images")
     if name in _CIFAR_DEPTHS:
@@ -249,7 +242,6 @@ def build_model(name, num_classes, input_shape, seed=None):
 def has_batchnorm(model):
     """Whether `model`, or a model nested in it, has a BatchNormalization layer."""
     return any(
-        isinstance(layer, layers.BatchNormalization)
-        or (isinstance(layer, keras.Model) and has_batchnorm(layer))
+        isinstance(layer, layers.BatchNormalization) or (isinstance(layer, keras.Model) and has_batchnorm(layer))
         for layer in model.layers
     )

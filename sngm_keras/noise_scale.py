@@ -78,9 +78,7 @@ class GradientNoiseScale(keras.metrics.Metric):
         self.debias = make("debias")  # 1 - decay^t after t steps: the bias correction
 
     def update_state(self, small_sq_norm, big_sq_norm, small, big):
-        sq_norm, trace = estimate(
-            ops.cast(small_sq_norm, "float32"), ops.cast(big_sq_norm, "float32"), small, big
-        )
+        sq_norm, trace = estimate(ops.cast(small_sq_norm, "float32"), ops.cast(big_sq_norm, "float32"), small, big)
         ok = ops.logical_and(ops.isfinite(sq_norm), ops.isfinite(trace))
         decay = ops.where(ok, ops.convert_to_tensor(self.decay, "float32"), ops.ones((), "float32"))
         for variable, value in ((self.sq_norm_ema, sq_norm), (self.trace_ema, trace), (self.debias, 1.0)):

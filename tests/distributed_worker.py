@@ -34,6 +34,7 @@ def strategy_for(mode):
 def main(mode, out, micro_batch_size=0, optimizer_name="sngm"):
     strategy = strategy_for(mode)
     import keras
+
     keras.config.disable_traceback_filtering()
 
     import sngm_keras
@@ -45,14 +46,14 @@ def main(mode, out, micro_batch_size=0, optimizer_name="sngm"):
     y = rng.integers(0, 3, size=GLOBAL_BATCH * STEPS).astype("int32")
     optimizers = {
         "sngm": lambda: sngm_keras.SNGM(PolynomialWarmup(0.5, STEPS + 2, power=1.1), weight_decay=1e-3),
-        "lars": lambda: sngm_keras.LARS(PolynomialWarmup(2.0, STEPS + 2, power=1.1), weight_decay=1e-3, trust_coefficient=0.02),
+        "lars": lambda: sngm_keras.LARS(
+            PolynomialWarmup(2.0, STEPS + 2, power=1.1), weight_decay=1e-3, trust_coefficient=0.02
+        ),
         "sgd": lambda: keras.optimizers.SGD(0.1, momentum=0.9),
     }
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        model = keras.Sequential(
-            [keras.Input((8,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(3)]
-        )
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(3)])
         if micro_batch_size:
             model = MicroBatchModel(model, micro_batch_size)
         model.compile(
@@ -76,5 +77,9 @@ def main(mode, out, micro_batch_size=0, optimizer_name="sngm"):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 0,
-         sys.argv[4] if len(sys.argv) > 4 else "sngm")
+    main(
+        sys.argv[1],
+        sys.argv[2],
+        int(sys.argv[3]) if len(sys.argv) > 3 else 0,
+        sys.argv[4] if len(sys.argv) > 4 else "sngm",
+    )

@@ -1,5 +1,6 @@
 """MicroBatchModel: the accumulated, all-reduced gradient is the whole batch's."""
 
+import json
 import os
 import socket
 import subprocess
@@ -60,7 +61,9 @@ def sngm():
 )
 def test_eight_micro_batches_equal_one_batch(make_optimizer):
     plain, h_plain = train(dense_model(), make_optimizer(), batch_size=64, epochs=2)
-    micro, h_micro = train(MicroBatchModel(dense_model(), micro_batch_size=8), make_optimizer(), batch_size=64, epochs=2)
+    micro, h_micro = train(
+        MicroBatchModel(dense_model(), micro_batch_size=8), make_optimizer(), batch_size=64, epochs=2
+    )
     assert max_diff(micro.get_weights(), plain.get_weights()) < 1e-5
     assert max_diff(plain.get_weights(), dense_model().get_weights()) > 1e-2
     # One update per batch of 64, not per micro-batch: 2 epochs x 4 batches.
@@ -182,7 +185,7 @@ def test_multi_worker_mirrored_strategy(tmp_path):
     workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     processes = []
     for index in range(2):
-        tf_config = f'{{"cluster": {{"worker": ["{workers[0]}", "{workers[1]}"]}}, "task": {{"type": "worker", "index": {index}}}}}'
+        tf_config = json.dumps({"cluster": {"worker": workers[:2]}, "task": {"type": "worker", "index": index}})
         processes.append(run_worker("worker", tmp_path / f"w{index}.npz", env={"TF_CONFIG": tf_config}))
     for p in processes:
         finish(p)

@@ -42,10 +42,15 @@ def dp_micro_batch_order(n, batch=BATCH, micro=MICRO):
     """Rows in the order that makes one device's micro-batches of 2 x micro
     the micro-batches of two devices with `micro` (see _accumulation_jax)."""
     half = batch // 2
-    return np.concatenate([
-        np.r_[start + micro * i : start + micro * (i + 1), start + half + micro * i : start + half + micro * (i + 1)]
-        for start in range(0, n, batch) for i in range(half // micro)
-    ])
+    return np.concatenate(
+        [
+            np.r_[
+                start + micro * i : start + micro * (i + 1), start + half + micro * i : start + half + micro * (i + 1)
+            ]
+            for start in range(0, n, batch)
+            for i in range(half // micro)
+        ]
+    )
 
 
 def bn_recurrence(x, micro_batches):
@@ -62,8 +67,7 @@ def bn_recurrence(x, micro_batches):
 def _worker(init_path, out_path):
     import jax
     import keras
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec
+    from jax.sharding import NamedSharding, PartitionSpec
 
     import sngm_keras
     from sngm_keras import _accumulation_jax
@@ -226,21 +230,22 @@ def test_loss_scale_optimizer(jax_results):
 def test_batchnorm_statistics_follow_each_micro_batch(jax_results):
     x, _ = data(BATCH)
     mean = np.asarray(jax_results["bn_moving_mean"])
-    np.testing.assert_allclose(mean, bn_recurrence(x, [slice(8 * i, 8 * i + 8) for i in range(8)]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        mean, bn_recurrence(x, [slice(8 * i, 8 * i + 8) for i in range(8)]), rtol=1e-5, atol=1e-6
+    )
     assert np.abs(mean - 0.1 * x.mean(axis=0)).max() > 0.1
 
 
 def test_tensorflow_and_jax_agree(jax_results):
     import keras
+
     import sngm_keras
     from sngm_keras.accumulation import MicroBatchModel
     from sngm_keras.schedules import PolynomialWarmup
 
     assert keras.backend.backend() == "tensorflow"
     keras.utils.set_random_seed(0)
-    inner = keras.Sequential(
-        [keras.Input((8,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(3)]
-    )
+    inner = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(3)])
     inner.set_weights(initial_weights())
     model = MicroBatchModel(inner, MICRO)
     model.compile(
@@ -258,7 +263,8 @@ def test_tensorflow_and_jax_agree(jax_results):
     assert len(jax_micro["noise_scale"]) == 3
     np.testing.assert_allclose(
         [history[k][-1] for k in ("gradient_noise_scale", "gradient_sq_norm_ema", "gradient_variance_ema")],
-        jax_micro["noise_scale"], rtol=1e-4,
+        jax_micro["noise_scale"],
+        rtol=1e-4,
     )
 
 

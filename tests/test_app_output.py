@@ -31,14 +31,22 @@ def environment_without_log_level():
 
 
 def start(app, *args):
-    return subprocess.Popen([sys.executable, "-m", f"apps.{app}", *args], cwd=ROOT, env=environment_without_log_level(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", f"apps.{app}", *args],
+        cwd=ROOT,
+        env=environment_without_log_level(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_a_bad_flag_is_the_only_line_on_stderr(tmp_path):
-    processes = [start("train", "--verbose=3", f"--model_dir={tmp_path / 'train'}"),
-                 start("reproduce", "--study=figure1_cpu", "--verbose=-1", f"--output_dir={tmp_path / 'study'}"),
-                 start("tune", "--verbose=9", f"--directory={tmp_path / 'tune'}")]
+    processes = [
+        start("train", "--verbose=3", f"--model_dir={tmp_path / 'train'}"),
+        start("reproduce", "--study=figure1_cpu", "--verbose=-1", f"--output_dir={tmp_path / 'study'}"),
+        start("tune", "--verbose=9", f"--directory={tmp_path / 'tune'}"),
+    ]
     for process in processes:
         out, err = process.communicate(timeout=300)
         assert process.returncode == 2, err[-2000:]
@@ -87,8 +95,15 @@ def git_head():
 def test_run_to_a_file_prints_lines_per_epoch_and_reports_its_provenance(tmp_path):
     model_dir = tmp_path / "run"
     before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-    process = start("train", "--dataset=sample", "--model=twoconv", "--batch_size=500", "--micro_batch_size=250",
-                    "--epochs=2", f"--model_dir={model_dir}")
+    process = start(
+        "train",
+        "--dataset=sample",
+        "--model=twoconv",
+        "--batch_size=500",
+        "--micro_batch_size=250",
+        "--epochs=2",
+        f"--model_dir={model_dir}",
+    )
     out, err = process.communicate(timeout=600)
     after = datetime.datetime.now(datetime.timezone.utc)
     assert process.returncode == 0, err[-3000:]

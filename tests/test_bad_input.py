@@ -19,12 +19,32 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
 ENV.pop("TF_CONFIG", None)
 
 # {out}: the case's output folder (--model_dir, --directory); {tmp}: the case's folder.
-TRAIN_BASE = ["--dataset=sample", "--model=twoconv", "--epochs=2", "--max_updates=1", "--verbose=0",
-              "--model_dir={out}"]
-REPRODUCE_BASE = ["--study=figure1_cpu", "--dataset=sample", "--epochs_scale=0.1", "--max_updates=1", "--verbose=0",
-                  "--output_dir={out}"]
-TUNE_BASE = ["--dataset=sample", "--model=twoconv", "--batch_sizes=500", "--micro_batch_size=250",
-             "--epochs_per_trial=1", "--max_trials=1", "--verbose=0", "--directory={out}"]
+TRAIN_BASE = [
+    "--dataset=sample",
+    "--model=twoconv",
+    "--epochs=2",
+    "--max_updates=1",
+    "--verbose=0",
+    "--model_dir={out}",
+]
+REPRODUCE_BASE = [
+    "--study=figure1_cpu",
+    "--dataset=sample",
+    "--epochs_scale=0.1",
+    "--max_updates=1",
+    "--verbose=0",
+    "--output_dir={out}",
+]
+TUNE_BASE = [
+    "--dataset=sample",
+    "--model=twoconv",
+    "--batch_sizes=500",
+    "--micro_batch_size=250",
+    "--epochs_per_trial=1",
+    "--max_trials=1",
+    "--verbose=0",
+    "--directory={out}",
+]
 
 # (app, arguments after the base ones, what the last line starts with after "error: ", setup of {tmp})
 CASES = [
@@ -168,8 +188,15 @@ def snapshot(folder):
 def run_in_process(module, argument_lists, results_path):
     """Runs `module`'s main once per argument list in one process."""
     stdin = "".join(json.dumps(args) + "\n" for args in argument_lists)
-    result = subprocess.run([sys.executable, "-m", "tests.app_driver", module, results_path], input=stdin, cwd=ROOT,
-                            env=ENV, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.app_driver", module, results_path],
+        input=stdin,
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     with open(results_path) as f:
         return [json.loads(line) for line in f]
@@ -208,8 +235,9 @@ def test_mistakes_end_in_one_line_and_write_nothing(tmp_path):
 def run_app(module, *args, env=None, wait=True):
     command = [sys.executable, "-m", module, *args]
     if not wait:
-        return subprocess.Popen(command, cwd=ROOT, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+        return subprocess.Popen(
+            command, cwd=ROOT, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
     return subprocess.run(command, cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=300)
 
 
@@ -218,14 +246,22 @@ def test_unknown_keras_backend_is_one_line(tmp_path, module):
     result = run_app(module, env=dict(ENV, KERAS_BACKEND="tensorflw"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        "error: KERAS_BACKEND=tensorflw: unknown backend; use one of tensorflow, jax, torch, numpy, openvino"]
+        "error: KERAS_BACKEND=tensorflw: unknown backend; use one of tensorflow, jax, torch, numpy, openvino"
+    ]
 
 
 def test_replica_error_names_the_flag_given_before_writing(tmp_path):
     # 500 images a batch do not split over 3 replicas; no --micro_batch_size was given.
     out = tmp_path / "run"
-    result = run_app("apps.train", "--dataset=sample", "--model=twoconv", "--num_cpu_devices=3",
-                     "--strategy=mirrored", "--epochs=1", f"--model_dir={out}")
+    result = run_app(
+        "apps.train",
+        "--dataset=sample",
+        "--model=twoconv",
+        "--num_cpu_devices=3",
+        "--strategy=mirrored",
+        "--epochs=1",
+        f"--model_dir={out}",
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1].startswith("error: --batch_size: 500 does not split evenly over 3")
     assert not out.exists()
@@ -233,8 +269,15 @@ def test_replica_error_names_the_flag_given_before_writing(tmp_path):
 
 def test_ctrl_c_stops_in_one_line_and_leaves_a_resumable_run(tmp_path):
     out = str(tmp_path / "run")
-    args = ["--dataset=sample", "--model=twoconv", "--batch_size=500", "--micro_batch_size=250", "--epochs=30",
-            "--verbose=0", f"--model_dir={out}"]
+    args = [
+        "--dataset=sample",
+        "--model=twoconv",
+        "--batch_size=500",
+        "--micro_batch_size=250",
+        "--epochs=30",
+        "--verbose=0",
+        f"--model_dir={out}",
+    ]
     process = run_app("apps.train", *args, wait=False)
     state = os.path.join(out, "checkpoints", "state.json")
     deadline = time.time() + 240
@@ -246,7 +289,8 @@ def test_ctrl_c_stops_in_one_line_and_leaves_a_resumable_run(tmp_path):
     assert process.returncode == 130, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     assert err.strip().splitlines()[-1] == (
-        f"stopped: interrupted; rerun the same command to resume from the last checkpoint in {out}")
+        f"stopped: interrupted; rerun the same command to resume from the last checkpoint in {out}"
+    )
     epoch = json.load(open(state))["epoch"]
     assert epoch >= 1 and not os.path.exists(os.path.join(out, "summary.json"))
     # The same command resumes it (here stopped again right away by --max_updates).
@@ -259,8 +303,16 @@ def test_a_study_whose_first_run_is_refused_leaves_nothing(tmp_path):
     # The data is found missing by the first run's apps.train, after this
     # command wrote study.json and the run's flagfile: both are removed.
     out = tmp_path / "study"
-    result = run_app("apps.reproduce", "--study=figure1_cpu", "--dataset=cifar10", f"--data_dir={tmp_path}",
-                     "--epochs_scale=0.1", "--max_updates=1", "--verbose=0", f"--output_dir={out}")
+    result = run_app(
+        "apps.reproduce",
+        "--study=figure1_cpu",
+        "--dataset=cifar10",
+        f"--data_dir={tmp_path}",
+        "--epochs_scale=0.1",
+        "--max_updates=1",
+        "--verbose=0",
+        f"--output_dir={out}",
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: run twoconv_msgd_b128: cifar10 not found in"), last

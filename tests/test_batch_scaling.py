@@ -16,8 +16,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_steps_to_target_is_the_first_evaluation_at_or_above_it():
-    rows = [{"updates": u, "validation_accuracy": a}
-            for u, a in [(30, "0.41"), (10, "0.2"), (20, "0.6"), (40, "0.7"), (50, "0.55")]]
+    rows = [
+        {"updates": u, "validation_accuracy": a}
+        for u, a in [(30, "0.41"), (10, "0.2"), (20, "0.6"), (40, "0.7"), (50, "0.55")]
+    ]
     assert scaling.steps_to_target(rows, 0.6) == 20  # reached exactly, rows out of order
     assert scaling.steps_to_target(rows, 0.65) == 40
     assert scaling.steps_to_target(rows, 0.71) is None  # not reached
@@ -76,17 +78,20 @@ def test_extension_stops_at_its_limit_and_ties_pick_the_smaller_rate(tmp_path):
     assert study.next_config() is None
 
 
-@pytest.mark.parametrize("kwargs, flag", [
-    (dict(methods=["adam"]), "--methods"),
-    (dict(methods=[]), "--methods"),
-    (dict(batch_sizes=[128, 1000]), "--batch_sizes"),
-    (dict(batch_sizes=[]), "--batch_sizes"),
-    (dict(lr_factors=[]), "--lr_grid"),
-    (dict(lr_factors=[1.0, -1.0]), "--lr_grid"),
-    (dict(target=1.0), "--target_accuracy"),
-    (dict(target=0.0), "--target_accuracy"),
-    (dict(max_extensions=-1), "--max_extensions"),
-])
+@pytest.mark.parametrize(
+    "kwargs, flag",
+    [
+        (dict(methods=["adam"]), "--methods"),
+        (dict(methods=[]), "--methods"),
+        (dict(batch_sizes=[128, 1000]), "--batch_sizes"),
+        (dict(batch_sizes=[]), "--batch_sizes"),
+        (dict(lr_factors=[]), "--lr_grid"),
+        (dict(lr_factors=[1.0, -1.0]), "--lr_grid"),
+        (dict(target=1.0), "--target_accuracy"),
+        (dict(target=0.0), "--target_accuracy"),
+        (dict(max_extensions=-1), "--max_extensions"),
+    ],
+)
 def test_bad_study_arguments_name_their_flag(kwargs, flag):
     with pytest.raises(ConfigError, match=flag):
         scaling.Study("out", **kwargs)
@@ -94,17 +99,24 @@ def test_bad_study_arguments_name_their_flag(kwargs, flag):
 
 def reproduce(*args):
     return subprocess.run(
-        [sys.executable, "-m", "apps.reproduce", "--study=batch_scaling", *args], cwd=ROOT, capture_output=True,
-        text=True, timeout=900, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        [sys.executable, "-m", "apps.reproduce", "--study=batch_scaling", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
     )
 
 
 # The library checks each argument (above); the app is run for two of them,
 # to show the one-line refusal with nothing written.
-@pytest.mark.parametrize("args, flag", [
-    (["--methods=msgd,adam"], "--methods"),
-    (["--lr_grid="], "--lr_grid"),
-])
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["--methods=msgd,adam"], "--methods"),
+        (["--lr_grid="], "--lr_grid"),
+    ],
+)
 def test_the_app_refuses_bad_input_in_one_line_writing_nothing(tmp_path, args, flag):
     out = tmp_path / "study"
     result = reproduce("--dataset=sample", f"--output_dir={out}", *args)
@@ -117,17 +129,31 @@ def test_the_app_refuses_bad_input_in_one_line_writing_nothing(tmp_path, args, f
 @pytest.mark.slow
 def test_tiny_study_selects_on_validation_writes_table_and_figure_and_resumes(tmp_path):
     out = tmp_path / "study"
-    args = ["--dataset=sample", "--validation_size=500", "--batch_sizes=128,512", "--methods=sngm",
-            "--lr_grid=0.5,2", "--epochs=1", "--max_extensions=0", "--verbose=0", f"--output_dir={out}"]
+    args = [
+        "--dataset=sample",
+        "--validation_size=500",
+        "--batch_sizes=128,512",
+        "--methods=sngm",
+        "--lr_grid=0.5,2",
+        "--epochs=1",
+        "--max_extensions=0",
+        "--verbose=0",
+        f"--output_dir={out}",
+    ]
     first = reproduce(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count("\n== ") == 4
     results = (out / "results.md").read_text()
     assert "| SNGM | 128 | 35 |" in results and "| SNGM | 512 | 8 |" in results  # 4500 training images kept
     assert results.count("(selected)") == 2
-    for run in scaling.Study(str(out), methods=["sngm"], batch_sizes=[128, 512], lr_factors=[0.5, 2],
-                             max_extensions=0, overrides={"dataset": "sample", "validation_size": 500,
-                                                          "epochs": 1}).results():
+    for run in scaling.Study(
+        str(out),
+        methods=["sngm"],
+        batch_sizes=[128, 512],
+        lr_factors=[0.5, 2],
+        max_extensions=0,
+        overrides={"dataset": "sample", "validation_size": 500, "epochs": 1},
+    ).results():
         chosen = run["selected"]["summary"]["validation_accuracy"]
         assert chosen == max(r["summary"]["validation_accuracy"] for r in run["runs"])
         rows = RunDir(run["selected"]["config"].model_dir).read_validation()

@@ -26,8 +26,12 @@ def test_an_invalid_value_is_a_value_error_with_its_name_and_requirement():
     assert (error.name, error.requirement) == ("momentum", "must be in [0, 1), got 1.0")
     assert str(error) == "momentum must be in [0, 1), got 1.0"
     copy = pickle.loads(pickle.dumps(error))
-    assert (type(copy), copy.name, copy.requirement, str(copy)) == (InvalidValue, error.name, error.requirement,
-                                                                     str(error))
+    assert (type(copy), copy.name, copy.requirement, str(copy)) == (
+        InvalidValue,
+        error.name,
+        error.requirement,
+        str(error),
+    )
 
 
 def test_check_number_returns_a_float_and_refuses_bools_nan_and_inf():
@@ -73,7 +77,8 @@ def test_integers_refuse_bools_floats_and_out_of_bounds():
 def test_choice():
     assert checks.check_choice("opt", "sngm", ("sngm", "lars")) == "sngm"
     assert str(refusal(checks.check_choice, "opt", "adam", ("sngm", "lars"))) == (
-        "opt must be one of sngm, lars, got 'adam'")
+        "opt must be one of sngm, lars, got 'adam'"
+    )
     assert str(refusal(checks.check_choice, "verbose", True, (0, 1, 2))) == "verbose must be one of 0, 1, 2, got True"
 
 
@@ -82,7 +87,8 @@ def test_values_each_checked_none_empty_and_repeats_refused():
     assert str(refusal(checks.check_values, "b", [])) == "b must hold at least one value, got none"
     assert str(refusal(checks.check_values, "b", None)) == "b must hold at least one value, got none"
     assert str(refusal(checks.check_values, "b", [2, 0], checks.check_positive_int)) == (
-        "b must be a positive integer, got 0")
+        "b must be a positive integer, got 0"
+    )
     assert str(refusal(checks.check_values, "m", [0.9, 0.9])) == "m must not repeat a value, got 0.9 more than once"
     assert checks.check_values("g", [1, 1], checks.check_positive, unique=False) == (1.0, 1.0)
 
@@ -103,32 +109,38 @@ def test_learning_rate():
     assert str(refusal(checks.check_learning_rate, -0.1)) == "learning_rate must be > 0, got -0.1"
     assert str(refusal(checks.check_learning_rate, float("inf"))) == "learning_rate must be a finite number, got inf"
     assert str(refusal(checks.check_learning_rate, True)) == (
-        "learning_rate must be a positive float or a schedule, got True")
+        "learning_rate must be a positive float or a schedule, got True"
+    )
 
 
 def test_batch_split_returns_micro_batches_per_replica_and_names_the_fault():
     assert checks.check_batch_split(4096, 128) == 32
     assert checks.check_batch_split(4096, 128, 2) == 16
-    assert str(refusal(checks.check_batch_split, 64, 24)) == (
-        "batch_size 64 is not a multiple of micro_batch_size 24")
+    assert str(refusal(checks.check_batch_split, 64, 24)) == ("batch_size 64 is not a multiple of micro_batch_size 24")
     assert str(refusal(checks.check_batch_split, 4096, 3000, 2)) == (
-        "batch_size 4096 is not a multiple of micro_batch_size 3000 x 2 replicas = 6000")
+        "batch_size 4096 is not a multiple of micro_batch_size 3000 x 2 replicas = 6000"
+    )
     assert str(refusal(checks.check_batch_split, 500, 300, name="batch_sizes")) == (
-        "batch_sizes 500 is not a multiple of micro_batch_size 300")
+        "batch_sizes 500 is not a multiple of micro_batch_size 300"
+    )
     assert str(refusal(checks.check_batch_split, 500, 100, 3, name="micro_batch_size")) == (
-        "micro_batch_size 100 x 3 replicas = 300 does not divide batch_size 500")
+        "micro_batch_size 100 x 3 replicas = 300 does not divide batch_size 500"
+    )
     assert str(refusal(checks.check_batch_split, 500, 300, name="micro_batch_size")) == (
-        "micro_batch_size 300 does not divide batch_size 500")
+        "micro_batch_size 300 does not divide batch_size 500"
+    )
     assert str(refusal(checks.check_batch_split, 64, 0)) == "micro_batch_size must be a positive integer, got 0"
     assert str(refusal(checks.check_batch_split, True, 1)) == "batch_size must be a positive integer, got True"
     assert checks.batch_split_message("the batch of each replica", 8) == (
-        "the batch of each replica is not a multiple of micro_batch_size 8")
+        "the batch of each replica is not a multiple of micro_batch_size 8"
+    )
 
 
 def test_replica_split():
     assert checks.check_replica_split(500, 4) == 125
     assert str(refusal(checks.check_replica_split, 500, 3)) == (
-        "batch_size 500 does not split evenly over 3 replicas; use a multiple of 3")
+        "batch_size 500 does not split evenly over 3 replicas; use a multiple of 3"
+    )
 
 
 def test_the_apps_errors_are_made_from_a_refusal():

@@ -1,4 +1,5 @@
 """Tests of sngm_keras.data: the embedded sample, arrays and tf.data pipelines."""
+
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ def _batches(ds):
 # Embedded sample
 # ---------------------------------------------------------------------------
 
+
 def test_sample_file_size_counts_and_balance():
     assert data.SAMPLE_PATH.is_file()
     assert os.path.getsize(data.SAMPLE_PATH) <= 3 * 1024 * 1024
@@ -37,7 +39,7 @@ def test_sample_file_size_counts_and_balance():
         # Stored from the named split, labels matching the class folder.
         names = raw[f"{split}_files"]
         assert all(n.startswith(split + "/") for n in names)
-        assert all(n.split("/")[1] == raw["class_names"][l] for n, l in zip(names, labels))
+        assert all(n.split("/")[1] == raw["class_names"][label] for n, label in zip(names, labels))
     assert len(set(raw["train_files"])) == 5000  # no duplicates
 
 
@@ -69,8 +71,7 @@ def test_sample_path_does_not_import_tensorflow():
         assert not bad, bad
         print("ok")
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
@@ -78,9 +79,10 @@ def test_sample_path_does_not_import_tensorflow():
 # Folder source
 # ---------------------------------------------------------------------------
 
-def _write_folder(root, classes=("b_cat", "a_dog", "c_eel"), per_split=(("train", 4), ("test", 2)),
-                  size=8):
+
+def _write_folder(root, classes=("b_cat", "a_dog", "c_eel"), per_split=(("train", 4), ("test", 2)), size=8):
     from PIL import Image
+
     rng = np.random.default_rng(0)
     images = {}
     for split, count in per_split:
@@ -110,8 +112,9 @@ def test_folder_source(tmp_path):
     x, y = next(iter(test_ds))
     assert x.shape == (5, 8, 8, 3) and x.dtype.name == "float32"
     # Folders are normalized with their own statistics.
-    xs = np.concatenate([b[0] for b in _batches(make_datasets(
-        tmp_path, batch_size=12, num_epochs=1, augment=False)[0])])
+    xs = np.concatenate(
+        [b[0] for b in _batches(make_datasets(tmp_path, batch_size=12, num_epochs=1, augment=False)[0])]
+    )
     np.testing.assert_allclose(xs.mean((0, 1, 2)), 0, atol=1e-4)
     np.testing.assert_allclose(xs.std((0, 1, 2)), 1, atol=1e-3)
 
@@ -132,9 +135,9 @@ def test_folder_errors(tmp_path):
 # tf.data pipelines on the sample
 # ---------------------------------------------------------------------------
 
+
 def test_pipeline_shapes_and_batch_counts():
-    train_ds, test_ds, info = make_datasets("sample", batch_size=128, num_epochs=2,
-                                            eval_batch_size=300)
+    train_ds, test_ds, info = make_datasets("sample", batch_size=128, num_epochs=2, eval_batch_size=300)
     assert info == data.DatasetInfo("sample", 10, (32, 32, 3), 5000, 1000, info.class_names)
     assert steps_per_epoch(info, 128) == 39
     batches = _batches(train_ds)
@@ -147,8 +150,7 @@ def test_pipeline_shapes_and_batch_counts():
     assert np.bincount(labels, minlength=10).min() > 400
     test = _batches(test_ds)
     assert [len(y) for _, y in test] == [300, 300, 300, 100]
-    np.testing.assert_array_equal(np.concatenate([y for _, y in test]),
-                                  data.load_arrays("sample").y_test)  # in order
+    np.testing.assert_array_equal(np.concatenate([y for _, y in test]), data.load_arrays("sample").y_test)  # in order
     # Default eval batch is min(batch_size, 1000).
     assert next(iter(make_datasets("sample", batch_size=2000, num_epochs=1)[1]))[0].shape[0] == 1000
 
@@ -165,8 +167,7 @@ def test_eval_normalization():
 
 def test_augmentation_is_pad_crop_flip():
     aug = _batches(make_datasets("sample", batch_size=64, num_epochs=1, seed=3)[0].take(1))[0]
-    plain = _batches(make_datasets("sample", batch_size=64, num_epochs=1, seed=3,
-                                   augment=False)[0].take(1))[0]
+    plain = _batches(make_datasets("sample", batch_size=64, num_epochs=1, seed=3, augment=False)[0].take(1))[0]
     np.testing.assert_array_equal(aug[1], plain[1])  # same order, same labels
     assert aug[0].shape == plain[0].shape == (64, 32, 32, 3)
     changed = np.any(aug[0] != plain[0], axis=(1, 2, 3))
@@ -178,9 +179,15 @@ def test_augmentation_is_pad_crop_flip():
     padded[:, 4:36, 4:36] = plain[0]
     offsets, flips = set(), set()
     for i in range(64):
-        hits = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (0, 1)
-                if np.allclose(aug[0][i], (lambda w: w[:, ::-1] if f else w)(
-                    padded[i, dy:dy + 32, dx:dx + 32]), atol=1e-5)]
+        hits = [
+            (dy, dx, f)
+            for dy in range(9)
+            for dx in range(9)
+            for f in (0, 1)
+            if np.allclose(
+                aug[0][i], (lambda w: w[:, ::-1] if f else w)(padded[i, dy : dy + 32, dx : dx + 32]), atol=1e-5
+            )
+        ]
         assert hits, f"example {i} is not a crop/flip of the original"
         offsets.add(hits[0][:2])
         flips.add(hits[0][2])
@@ -213,9 +220,9 @@ def test_keras_fit_consumes_exactly_the_epochs():
 
     import keras
     import tensorflow as tf
+
     batch = 1000
-    train_ds, test_ds, info = make_datasets("sample", batch_size=batch, num_epochs=3,
-                                            start_epoch=1)
+    train_ds, test_ds, info = make_datasets("sample", batch_size=batch, num_epochs=3, start_epoch=1)
     expected = [y for _, y in _batches(train_ds)]
     seen = []
 
@@ -223,23 +230,29 @@ def test_keras_fit_consumes_exactly_the_epochs():
         seen.append(y.numpy())
         return y
 
-    recorded = train_ds.map(lambda x, y: (x, tf.ensure_shape(
-        tf.py_function(record, [y], tf.int32), y.shape)))
-    model = keras.Sequential([keras.Input(info.image_shape), keras.layers.Flatten(),
-                              keras.layers.Dense(info.num_classes)])
+    recorded = train_ds.map(lambda x, y: (x, tf.ensure_shape(tf.py_function(record, [y], tf.int32), y.shape)))
+    model = keras.Sequential(
+        [keras.Input(info.image_shape), keras.layers.Flatten(), keras.layers.Dense(info.num_classes)]
+    )
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        hist = model.fit(recorded, epochs=3, initial_epoch=1, shuffle=False,
-                         steps_per_epoch=steps_per_epoch(info, batch),
-                         validation_data=test_ds, verbose=0)
+        hist = model.fit(
+            recorded,
+            epochs=3,
+            initial_epoch=1,
+            shuffle=False,
+            steps_per_epoch=steps_per_epoch(info, batch),
+            validation_data=test_ds,
+            verbose=0,
+        )
     assert not [w for w in caught if "ran out of data" in str(w.message)]
     assert hist.epoch == [1, 2] and len(hist.history["val_loss"]) == 2
     # fit trained on every batch once, epoch 1 then epoch 2, with no restart
     # in between.  (On the JAX backend Keras first peeks at a batch or two to
     # build the model, then re-opens the dataset, which repeats exactly.)
     assert len(expected) == 2 * 5 and len(expected) <= len(seen) <= len(expected) + 3
-    for got, want in zip(seen[-len(expected):], expected):
+    for got, want in zip(seen[-len(expected) :], expected):
         np.testing.assert_array_equal(got, want)
 
 
@@ -247,11 +260,12 @@ def test_keras_fit_consumes_exactly_the_epochs():
 # TFDS (mocked) and errors
 # ---------------------------------------------------------------------------
 
+
 def test_mock_cifar10(tmp_path):
     import tensorflow_datasets as tfds
+
     with tfds.testing.mock_data(num_examples=100):
-        train_ds, test_ds, info = make_datasets("cifar10", data_dir=tmp_path, batch_size=32,
-                                                num_epochs=2)
+        train_ds, test_ds, info = make_datasets("cifar10", data_dir=tmp_path, batch_size=32, num_epochs=2)
         assert (info.name, info.num_classes, info.image_shape) == ("cifar10", 10, (32, 32, 3))
         assert (info.num_train, info.num_test) == (100, 100)
         batches = _batches(train_ds)
@@ -263,6 +277,7 @@ def test_mock_cifar10(tmp_path):
 
 def test_mock_imagenet(tmp_path):
     import tensorflow_datasets as tfds
+
     with tfds.testing.mock_data(num_examples=24):
         kw = dict(data_dir=tmp_path, batch_size=8, num_epochs=3, image_size=64, seed=1)
         train_ds, test_ds, info = make_datasets("imagenet2012", **kw)
@@ -284,6 +299,7 @@ def test_mock_imagenet(tmp_path):
         again = _batches(train_ds.take(4))  # re-iterating repeats exactly
         for (xa, ya), (xb, yb) in zip(batches, again):
             np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(ya, yb)
         plain = _batches(make_datasets("imagenet2012", augment=False, **kw)[0].take(1))
         assert plain[0][0].shape == (8, 64, 64, 3)
 

@@ -40,12 +40,14 @@ def write_cifar10_python(root, x_train, y_train, x_test, y_test):
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     for i, idx in enumerate(np.array_split(np.arange(len(x_train)), 5), start=1):
-        batch_pickle(folder / f"data_batch_{i}", {"batch_label": b"training batch", "labels": y_train[idx].tolist(),
-                                                  "data": planes(x_train[idx])})
-    batch_pickle(folder / "test_batch", {"batch_label": b"testing batch", "labels": y_test.tolist(),
-                                         "data": planes(x_test)})
-    batch_pickle(folder / "batches.meta", {"label_names": [c.encode() for c in CIFAR10_CLASSES],
-                                           "num_vis": 3072})
+        batch_pickle(
+            folder / f"data_batch_{i}",
+            {"batch_label": b"training batch", "labels": y_train[idx].tolist(), "data": planes(x_train[idx])},
+        )
+    batch_pickle(
+        folder / "test_batch", {"batch_label": b"testing batch", "labels": y_test.tolist(), "data": planes(x_test)}
+    )
+    batch_pickle(folder / "batches.meta", {"label_names": [c.encode() for c in CIFAR10_CLASSES], "num_vis": 3072})
     archive = root / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname="cifar-10-batches-py")
@@ -55,12 +57,20 @@ def write_cifar10_python(root, x_train, y_train, x_test, y_test):
 def write_cifar100_python(root, x_train, fine_train, coarse_train, x_test, fine_test, coarse_test):
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
-    for split, x, fine, coarse in (("train", x_train, fine_train, coarse_train),
-                                   ("test", x_test, fine_test, coarse_test)):
-        batch_pickle(folder / split, {"fine_labels": fine.tolist(), "coarse_labels": coarse.tolist(),
-                                      "data": planes(x)})
-    batch_pickle(folder / "meta", {"fine_label_names": [f"fine{i:02d}".encode() for i in range(100)],
-                                   "coarse_label_names": [f"coarse{i:02d}".encode() for i in range(20)]})
+    for split, x, fine, coarse in (
+        ("train", x_train, fine_train, coarse_train),
+        ("test", x_test, fine_test, coarse_test),
+    ):
+        batch_pickle(
+            folder / split, {"fine_labels": fine.tolist(), "coarse_labels": coarse.tolist(), "data": planes(x)}
+        )
+    batch_pickle(
+        folder / "meta",
+        {
+            "fine_label_names": [f"fine{i:02d}".encode() for i in range(100)],
+            "coarse_label_names": [f"coarse{i:02d}".encode() for i in range(20)],
+        },
+    )
     return folder
 
 
@@ -75,8 +85,9 @@ def cifar10(tmp_path_factory):
     rng = np.random.default_rng(0)
     (x_train, y_train), (x_test, y_test) = random_split(rng, 23, 10), random_split(rng, 7, 10)
     folder, archive = write_cifar10_python(root, x_train, y_train, x_test, y_test)
-    return dict(root=root, folder=folder, archive=archive, x_train=x_train, y_train=y_train,
-                x_test=x_test, y_test=y_test)
+    return dict(
+        root=root, folder=folder, archive=archive, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test
+    )
 
 
 def assert_same_arrays(arrays, c):
@@ -94,7 +105,8 @@ def test_read_cifar10_archive_folder_and_parent_binary_too(cifar10, tmp_path):
     # The binary version (TFDS's download), as written for TFDS, reads back the same.
     importing._write_binary_files(copy, tmp_path / "cifar-10-batches-bin")
     assert sorted(os.listdir(tmp_path / "cifar-10-batches-bin")) == sorted(
-        [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin", "batches.meta.txt"])
+        [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin", "batches.meta.txt"]
+    )
     assert os.path.getsize(tmp_path / "cifar-10-batches-bin" / "test_batch.bin") == 7 * 3073
     assert_same_arrays(read_cifar(tmp_path).arrays, cifar10)
 
@@ -113,7 +125,7 @@ def test_read_refuses_what_is_not_a_cifar_copy(tmp_path):
     rng = np.random.default_rng(3)
     folder, archive = write_cifar10_python(tmp_path, *random_split(rng, 5, 10), *random_split(rng, 2, 10))
     whole = archive.read_bytes()
-    archive.write_bytes(whole[:len(whole) // 2])
+    archive.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(DataError, match="cannot read .*cifar-10-python.tar.gz .*whole and unchanged"):
         read_cifar(archive)
     archive.unlink()
@@ -155,8 +167,14 @@ def test_cifar100_python_to_tfds_keeps_fine_and_coarse_labels(tmp_path):
 
 def app(*args):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # the app's own default
-    return subprocess.Popen([sys.executable, "-m", "apps.import_data", *map(str, args)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "apps.import_data", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(process):
@@ -203,12 +221,16 @@ def test_import_app_offline_routes(cifar10, tmp_path):
     assert code == 0, err[-3000:]
     copied = {(p.parent.name, p.name): (p.parent.parent.name, p.read_bytes()) for p in split_dir.glob("*/*/*")}
     assert {k: v for k, (_, v) in copied.items()} == originals  # each image once, unchanged
-    tests = {name: sum(1 for (c, _), (s, _) in copied.items() if c == name and s == "test") for name in ("cat", "dog", "owl")}
+    tests = {
+        name: sum(1 for (c, _), (s, _) in copied.items() if c == name and s == "test") for name in ("cat", "dog", "owl")
+    }
     assert tests == {"cat": 1, "dog": 1, "owl": 1}  # round(n / 4), at least one
     assert data.load_arrays(str(split_dir)).num_train == 8
 
-    bad = [app(f"--source={tmp_path / 'by_class'}", f"--data_dir={tmp_path / 'x'}"),
-           app(f"--source={cifar10['archive']}", f"--output_dir={png_dir}")]
+    bad = [
+        app(f"--source={tmp_path / 'by_class'}", f"--data_dir={tmp_path / 'x'}"),
+        app(f"--source={cifar10['archive']}", f"--output_dir={png_dir}"),
+    ]
     for process, flag in zip([again] + bad, ["--data_dir", "--data_dir", "--output_dir"]):
         code, out, err = finish(process)
         lines = err.strip().splitlines()
@@ -217,10 +239,12 @@ def test_import_app_offline_routes(cifar10, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["by_class", "png", "split", "tfds"]
 
 
-@pytest.mark.parametrize("name, archive", [("cifar10", "cifar-10-python.tar.gz"), ("cifar100", "cifar-100-python.tar.gz")])
+@pytest.mark.parametrize(
+    "name, archive", [("cifar10", "cifar-10-python.tar.gz"), ("cifar100", "cifar-100-python.tar.gz")]
+)
 def test_missing_data_points_at_the_offline_command(tmp_path, name, archive):
     with pytest.raises(DataError) as error:
         data.load_arrays(name, data_dir=tmp_path)
     message = str(error.value)
-    assert f"--download" in message and "download=True" not in message
+    assert "--download" in message and "download=True" not in message
     assert message.endswith(f"python -m apps.import_data --source={archive} --data_dir={tmp_path}")

@@ -48,9 +48,10 @@ def jax_env(**extra):
 
 def run_jax(*args, without_tensorflow=False, timeout=300):
     head = ["-c", WITHOUT_TENSORFLOW] if without_tensorflow else ["-m", "apps.train"]
-    result = subprocess.run([sys.executable, *head, *args], cwd=ROOT, env=jax_env(), capture_output=True,
-                            text=True, timeout=timeout)
-    result.stderr = "\n".join(l for l in result.stderr.splitlines() if not l.startswith(NOISE))
+    result = subprocess.run(
+        [sys.executable, *head, *args], cwd=ROOT, env=jax_env(), capture_output=True, text=True, timeout=timeout
+    )
+    result.stderr = "\n".join(line for line in result.stderr.splitlines() if not line.startswith(NOISE))
     return result
 
 
@@ -101,7 +102,7 @@ def test_crop_flip_normalize_is_the_pipelines_pad_crop_flip():
     padded = np.pad(images, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
     for i, d in enumerate(draws):
         flip, dx, dy = d % 2, (d // 2) % choices, (d // 2) // choices
-        crop = padded[i, dy:dy + 8, dx:dx + 6]
+        crop = padded[i, dy : dy + 8, dx : dx + 6]
         expected = (crop[:, ::-1] if flip else crop) / 255.0
         np.testing.assert_allclose(out[i], (expected - mean) / std, rtol=1e-5, atol=1e-5)
     # Evaluation, or no draws: normalization only.
@@ -118,8 +119,9 @@ def test_train_batches_depend_only_on_seed_and_epoch():
 
     x = np.arange(103 * 2 * 2 * 3, dtype=np.uint8).reshape(103, 2, 2, 3)
     y = np.arange(103, dtype=np.int32)
-    make = lambda start, seed=0, pad=4: TrainBatches(x, y, batch_size=10, seed=seed, start_epoch=start,
-                                                     num_epochs=4, pad=pad)
+    make = lambda start, seed=0, pad=4: TrainBatches(
+        x, y, batch_size=10, seed=seed, start_epoch=start, num_epochs=4, pad=pad
+    )
     straight, resumed = make(0), make(2)
     assert len(straight) == 40 and len(resumed) == 20 and straight.steps == 10
     for i in range(20):
@@ -149,8 +151,16 @@ def test_sample_without_tensorflow(tmp_path):
     """The sample trains on JAX with TensorFlow unimportable; cifar10 (TFDS)
     then asks for a folder in one line."""
     model_dir = str(tmp_path / "run")
-    result = run_jax("--dataset=sample", *TINY, "--batch_size=500", "--micro_batch_size=250", "--epochs=1",
-                     "--max_updates=2", f"--model_dir={model_dir}", without_tensorflow=True)
+    result = run_jax(
+        "--dataset=sample",
+        *TINY,
+        "--batch_size=500",
+        "--micro_batch_size=250",
+        "--epochs=1",
+        "--max_updates=2",
+        f"--model_dir={model_dir}",
+        without_tensorflow=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "TENSORFLOW MODULES: []" in result.stderr
     assert "run stopped at --max_updates" in result.stdout and "test accuracy" in result.stdout
@@ -169,7 +179,7 @@ def test_sample_without_tensorflow(tmp_path):
     for dataset, expected in (("cifar10", "--dataset=DIR"), ("imagenet2012", "KERAS_BACKEND=tensorflow")):
         bad = run_jax(f"--dataset={dataset}", *TINY, f"--model_dir={tmp_path / dataset}", without_tensorflow=True)
         assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-3000:]
-        last = [l for l in bad.stderr.splitlines() if l.startswith("error: ")][-1]
+        last = [line for line in bad.stderr.splitlines() if line.startswith("error: ")][-1]
         assert dataset in last and expected in last and "TensorFlow" in last, last
 
 
@@ -178,8 +188,15 @@ def test_folder_resume_is_exact_and_tensorboard_with_tensorflow(tmp_path):
     """A folder dataset on JAX (TensorFlow importable: TensorBoard logs); a run
     stopped after epoch 1 and started again ends with the straight run's weights."""
     folder = image_folder(tmp_path / "images", train_per_class=30, test_per_class=10)
-    args = [f"--dataset={folder}", *TINY, "--batch_size=40", "--micro_batch_size=20", "--epochs=3",
-            "--eval_batch_size=40", "--learning_rate=0.5"]
+    args = [
+        f"--dataset={folder}",
+        *TINY,
+        "--batch_size=40",
+        "--micro_batch_size=20",
+        "--epochs=3",
+        "--eval_batch_size=40",
+        "--learning_rate=0.5",
+    ]
     straight = str(tmp_path / "straight")
     result = run_jax(*args, f"--model_dir={straight}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -205,8 +222,17 @@ def test_folder_resume_is_exact_and_tensorboard_with_tensorflow(tmp_path):
     from sngm_keras.training import ConfigError, TrainConfig, train
 
     os.remove(os.path.join(resumed, "summary.json"))
-    config = TrainConfig(dataset=folder, model="twoconv", batch_size=40, micro_batch_size=20, epochs=3,
-                         eval_batch_size=40, learning_rate=0.5, verbose=0, model_dir=resumed)
+    config = TrainConfig(
+        dataset=folder,
+        model="twoconv",
+        batch_size=40,
+        micro_batch_size=20,
+        epochs=3,
+        eval_batch_size=40,
+        learning_rate=0.5,
+        verbose=0,
+        model_dir=resumed,
+    )
     with pytest.raises(ConfigError, match="jax backend"):
         train(config)
 
@@ -228,8 +254,14 @@ def test_tfds_cifar_in_memory_on_two_devices(tmp_path):
     """cifar10 from TFDS (mock data) into memory, DataParallel over two CPU
     devices with micro-batches of 4 per device; TensorFlow sees no GPU."""
     model_dir = str(tmp_path / "run")
-    result = subprocess.run([sys.executable, "-c", MOCK_CIFAR_DATA_PARALLEL, model_dir], cwd=ROOT, env=jax_env(),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", MOCK_CIFAR_DATA_PARALLEL, model_dir],
+        cwd=ROOT,
+        env=jax_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == ["CPU"]
     info = summary(model_dir)
@@ -249,9 +281,20 @@ class SetWeights(keras.callbacks.Callback):
         self.model.model.set_weights(self.weights)
 
 
-ONE_STEP = dict(model="twoconv", optimizer="sngm", batch_size=64, micro_batch_size=32, learning_rate=0.5,
-                lr_schedule="constant", momentum=0.9, weight_decay=5e-4, epochs=1, augment=False,
-                eval_batch_size=16, verbose=0)
+ONE_STEP = dict(
+    model="twoconv",
+    optimizer="sngm",
+    batch_size=64,
+    micro_batch_size=32,
+    learning_rate=0.5,
+    lr_schedule="constant",
+    momentum=0.9,
+    weight_decay=5e-4,
+    epochs=1,
+    augment=False,
+    eval_batch_size=16,
+    verbose=0,
+)
 
 
 def _one_step(folder, model_dir, init_path):
@@ -279,8 +322,9 @@ def test_one_sngm_step_is_the_same_on_tensorflow_and_jax(tmp_path):
 
     jax_dir = str(tmp_path / "jax")
     code = f"from tests.test_jax_training import _one_step; _one_step({folder!r}, {jax_dir!r}, {init_path!r})"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=jax_env(), capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=jax_env(), capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     assert keras.backend.backend() == "tensorflow"

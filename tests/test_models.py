@@ -14,18 +14,15 @@ import pytest
 from sngm_keras.models import MODEL_NAMES, build_model, has_batchnorm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CIFAR_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56,
-                "resnet110": 110}
+CIFAR_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110}
 IMAGENET = ("resnet18", "resnet34", "resnet50")
 # He et al. 2016, Table 6 (CIFAR-10), in millions.
-PAPER_CIFAR_MILLIONS = {"resnet20": 0.27, "resnet32": 0.46, "resnet44": 0.66,
-                        "resnet56": 0.85, "resnet110": 1.7}
+PAPER_CIFAR_MILLIONS = {"resnet20": 0.27, "resnet32": 0.46, "resnet44": 0.66, "resnet56": 0.85, "resnet110": 1.7}
 # sum(p.numel() for p in torchvision.models.resnetXX().parameters())
-TORCHVISION_COUNTS = {"resnet18": 11_689_512, "resnet34": 21_797_672,
-                      "resnet50": 25_557_032}
+TORCHVISION_COUNTS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def built(name, num_classes=10, input_shape=(32, 32, 3), seed=None):
     return build_model(name, num_classes, input_shape, seed=seed)
 
@@ -40,6 +37,7 @@ def layers_of(model, cls):
 
 def cifar_resnet_count(depth, num_classes, in_channels=3):
     """3x3 conv weights (no bias) + BN gamma/beta + dense; option A adds nothing."""
+
     def conv_bn(cin, cout):
         return 3 * 3 * cin * cout + 2 * cout
 
@@ -54,8 +52,9 @@ def cifar_resnet_count(depth, num_classes, in_channels=3):
 
 def twoconv_count(height, width, channels, num_classes):
     flat = (height // 4) * (width // 4) * 64
-    return ((5 * 5 * channels * 32 + 32) + (5 * 5 * 32 * 64 + 64)
-            + (flat * 256 + 256) + (256 * num_classes + num_classes))
+    return (
+        (5 * 5 * channels * 32 + 32) + (5 * 5 * 32 * 64 + 64) + (flat * 256 + 256) + (256 * num_classes + num_classes)
+    )
 
 
 @pytest.mark.parametrize("name", list(CIFAR_DEPTHS))
@@ -82,19 +81,20 @@ def test_imagenet_resnet_parameter_count(imagenet_models, name):
     model = imagenet_models[name]
     assert trainable_count(model) == TORCHVISION_COUNTS[name]
     # Only the BN moving statistics are non-trainable.
-    bn_channels = sum(bn.gamma.shape[0]
-                      for bn in layers_of(model, keras.layers.BatchNormalization))
+    bn_channels = sum(bn.gamma.shape[0] for bn in layers_of(model, keras.layers.BatchNormalization))
     non_trainable = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
     assert non_trainable == 2 * bn_channels
 
 
-@pytest.mark.parametrize("name,projections,convs", [
-    ("resnet18", 3, 1 + 16 + 3),
-    ("resnet34", 3, 1 + 32 + 3),
-    ("resnet50", 4, 1 + 48 + 4),
-])
-def test_imagenet_resnet_projection_shortcuts(imagenet_models, name, projections,
-                                              convs):
+@pytest.mark.parametrize(
+    "name,projections,convs",
+    [
+        ("resnet18", 3, 1 + 16 + 3),
+        ("resnet34", 3, 1 + 32 + 3),
+        ("resnet50", 4, 1 + 48 + 4),
+    ],
+)
+def test_imagenet_resnet_projection_shortcuts(imagenet_models, name, projections, convs):
     model = imagenet_models[name]
     conv_layers = layers_of(model, keras.layers.Conv2D)
     assert len(conv_layers) == convs
@@ -120,12 +120,15 @@ def test_output_shape_and_logits(name):
     assert model.layers[-1].activation is keras.activations.linear
 
 
-@pytest.mark.parametrize("name,num_classes,input_shape", [
-    ("resnet18", 100, (64, 64, 3)),
-    ("resnet50", 7, (16, 16, 3)),
-    ("resnet20", 5, (33, 33, 3)),  # odd size: shortcut and conv must agree
-    ("twoconv", 10, (28, 28, 1)),
-])
+@pytest.mark.parametrize(
+    "name,num_classes,input_shape",
+    [
+        ("resnet18", 100, (64, 64, 3)),
+        ("resnet50", 7, (16, 16, 3)),
+        ("resnet20", 5, (33, 33, 3)),  # odd size: shortcut and conv must agree
+        ("twoconv", 10, (28, 28, 1)),
+    ],
+)
 def test_other_input_shapes(name, num_classes, input_shape):
     model = build_model(name, num_classes, input_shape)
     logits = model(np.zeros((2, *input_shape), "float32"), training=False)
@@ -154,8 +157,9 @@ def test_different_seeds_give_different_weights():
 
 def test_seeded_layers_are_not_initialized_alike():
     model = built("resnet20", seed=123)
-    kernels = [layer.kernel.numpy() for layer in layers_of(model, keras.layers.Conv2D)
-               if layer.kernel.shape == (3, 3, 16, 16)]
+    kernels = [
+        layer.kernel.numpy() for layer in layers_of(model, keras.layers.Conv2D) if layer.kernel.shape == (3, 3, 16, 16)
+    ]
     assert len(kernels) == 6
     for i in range(len(kernels)):
         for j in range(i + 1, len(kernels)):
@@ -177,9 +181,11 @@ def test_resnet20_uses_option_a_shortcuts():
     dense = layers_of(model, keras.layers.Dense)
     assert len(convs) == 19 and len(dense) == 1
     assert all(layer.kernel_size == (3, 3) and not layer.use_bias for layer in convs)
-    others = [layer for layer in weighted
-              if not isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense,
-                                        keras.layers.BatchNormalization))]
+    others = [
+        layer
+        for layer in weighted
+        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense, keras.layers.BatchNormalization))
+    ]
     assert others == []
 
 
@@ -229,11 +235,12 @@ def test_save_and_load_round_trip(tmp_path):
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(loaded(images, training=False)),
         keras.ops.convert_to_numpy(model(images, training=False)),
-        rtol=1e-5, atol=1e-5)
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
-@pytest.mark.skipif(importlib.util.find_spec("jax") is None,
-                    reason="JAX is not installed")
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
 def test_resnet20_builds_under_jax():
     code = (
         "import numpy as np, keras\n"
@@ -244,8 +251,9 @@ def test_resnet20_builds_under_jax():
         "print(keras.backend.backend(), n, tuple(y.shape))\n"
     )
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     last_line = result.stdout.strip().splitlines()[-1]
     assert last_line == f"jax {cifar_resnet_count(20, 10)} (2, 10)"

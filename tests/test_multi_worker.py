@@ -20,8 +20,7 @@ import keras
 import numpy as np
 import pytest
 
-from sngm_keras.training import ConfigError, TrainConfig
-from sngm_keras.training import cluster, membership
+from sngm_keras.training import ConfigError, TrainConfig, cluster, membership
 
 pytestmark = [pytest.mark.multiworker, pytest.mark.slow]
 
@@ -39,13 +38,22 @@ def free_port():
 
 
 def start(args, env=None, tmp=None):
-    env = dict({k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "XLA_FLAGS")},
-               TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    env = dict(
+        {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "XLA_FLAGS")},
+        TF_CPP_MIN_LOG_LEVEL="2",
+        **(env or {}),
+    )
     if tmp is not None:
         os.makedirs(tmp, exist_ok=True)
         env["TMPDIR"] = str(tmp)
-    return subprocess.Popen([sys.executable, "-m", "apps.train", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "apps.train", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(processes, timeout=TIMEOUT):
@@ -57,12 +65,14 @@ def finish(processes, timeout=TIMEOUT):
         for p in processes:
             out, err = p.communicate(timeout=max(1, deadline - time.time()))
             results.append((p.returncode, out, err))
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as timeout:
         tails = [err[-1500:] for _, _, err in results]
-        for p in processes[len(results):]:
+        for p in processes[len(results) :]:
             p.kill()
             tails.append(p.communicate()[1][-1500:])
-        raise AssertionError("a worker outlived the deadline; their stderr ends:\n" + "\n---\n".join(tails))
+        raise AssertionError(
+            "a worker outlived the deadline; their stderr ends:\n" + "\n---\n".join(tails)
+        ) from timeout
     return results
 
 
@@ -70,11 +80,17 @@ def tf_workers(tmp_path, name, args, count=2):
     ports = [free_port() for _ in range(count)]
     processes = []
     for index in range(count):
-        tf_config = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                                "task": {"type": "worker", "index": index}})
+        tf_config = json.dumps(
+            {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
+        )
         folder = tmp_path / name / f"worker{index}"
-        processes.append(start([*args, "--strategy=multi_worker", f"--model_dir={folder}"],
-                               env={"TF_CONFIG": tf_config}, tmp=tmp_path / name / f"tmp{index}"))
+        processes.append(
+            start(
+                [*args, "--strategy=multi_worker", f"--model_dir={folder}"],
+                env={"TF_CONFIG": tf_config},
+                tmp=tmp_path / name / f"tmp{index}",
+            )
+        )
     return processes
 
 
@@ -82,15 +98,24 @@ def jax_workers(tmp_path, name, args, count=2):
     port = free_port()
     env = {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     return [
-        start([*args, "--strategy=multi_worker", f"--coordinator_address=127.0.0.1:{port}",
-               f"--num_processes={count}", f"--process_id={index}", f"--model_dir={tmp_path / name / f'worker{index}'}"],
-              env=env, tmp=tmp_path / name / f"tmp{index}")
+        start(
+            [
+                *args,
+                "--strategy=multi_worker",
+                f"--coordinator_address=127.0.0.1:{port}",
+                f"--num_processes={count}",
+                f"--process_id={index}",
+                f"--model_dir={tmp_path / name / f'worker{index}'}",
+            ],
+            env=env,
+            tmp=tmp_path / name / f"tmp{index}",
+        )
         for index in range(count)
     ]
 
 
 def succeeded(results):
-    for code, out, err in results:
+    for code, _, err in results:
         assert code == 0, err[-3000:]
     assert "test accuracy" in results[0][1] and "the results are in the chief's --model_dir" in results[1][1]
 
@@ -153,8 +178,10 @@ def test_tensorflow_two_workers_killed_resume_to_the_single_process_weights(tmp_
 
 def test_jax_two_processes_equal_one(tmp_path):
     args = [*RUN, "--epochs=1", "--max_updates=2", "--eval_batch_size=500"]
-    single = start([*args, "--micro_batch_size=500", f"--model_dir={tmp_path / 'single'}"],
-                   env={"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
+    single = start(
+        [*args, "--micro_batch_size=500", f"--model_dir={tmp_path / 'single'}"],
+        env={"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"},
+    )
     results = finish(jax_workers(tmp_path, "two", args))
     succeeded(results)
     assert finish([single])[0][0] == 0
@@ -170,8 +197,13 @@ def test_jax_two_processes_equal_one(tmp_path):
 
 
 def tf_config(index=0, workers=2, **extra):
-    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{2000 + i}" for i in range(workers)]},
-                       "task": {"type": "worker", "index": index}, **extra})
+    return json.dumps(
+        {
+            "cluster": {"worker": [f"127.0.0.1:{2000 + i}" for i in range(workers)]},
+            "task": {"type": "worker", "index": index},
+            **extra,
+        }
+    )
 
 
 def describe(tf_config_text=None, backend="tensorflow", **fields):
@@ -183,14 +215,21 @@ def describe(tf_config_text=None, backend="tensorflow", **fields):
 def test_cluster_descriptions():
     assert describe(tf_config(0)) == cluster.Cluster(num_workers=2, index=0, is_chief=True)
     assert describe(tf_config(1)) == cluster.Cluster(num_workers=2, index=1, is_chief=False)
-    with_chief = json.dumps({"cluster": {"chief": ["h:1"], "worker": ["h:2", "h:3"]},
-                             "task": {"type": "worker", "index": 0}})
+    with_chief = json.dumps(
+        {"cluster": {"chief": ["h:1"], "worker": ["h:2", "h:3"]}, "task": {"type": "worker", "index": 0}}
+    )
     assert describe(with_chief) == cluster.Cluster(num_workers=3, index=1, is_chief=False)
     jax = describe(backend="jax", coordinator_address="127.0.0.1:1234", num_processes=2, process_id=1)
     assert jax == cluster.Cluster(2, 1, False, "127.0.0.1:1234")
-    from_env = cluster.describe(TrainConfig(strategy="multi_worker"), "jax", {
-        "KERAS_DISTRIBUTION_JOB_ADDRESSES": "10.0.0.1:99,10.0.0.2:99", "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
-        "KERAS_DISTRIBUTION_PROCESS_ID": "0"})
+    from_env = cluster.describe(
+        TrainConfig(strategy="multi_worker"),
+        "jax",
+        {
+            "KERAS_DISTRIBUTION_JOB_ADDRESSES": "10.0.0.1:99,10.0.0.2:99",
+            "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
+            "KERAS_DISTRIBUTION_PROCESS_ID": "0",
+        },
+    )
     assert from_env == cluster.Cluster(2, 0, True, "10.0.0.1:99")
     # Other strategies ignore TF_CONFIG, however malformed.
     assert cluster.describe(TrainConfig(), "tensorflow", {"TF_CONFIG": "{not json"}) is None
@@ -241,9 +280,10 @@ BAD_CLUSTERS = [
 def test_bad_cluster_descriptions_end_in_one_line(tmp_path):
     processes = []
     for i, (env, args, _) in enumerate(BAD_CLUSTERS):
-        processes.append(start([*RUN, "--strategy=multi_worker", *args, f"--model_dir={tmp_path / f'run{i}'}"],
-                               env=env))
-    for (env, args, expected), (code, _, err) in zip(BAD_CLUSTERS, finish(processes)):
+        processes.append(
+            start([*RUN, "--strategy=multi_worker", *args, f"--model_dir={tmp_path / f'run{i}'}"], env=env)
+        )
+    for (env, _, expected), (code, _, err) in zip(BAD_CLUSTERS, finish(processes)):
         assert code == 2 and "Traceback" not in err, (env, err[-2000:])
         last = err.strip().splitlines()[-1]
         assert last.startswith("error: --strategy: ") and expected in last, (env, last)

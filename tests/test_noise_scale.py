@@ -6,7 +6,6 @@ import logging
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import sngm_keras
 from sngm_keras.accumulation import MicroBatchModel
@@ -148,8 +147,10 @@ def test_two_replicas_and_two_workers_measure_what_one_device_does(tmp_path):
     workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     processes = [run_worker("one", tmp_path / "one.npz"), run_worker("two", tmp_path / "two.npz")]
     for index in range(2):
-        tf_config = (f'{{"cluster": {{"worker": ["{workers[0]}", "{workers[1]}"]}}, '
-                     f'"task": {{"type": "worker", "index": {index}}}}}')
+        tf_config = (
+            f'{{"cluster": {{"worker": ["{workers[0]}", "{workers[1]}"]}}, '
+            f'"task": {{"type": "worker", "index": {index}}}}}'
+        )
         processes.append(run_worker("worker", tmp_path / f"w{index}.npz", env={"TF_CONFIG": tf_config}))
     for p in processes:
         finish(p)

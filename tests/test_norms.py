@@ -68,7 +68,9 @@ def test_sngm_under_xla_matches_algorithm_1_on_large_variables():
     step = tf.function(lambda g: opt.apply(g, variables), jit_compile=True)
     for g in grads:
         step([tf.constant(x) for x in g])
-    w_ref, u_ref = reference.sngm(w0, lambda w, t: [x.astype(np.float64) for x in grads[t]], lambda t: 0.05, 5, 0.9, 1e-3)
+    w_ref, u_ref = reference.sngm(
+        w0, lambda w, t: [x.astype(np.float64) for x in grads[t]], lambda t: 0.05, 5, 0.9, 1e-3
+    )
     for a, e in zip(variables, w_ref):
         np.testing.assert_allclose(a.numpy(), e, rtol=1e-5, atol=1e-6)
     for a, e in zip(opt.momentums, u_ref):
@@ -95,8 +97,14 @@ print(json.dumps(out))
 def test_jax_global_norm_matches_float64():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", JAX_SCRIPT, json.dumps(SHAPES), json.dumps(SCALES)], env=env,
-                         capture_output=True, text=True, check=True, cwd=root)
+    out = subprocess.run(
+        [sys.executable, "-c", JAX_SCRIPT, json.dumps(SHAPES), json.dumps(SCALES)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+    )
     results = json.loads(out.stdout.strip().splitlines()[-1])
     for scale in SCALES:
         expected = reference.global_norm([v.astype(np.float64) / scale for v in arrays(scale)])

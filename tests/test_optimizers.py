@@ -23,10 +23,7 @@ def initial_weights(seed=0):
 
 def quadratic_grad(weights, t):
     """Gradient of a separable quadratic plus a step-dependent linear term."""
-    return [
-        (1.0 + i) * w + np.cos(t + i + np.arange(w.size).reshape(w.shape))
-        for i, w in enumerate(weights)
-    ]
+    return [(1.0 + i) * w + np.cos(t + i + np.arange(w.size).reshape(w.shape)) for i, w in enumerate(weights)]
 
 
 def run_keras(optimizer, steps, weights=None, grad_fn=quadratic_grad):
@@ -133,14 +130,20 @@ def test_pytorch_lars_matches_reference_and_freezes_zero_weights(weight_decay):
     lr = PolynomialWarmup(2.0, total_steps=30, power=1.1)
     opt = sngm_keras.LARS(lr, momentum=0.9, weight_decay=weight_decay, trust_coefficient=0.02, pytorch_lars=True)
     w, u = run_keras(opt, 20, weights=weights)
-    w_ref, u_ref = reference.lars(weights, quadratic_grad, poly(2.0, 30, 1.1), 20, 0.9, weight_decay, 0.02,
-                                  pytorch_lars=True)
+    w_ref, u_ref = reference.lars(
+        weights, quadratic_grad, poly(2.0, 30, 1.1), 20, 0.9, weight_decay, 0.02, pytorch_lars=True
+    )
     assert_close(w, w_ref)
     assert_close(u, u_ref)
     np.testing.assert_array_equal(w[1], 0.0)  # a zero norm gives a zero local rate: never moves
     assert np.max(np.abs(w[2] - 1.5)) > 1e-3  # rank-1 variables are adapted too
-    default, _ = run_keras(sngm_keras.LARS(lr, momentum=0.9, weight_decay=weight_decay, trust_coefficient=0.02,
-                                           exclude_bias_and_norm=False), 20, weights=weights)
+    default, _ = run_keras(
+        sngm_keras.LARS(
+            lr, momentum=0.9, weight_decay=weight_decay, trust_coefficient=0.02, exclude_bias_and_norm=False
+        ),
+        20,
+        weights=weights,
+    )
     assert np.max(np.abs(default[1])) > 1e-3  # the default's trust of 1 moves it
     config = opt.get_config()
     assert config["pytorch_lars"] is True and config["exclude_bias_and_norm"] is False
@@ -161,8 +164,15 @@ NORM_JUMPS = {
     "alternating_1e30_1e-33": [scaled_grad(1e30 if t % 2 else 1e-33) for t in range(12)],
     "zero_then_1e9": [zero_grad] + [scaled_grad(1e9)] * 5,
     "zero_steps_then_normal": [zero_grad] * 3 + [quadratic_grad] * 7,
-    "normal_zero_1e9": [quadratic_grad, zero_grad, zero_grad, scaled_grad(1e9), quadratic_grad, scaled_grad(1e-25),
-                        scaled_grad(1e20)],
+    "normal_zero_1e9": [
+        quadratic_grad,
+        zero_grad,
+        zero_grad,
+        scaled_grad(1e9),
+        quadratic_grad,
+        scaled_grad(1e-25),
+        scaled_grad(1e20),
+    ],
 }
 
 
@@ -363,9 +373,7 @@ def test_config_round_trip(cls):
 
 def tiny_model(seed=0):
     keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [keras.Input((6,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(3)]
-    )
+    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(3)])
 
 
 def tiny_data(n=64, seed=0):
@@ -374,7 +382,9 @@ def tiny_data(n=64, seed=0):
 
 
 def compile_fit(model, optimizer, jit=False, epochs=2):
-    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
+    model.compile(
+        optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit
+    )
     x, y = tiny_data()
     model.fit(x, y, batch_size=16, epochs=epochs, shuffle=False, verbose=0)
     return model
@@ -439,7 +449,9 @@ def test_tensorflow_and_jax_backends_agree():
     results = {}
     for backend in ("tensorflow", "jax"):
         env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu")
-        out = subprocess.run([sys.executable, "-c", BACKEND_SCRIPT], env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", BACKEND_SCRIPT], env=env, capture_output=True, text=True, check=True
+        )
         result = json.loads(out.stdout.strip().splitlines()[-1])
         assert result["backend"] == backend
         results[backend] = [np.array(w) for w in result["w"]]

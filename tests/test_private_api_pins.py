@@ -41,7 +41,9 @@ def test_fit_builds_through_the_symbolic_build_override(monkeypatch):
 
     monkeypatch.setattr(_accumulation_tf, "first_local_batch", spy)
     model = MicroBatchModel(dense_model(), micro_batch_size=8)
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     x, y = data(64)
     model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(32, drop_remainder=True), epochs=1, verbose=0)
     assert len(calls) == 1 and calls[0] is not None, "Keras' fit no longer builds through _maybe_symbolic_build"
@@ -80,11 +82,12 @@ print("RESULT", json.dumps(out))
 def test_jax_step_metrics_and_jax_start():
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("XLA_FLAGS", None)
-    result = subprocess.run([sys.executable, "-c", JAX_CHECKS], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=300)
-    lines = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")]
+    result = subprocess.run(
+        [sys.executable, "-c", JAX_CHECKS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert result.returncode == 0 and lines, result.stderr[-3000:]
-    out = json.loads(lines[0][len("RESULT "):])
+    out = json.loads(lines[0][len("RESULT ") :])
     assert out["started_before"] is False and out["started_after"] is True
     for key in ("loss", "accuracy"):
         np.testing.assert_allclose(out["micro"][key], out["plain"][key], rtol=1e-5, err_msg=key)

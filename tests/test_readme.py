@@ -23,8 +23,9 @@ def test_readme_python_blocks_run(tmp_path):
         if ".fit(" in block:
             block, count = EPOCHS_LINE.subn(r"\g<1>1", block)
             assert count == 1, f"block {i} trains but has no single `epochs = N` line to shrink"
-        result = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True,
-                                text=True, timeout=600)
+        result = subprocess.run(
+            [sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
         assert result.returncode == 0, f"README block {i} failed:\n{result.stderr[-3000:]}"
         if ".fit(" in block:
             metrics = eval(result.stdout.strip().splitlines()[-1], {"np": __import__("numpy")})

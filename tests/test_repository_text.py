@@ -74,15 +74,28 @@ def test_no_machine_paths_or_development_history_in_tracked_text():
         searched += 1
         found.extend(offences(name, text))
     assert searched, "no tracked text file was found to search"
-    assert not found, "absolute paths of a development machine or words about the project's development:\n" + \
-        "\n".join(found)
+    assert not found, "absolute paths of a development machine or words about the project's development:\n" + "\n".join(
+        found
+    )
 
 
-@pytest.mark.parametrize("line", [
-    "data in /work/data", "see /home/alice/x", "/root/.cache", "/tmp/pytest-of-bob/p0", "/Users/bob/x",
-    r"C:\Users\bob", "C:\\\\Users\\\\bob", "this session measured", "Sessions ran", "the workplace",
-    "no machine was lent to the task", "../shared/notes",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "data in /work/data",
+        "see /home/alice/x",
+        "/root/.cache",
+        "/tmp/pytest-of-bob/p0",
+        "/Users/bob/x",
+        r"C:\Users\bob",
+        "C:\\\\Users\\\\bob",
+        "this session measured",
+        "Sessions ran",
+        "the workplace",
+        "no machine was lent to the task",
+        "../shared/notes",
+    ],
+)
 def test_each_pattern_is_found(line):
     found = list(offences("f.md", "ok\n" + line))
     assert found and found[0].startswith("f.md:2:"), found

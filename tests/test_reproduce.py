@@ -15,7 +15,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def reproduce(*args):
     return subprocess.run(
-        [sys.executable, "-m", "apps.reproduce", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "apps.reproduce", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
 
@@ -48,11 +52,20 @@ def _finish(run, validation_accuracy):
 
 
 def test_models_grid_rows_and_the_pytorch_lars_row_at_the_selected_rate(tmp_path):
-    runs = studies.plan("table2", str(tmp_path), epochs_scale=0.125, lr_grid=[0.5, 1, 2], models=["resnet20"],
-                        grid_rows=["msgd_b4096", "lars_b4096", "sngm_b4096"])
+    runs = studies.plan(
+        "table2",
+        str(tmp_path),
+        epochs_scale=0.125,
+        lr_grid=[0.5, 1, 2],
+        models=["resnet20"],
+        grid_rows=["msgd_b4096", "lars_b4096", "sngm_b4096"],
+    )
     assert {r.group for r in runs} == {"resnet20"}
     assert sorted(r.run_id for r in runs if r.row in ("msgd_b128", "lars_warmup_b4096", "lars_pytorch_b4096")) == [
-        "resnet20_lars_pytorch_b4096", "resnet20_lars_warmup_b4096", "resnet20_msgd_b128"]
+        "resnet20_lars_pytorch_b4096",
+        "resnet20_lars_warmup_b4096",
+        "resnet20_msgd_b128",
+    ]
     assert len(runs) == 3 * 3 + 3
     assert all(r.config.epochs == 20 and r.config.decay_epochs == (10, 15) for r in runs if r.row == "msgd_b128")
     lars = [r for r in runs if r.row == "lars_b4096"]
@@ -73,14 +86,24 @@ def test_models_grid_rows_and_the_pytorch_lars_row_at_the_selected_rate(tmp_path
 @pytest.mark.slow
 def test_tiny_study_writes_table_and_curves_and_resumes(tmp_path):
     out = str(tmp_path / "study")
-    args = ["--study=figure1_cpu", "--dataset=sample", "--epochs_scale=0.1", "--max_updates=2", "--verbose=0",
-            f"--output_dir={out}"]
+    args = [
+        "--study=figure1_cpu",
+        "--dataset=sample",
+        "--epochs_scale=0.1",
+        "--max_updates=2",
+        "--verbose=0",
+        f"--output_dir={out}",
+    ]
     first = reproduce(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count("\n== ") == 4
     results = open(os.path.join(out, "results.md")).read()
-    for method in ("| MSGD | - | 0.025 | 1.1 | 128 |", "| MSGD | - | 0.1 | 1.1 | 4096 |", "| LARS (biases, BN excluded) | No | 4 |",
-                   "| SNGM | - | 0.8 | 1.1 | 4096 |"):
+    for method in (
+        "| MSGD | - | 0.025 | 1.1 | 128 |",
+        "| MSGD | - | 0.1 | 1.1 | 4096 |",
+        "| LARS (biases, BN excluded) | No | 4 |",
+        "| SNGM | - | 0.8 | 1.1 | 4096 |",
+    ):
         assert method in results, results
     assert "runs finished: 4 of 4" in results
     assert os.path.getsize(os.path.join(out, "curves.png")) > 10_000

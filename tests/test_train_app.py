@@ -48,8 +48,15 @@ def test_sample_run_writes_every_output(tmp_path):
     for name in ("config.json", "history.csv", "summary.json", "curves.png", "final.keras", "logs", "checkpoints"):
         assert os.path.exists(os.path.join(model_dir, name)), name
     summary = json.load(open(os.path.join(model_dir, "summary.json")))
-    for key in ("test_accuracy", "best_test_accuracy", "train_loss", "updates", "examples_per_second",
-                "wall_seconds", "backend"):
+    for key in (
+        "test_accuracy",
+        "best_test_accuracy",
+        "train_loss",
+        "updates",
+        "examples_per_second",
+        "wall_seconds",
+        "backend",
+    ):
         assert summary[key] is not None, key
     assert summary["updates"] == 20 and summary["backend"] == "tensorflow"
     assert summary["flags"]["learning_rate"] == 0.3 and summary["flags"]["micro_batch_size"] == 250
@@ -137,7 +144,13 @@ def test_every_preset_is_a_valid_configuration(tmp_path):
         assert config.preset == name
     sngm = TrainConfig.from_preset("table2_resnet20_sngm_b4096", model_dir=str(tmp_path))
     assert (sngm.model, sngm.optimizer, sngm.batch_size, sngm.micro_batch_size) == ("resnet20", "sngm", 4096, 128)
-    assert (sngm.learning_rate, sngm.power, sngm.weight_decay, sngm.epochs, sngm.warmup_epochs) == (1.6, 1.1, 1e-4, 160, 0)
+    assert (sngm.learning_rate, sngm.power, sngm.weight_decay, sngm.epochs, sngm.warmup_epochs) == (
+        1.6,
+        1.1,
+        1e-4,
+        160,
+        0,
+    )
     lars = TrainConfig.from_preset("table2_resnet56_lars_warmup_b4096", model_dir=str(tmp_path))
     assert (lars.learning_rate, lars.power, lars.warmup_epochs, lars.warmup_learning_rate) == (2.8, 2.0, 5, 0.1)
     msgd = TrainConfig.from_preset("table3_resnet50_msgd_b256", model_dir=str(tmp_path))
@@ -154,8 +167,18 @@ def test_every_preset_is_a_valid_configuration(tmp_path):
 )
 def test_tfds_mock_data(tmp_path, dataset, model, extra):
     config = TrainConfig(
-        dataset=dataset, model=model, optimizer="sngm", batch_size=16, micro_batch_size=8, learning_rate=0.1,
-        epochs=1, max_updates=2, eval_batch_size=16, verbose=0, model_dir=str(tmp_path / "run"), **extra,
+        dataset=dataset,
+        model=model,
+        optimizer="sngm",
+        batch_size=16,
+        micro_batch_size=8,
+        learning_rate=0.1,
+        epochs=1,
+        max_updates=2,
+        eval_batch_size=16,
+        verbose=0,
+        model_dir=str(tmp_path / "run"),
+        **extra,
     )
     with tfds.testing.mock_data(num_examples=64):
         summary = train(config)
@@ -170,8 +193,15 @@ def test_tfds_mock_data(tmp_path, dataset, model, extra):
 
 def test_mirrored_on_logical_cpus_matches_flags(tmp_path):
     model_dir = str(tmp_path / "mirrored")
-    result = app(*TINY, "--epochs=1", "--max_updates=2", "--num_cpu_devices=2", "--strategy=mirrored",
-                 "--nonoise_scale", f"--model_dir={model_dir}")
+    result = app(
+        *TINY,
+        "--epochs=1",
+        "--max_updates=2",
+        "--num_cpu_devices=2",
+        "--strategy=mirrored",
+        "--nonoise_scale",
+        f"--model_dir={model_dir}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.load(open(os.path.join(model_dir, "summary.json")))
     assert summary["replicas"] == 2 and summary["updates"] == 2 and summary["micro_batch_size"] == 250
@@ -197,8 +227,15 @@ def test_a_failed_start_writes_nothing_and_its_remains_do_not_block_the_fix(tmp_
     os.makedirs(model_dir / "checkpoints")
     os.makedirs(model_dir / "logs")
     (model_dir / "config.json").write_text(json.dumps(missing.result_fields()))
-    fixed = TrainConfig(dataset="sample", batch_size=500, micro_batch_size=250, epochs=1, max_updates=1, verbose=0,
-                        model_dir=str(model_dir))
+    fixed = TrainConfig(
+        dataset="sample",
+        batch_size=500,
+        micro_batch_size=250,
+        epochs=1,
+        max_updates=1,
+        verbose=0,
+        model_dir=str(model_dir),
+    )
     summary = train(fixed)
     assert summary["updates"] == 1 and summary["flags"]["dataset"] == "sample"
     assert json.load(open(model_dir / "config.json")) == fixed.result_fields()
@@ -221,7 +258,8 @@ def test_settings_conflict_names_every_difference_and_only_those(tmp_path):
         RunDir(model_dir).check(msgd)
     assert str(refused.value) == (
         f"--model_dir: {model_dir} holds a run with other settings (--micro_batch_size: 100 there, None now; "
-        "--optimizer: 'sngm' there, 'msgd' now); use another --model_dir")
+        "--optimizer: 'sngm' there, 'msgd' now); use another --model_dir"
+    )
     # The preset's name, verbosity, --max_updates are not settings of the run.
     RunDir(model_dir).check(TrainConfig(micro_batch_size=100, model_dir=model_dir, verbose=2, max_updates=3))
 
@@ -240,19 +278,41 @@ print(json.dumps(out))
 
 def train_flag_parsing(argument_lists, cwd):
     """apps.train's model_dir for each argument list, parsed in one process."""
-    result = subprocess.run([sys.executable, "-c", DEFAULT_DIRS, json.dumps(argument_lists)], cwd=cwd,
-                            capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT))
+    result = subprocess.run(
+        [sys.executable, "-c", DEFAULT_DIRS, json.dumps(argument_lists)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_default_model_dir_follows_the_settings(tmp_path):
-    demo_flags = ["--dataset=sample", "--model=twoconv", "--optimizer=sngm", "--batch_size=500",
-                  "--micro_batch_size=100", "--learning_rate=0.2", "--momentum=0.9", "--weight_decay=0.0005",
-                  "--lr_schedule=poly", "--power=1.1", "--epochs=30"]
-    lists = [["--preset=demo"], [], ["--optimizer=msgd"], ["--preset=demo", "--optimizer=msgd"],
-             ["--preset=demo", "--verbose=0", "--max_updates=5"], demo_flags, ["--learning_rate=0.3"]]
+    demo_flags = [
+        "--dataset=sample",
+        "--model=twoconv",
+        "--optimizer=sngm",
+        "--batch_size=500",
+        "--micro_batch_size=100",
+        "--learning_rate=0.2",
+        "--momentum=0.9",
+        "--weight_decay=0.0005",
+        "--lr_schedule=poly",
+        "--power=1.1",
+        "--epochs=30",
+    ]
+    lists = [
+        ["--preset=demo"],
+        [],
+        ["--optimizer=msgd"],
+        ["--preset=demo", "--optimizer=msgd"],
+        ["--preset=demo", "--verbose=0", "--max_updates=5"],
+        demo_flags,
+        ["--learning_rate=0.3"],
+    ]
     dirs = train_flag_parsing(lists, str(tmp_path))
     by = [dirs[" ".join(a)] for a in lists]
     assert by[0] == os.path.join("runs", "demo")
@@ -282,15 +342,50 @@ def test_flagfile_round_trips_through_the_apps_flags(tmp_path):
     configs = [
         # A tuner's best trial with every setting off its default.
         TrainConfig(
-            dataset=str(folder), model="resnet20", optimizer="sngm", batch_size=1000, micro_batch_size=250,
-            learning_rate=0.123456789012345, momentum=0.95, weight_decay=3.3e-5, power=1.7, warmup_epochs=2,
-            warmup_learning_rate=0.01, epochs=7, max_updates=99, strategy="one_device", seed=7, augment=False,
-            deterministic=True, jit_compile=True, dtype_policy="mixed_bfloat16", eval_every=2, eval_batch_size=250,
-            verbose=2, model_dir=str(tmp_path / "best_trial_3")),
-        TrainConfig(dataset="cifar100", data_dir=str(tmp_path), download=True, optimizer="msgd", lr_schedule="step",
-                    decay_epochs=(3, 5), decay_factor=4.0, epochs=6, model_dir=str(tmp_path / "step")),
-        TrainConfig(dataset="imagenet2012", model="resnet18", optimizer="lars", image_size=64, trust_coefficient=0.02,
-                    lr_schedule="constant", model_dir=str(tmp_path / "imagenet")),
+            dataset=str(folder),
+            model="resnet20",
+            optimizer="sngm",
+            batch_size=1000,
+            micro_batch_size=250,
+            learning_rate=0.123456789012345,
+            momentum=0.95,
+            weight_decay=3.3e-5,
+            power=1.7,
+            warmup_epochs=2,
+            warmup_learning_rate=0.01,
+            epochs=7,
+            max_updates=99,
+            strategy="one_device",
+            seed=7,
+            augment=False,
+            deterministic=True,
+            jit_compile=True,
+            dtype_policy="mixed_bfloat16",
+            eval_every=2,
+            eval_batch_size=250,
+            verbose=2,
+            model_dir=str(tmp_path / "best_trial_3"),
+        ),
+        TrainConfig(
+            dataset="cifar100",
+            data_dir=str(tmp_path),
+            download=True,
+            optimizer="msgd",
+            lr_schedule="step",
+            decay_epochs=(3, 5),
+            decay_factor=4.0,
+            epochs=6,
+            model_dir=str(tmp_path / "step"),
+        ),
+        TrainConfig(
+            dataset="imagenet2012",
+            model="resnet18",
+            optimizer="lars",
+            image_size=64,
+            trust_coefficient=0.02,
+            lr_schedule="constant",
+            model_dir=str(tmp_path / "imagenet"),
+        ),
         TrainConfig.from_preset("table2_resnet56_msgd_b4096", model_dir=str(tmp_path / "preset")),
     ]
     paths = []
@@ -298,10 +393,16 @@ def test_flagfile_round_trips_through_the_apps_flags(tmp_path):
         paths.append(str(tmp_path / f"{i}.flags"))
         with open(paths[-1], "w") as f:
             f.write(flagfile_text(config, header=["a comment"]))
-    result = subprocess.run([sys.executable, "-c", ROUND_TRIP, *paths], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    result = subprocess.run(
+        [sys.executable, "-c", ROUND_TRIP, *paths],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    parsed = [json.loads(line) for line in result.stdout.strip().splitlines()[-len(configs):]]
+    parsed = [json.loads(line) for line in result.stdout.strip().splitlines()[-len(configs) :]]
     for config, values in zip(configs, parsed):
         assert values == config.to_dict()
 
@@ -320,8 +421,16 @@ def tiny_image_folder(root, per_class=64):
 
 def test_a_run_cut_by_max_updates_continues_exactly_when_rerun_without_it(tmp_path):
     data = tiny_image_folder(tmp_path / "data")
-    args = [f"--dataset={data}", "--model=twoconv", "--batch_size=32", "--micro_batch_size=16", "--eval_batch_size=16",
-            "--verbose=0", "--epochs=2", "--deterministic"]
+    args = [
+        f"--dataset={data}",
+        "--model=twoconv",
+        "--batch_size=32",
+        "--micro_batch_size=16",
+        "--eval_batch_size=16",
+        "--verbose=0",
+        "--epochs=2",
+        "--deterministic",
+    ]
     straight, cut = str(tmp_path / "straight"), str(tmp_path / "cut")
     first = app(*args, f"--model_dir={straight}", wait=False)
     stopped = app(*args, "--max_updates=5", f"--model_dir={cut}")  # 1 update into epoch 2

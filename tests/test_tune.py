@@ -27,8 +27,14 @@ try:
 except ImportError:  # keras-tuner[bayesian] not installed
     BAYESIAN = False
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--dataset=sample", "--model=twoconv", "--batch_sizes=500", "--micro_batch_size=250",
-        "--epochs_per_trial=1", "--verbose=0"]
+TINY = [
+    "--dataset=sample",
+    "--model=twoconv",
+    "--batch_sizes=500",
+    "--micro_batch_size=250",
+    "--epochs_per_trial=1",
+    "--verbose=0",
+]
 
 
 def run_app(module, *args, wait=True, timeout=300):
@@ -92,8 +98,9 @@ def test_default_space_is_the_papers_and_flags_override_it():
     assert type(declared["batch_size"]).__name__ == "Fixed" and values["batch_size"] == 4096
 
     hp = kt.HyperParameters()
-    tuning.SearchSpace(lr_range=(0.5, 0.5), momentum_choices=(0.9,), power_range=(1.5, 3),
-                       wd_range=(0, 0), batch_sizes=(250, 500)).validate().fill(hp)
+    tuning.SearchSpace(
+        lr_range=(0.5, 0.5), momentum_choices=(0.9,), power_range=(1.5, 3), wd_range=(0, 0), batch_sizes=(250, 500)
+    ).validate().fill(hp)
     declared = {p.name: p for p in hp.space}
     assert hp.values["learning_rate"] == 0.5 and type(declared["learning_rate"]).__name__ == "Fixed"
     assert hp.values["momentum"] == 0.9 and hp.values["weight_decay"] == 0.0
@@ -134,8 +141,11 @@ def test_bad_space_names_its_flag(kwargs, field):
 
 def test_search_options():
     tuning.check_search_options("hyperband", 1, "val_loss")
-    for args, field in [(("grid", 3, "val_accuracy"), "tuner"), (("random", 0, "val_accuracy"), "max_trials"),
-                        (("random", 3, "test_accuracy"), "objective")]:
+    for args, field in [
+        (("grid", 3, "val_accuracy"), "tuner"),
+        (("random", 0, "val_accuracy"), "max_trials"),
+        (("random", 3, "test_accuracy"), "objective"),
+    ]:
         with pytest.raises(ConfigError) as error:
             tuning.check_search_options(*args)
         assert error.value.field == field
@@ -147,15 +157,23 @@ def test_search_options():
 
 
 def base_config(tmp_path, **overrides):
-    values = dict(dataset="sample", model="twoconv", optimizer="lars", micro_batch_size=250, epochs=2,
-                  verbose=0, model_dir=str(tmp_path / "search"))
+    values = dict(
+        dataset="sample",
+        model="twoconv",
+        optimizer="lars",
+        micro_batch_size=250,
+        epochs=2,
+        verbose=0,
+        model_dir=str(tmp_path / "search"),
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
 
 def test_hypermodel_holds_out_training_images_and_builds_the_apps_model(tmp_path):
-    hypermodel = tuning.LargeBatchHyperModel(base_config(tmp_path), tuning.SearchSpace(batch_sizes=(500, 1000)),
-                                             validation_fraction=0.1)
+    hypermodel = tuning.LargeBatchHyperModel(
+        base_config(tmp_path), tuning.SearchSpace(batch_sizes=(500, 1000)), validation_fraction=0.1
+    )
     assert (hypermodel.num_train, hypermodel.num_validation) == (4500, 500)
     # The held-out images are training images, none of them is trained on, and the test split is unused.
     arrays = load_arrays("sample")
@@ -205,8 +223,9 @@ def test_make_tuner_claims_its_folder_and_refuses_other_settings(tmp_path):
     other = tuning.LargeBatchHyperModel(base_config(tmp_path, epochs=3), space)
     with pytest.raises(ConfigError, match="--epochs_per_trial: 2 there, 3 now"):
         tuning.make_tuner(other, "hyperband", max_trials=4, directory=str(tmp_path), project_name="p")
-    tuner = tuning.make_tuner(hypermodel, "random", max_trials=2, directory=str(tmp_path), project_name="p",
-                              overwrite=True)
+    tuner = tuning.make_tuner(
+        hypermodel, "random", max_trials=2, directory=str(tmp_path), project_name="p", overwrite=True
+    )
     assert isinstance(tuner, kt.RandomSearch) and tuner.oracle.seed == 1  # --seed + 1: 0 is "random" to Keras Tuner
     assert json.load(open(tmp_path / "p" / "search.json"))["tuner"] == "random"
     if BAYESIAN:
@@ -292,8 +311,9 @@ def test_search_killed_and_resumed_then_trained_from_best_flags(tmp_path):
 
     # best.flags, as it is, trains the best trial's hyperparameters with apps.train.
     flagfile = os.path.join(project, "best.flags")
-    flags = dict(line.split("=", 1) for line in open(flagfile).read().splitlines()
-                 if line.startswith("--") and "=" in line)
+    flags = dict(
+        line.split("=", 1) for line in open(flagfile).read().splitlines() if line.startswith("--") and "=" in line
+    )
     best = after[best_id]["hyperparameters"]["values"]
     assert float(flags["--learning_rate"]) == best["learning_rate"] and float(flags["--power"]) == best["power"]
     assert flags["--lr_schedule"] == "poly" and flags["--epochs"] == "1" and flags["--micro_batch_size"] == "250"

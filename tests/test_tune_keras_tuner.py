@@ -25,14 +25,22 @@ from sngm_keras.training import TrainConfig
 
 @pytest.fixture
 def hypermodel(tmp_path):
-    config = TrainConfig(dataset="sample", model="twoconv", optimizer="lars", micro_batch_size=250, epochs=1,
-                         verbose=0, model_dir=str(tmp_path / "search"))
+    config = TrainConfig(
+        dataset="sample",
+        model="twoconv",
+        optimizer="lars",
+        micro_batch_size=250,
+        epochs=1,
+        verbose=0,
+        model_dir=str(tmp_path / "search"),
+    )
     return tuning.LargeBatchHyperModel(config, tuning.SearchSpace(batch_sizes=(500,)))
 
 
 def make_tuner(hypermodel, tmp_path, project_name="p", max_trials=3):
-    return tuning.make_tuner(hypermodel, "random", max_trials=max_trials, directory=str(tmp_path),
-                             project_name=project_name)
+    return tuning.make_tuner(
+        hypermodel, "random", max_trials=max_trials, directory=str(tmp_path), project_name=project_name
+    )
 
 
 def saved_state(tmp_path, project_name="p"):
@@ -52,8 +60,15 @@ def test_retry_queue_is_what_reload_fills_create_trial_runs_first_and_oracle_jso
 
     # Keras Tuner itself (no recover_interrupted): a reload queues the trial
     # oracle.json lists as running, and create_trial runs it again first.
-    plain = kt.RandomSearch(hypermodel=hypermodel, objective=kt.Objective("val_accuracy", "max"), max_trials=3,
-                            directory=str(tmp_path), project_name="p", overwrite=False, seed=1).oracle
+    plain = kt.RandomSearch(
+        hypermodel=hypermodel,
+        objective=kt.Objective("val_accuracy", "max"),
+        max_trials=3,
+        directory=str(tmp_path),
+        project_name="p",
+        overwrite=False,
+        seed=1,
+    ).oracle
     assert plain._retry_queue == [started.trial_id] and plain.ongoing_trials == {}
     plain.verbose = 0
     again = plain.create_trial("tuner0")

@@ -33,8 +33,9 @@ def test_hold_out_is_a_fixed_disjoint_subset_of_the_training_images():
 
 
 def test_make_datasets_returns_the_validation_split_last():
-    train_ds, test_ds, info, validation_ds = make_datasets("sample", batch_size=500, num_epochs=1,
-                                                           validation_size=1000, eval_batch_size=400)
+    train_ds, test_ds, info, validation_ds = make_datasets(
+        "sample", batch_size=500, num_epochs=1, validation_size=1000, eval_batch_size=400
+    )
     assert (info.num_train, info.num_validation, info.num_test) == (4000, 1000, 1000)
     assert [int(y.shape[0]) for _, y in validation_ds] == [400, 400, 200]
     assert len(list(train_ds)) == 8
@@ -50,13 +51,16 @@ def test_loss_and_accuracy_from_logits_match_a_direct_computation():
     assert accuracy == pytest.approx(1 / 3)
 
 
-@pytest.mark.parametrize("values, flag", [
-    (dict(validation_size=-1), "--validation_size"),
-    (dict(validations_per_epoch=4), "--validations_per_epoch"),
-    (dict(validation_size=100, validations_per_epoch=0), "--validations_per_epoch"),
-    (dict(dataset="imagenet2012", validation_size=100), "--validation_size"),
-    (dict(optimizer="sngm", pytorch_lars=True), "--pytorch_lars"),
-])
+@pytest.mark.parametrize(
+    "values, flag",
+    [
+        (dict(validation_size=-1), "--validation_size"),
+        (dict(validations_per_epoch=4), "--validations_per_epoch"),
+        (dict(validation_size=100, validations_per_epoch=0), "--validations_per_epoch"),
+        (dict(dataset="imagenet2012", validation_size=100), "--validation_size"),
+        (dict(optimizer="sngm", pytorch_lars=True), "--pytorch_lars"),
+    ],
+)
 def test_bad_validation_settings_name_their_flag(tmp_path, values, flag):
     with pytest.raises(ConfigError, match=flag):
         TrainConfig(model_dir=str(tmp_path / "run"), **values).validate()
@@ -69,14 +73,25 @@ def _rows(path):
 
 def test_evaluations_within_epochs_leave_training_untouched(tmp_path):
     """Four validations an epoch give the same training (weights, per-epoch training loss) as one."""
-    common = dict(dataset="sample", batch_size=500, micro_batch_size=250, epochs=2, validation_size=500,
-                  deterministic=True, verbose=0, learning_rate=0.3)
+    common = dict(
+        dataset="sample",
+        batch_size=500,
+        micro_batch_size=250,
+        epochs=2,
+        validation_size=500,
+        deterministic=True,
+        verbose=0,
+        learning_rate=0.3,
+    )
     runs = {}
     for every in (1, 4):
         model_dir = str(tmp_path / f"every{every}")
         summary = train(TrainConfig(model_dir=model_dir, validations_per_epoch=every, **common))
-        runs[every] = (summary, _rows(os.path.join(model_dir, "history.csv")),
-                       _rows(os.path.join(model_dir, "validation.csv")))
+        runs[every] = (
+            summary,
+            _rows(os.path.join(model_dir, "history.csv")),
+            _rows(os.path.join(model_dir, "validation.csv")),
+        )
     (one, hist1, val1), (four, hist4, val4) = runs[1], runs[4]
     assert [r["train_loss"] for r in hist1] == [r["train_loss"] for r in hist4]
     assert one["test_accuracy"] == four["test_accuracy"]
@@ -84,7 +99,10 @@ def test_evaluations_within_epochs_leave_training_untouched(tmp_path):
     assert [int(r["updates"]) for r in val4] == [2, 4, 6, 8, 9, 11, 13, 15, 17, 18]  # every 9 // 4 updates
     # The epoch-end evaluations agree, and are what history.csv and summary.json report.
     assert [r["validation_accuracy"] for r in val1] == [val4[4]["validation_accuracy"], val4[-1]["validation_accuracy"]]
-    assert [r["validation_accuracy"] for r in hist4] == [val4[4]["validation_accuracy"], val4[-1]["validation_accuracy"]]
+    assert [r["validation_accuracy"] for r in hist4] == [
+        val4[4]["validation_accuracy"],
+        val4[-1]["validation_accuracy"],
+    ]
     assert four["validation_accuracy"] == float(val4[-1]["validation_accuracy"])
     assert four["best_validation_accuracy"] == max(float(r["validation_accuracy"]) for r in val4)
     assert four["num_train"] == 4500 and four["num_validation"] == 500

@@ -22,21 +22,56 @@ Public API::
 Problems raise `DataError` (a ValueError) with a one-line message.
 Importing this package does not import TensorFlow.
 """
-from .arrays import SAMPLE_PATH, ArraySplits, hold_out_validation, load_arrays, preprocessing, read_sample_file, sample_jpegs
-from .constants import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD,
-                        IMAGENET_MEAN, IMAGENET_STD, KNOWN_DATASETS, NORMALIZATION)
+
+from .arrays import (
+    SAMPLE_PATH,
+    ArraySplits,
+    hold_out_validation,
+    load_arrays,
+    preprocessing,
+    read_sample_file,
+    sample_jpegs,
+)
 from .cifar_files import CifarCopy, read_cifar
+from .constants import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    KNOWN_DATASETS,
+    NORMALIZATION,
+)
 from .datasets import FEEDS, make_datasets
 from .errors import DataError
 from .importing import prepare_tfds, split_class_folders, write_image_folders
 from .info import DatasetInfo, steps_per_epoch
 
 __all__ = [
-    "ArraySplits", "CifarCopy", "DataError", "FEEDS", "hold_out_validation", "preprocessing", "DatasetInfo",
+    "ArraySplits",
+    "CifarCopy",
+    "DataError",
+    "FEEDS",
+    "hold_out_validation",
+    "preprocessing",
+    "DatasetInfo",
     "KNOWN_DATASETS",
     "NORMALIZATION",
-    "SAMPLE_PATH", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD",
-    "IMAGENET_MEAN", "IMAGENET_STD", "load_arrays", "make_datasets", "read_sample_file",
-    "sample_jpegs", "steps_per_epoch", "read_cifar", "prepare_tfds", "write_image_folders",
+    "SAMPLE_PATH",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "load_arrays",
+    "make_datasets",
+    "read_sample_file",
+    "sample_jpegs",
+    "steps_per_epoch",
+    "read_cifar",
+    "prepare_tfds",
+    "write_image_folders",
     "split_class_folders",
 ]

@@ -3,6 +3,7 @@
 The sample and folder paths need only numpy and Pillow; TensorFlow Datasets
 (and with it TensorFlow) is imported only when a TFDS dataset is asked for.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,6 +34,7 @@ class ArraySplits:
     ``x_*`` are uint8 NHWC (RGB), ``y_*`` int32 class indices into
     ``class_names``; ``image_shape`` is ``(H, W, C)``.
     """
+
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
@@ -56,21 +58,23 @@ def _workers() -> int:
 
 def _decode(data: bytes, what) -> np.ndarray:
     from PIL import Image
+
     try:
         with Image.open(io.BytesIO(data)) as img:
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except Exception as err:
-        raise DataError(f"cannot decode image {what}: {err}; "
-                        "remove or replace that file") from err
+        raise DataError(f"cannot decode image {what}: {err}; remove or replace that file") from err
 
 
 def _stack(images, what) -> np.ndarray:
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         shapes = sorted(shapes)
-        raise DataError(f"images in {what} have different sizes "
-                        f"({shapes[0][1]}x{shapes[0][0]} and {shapes[-1][1]}x{shapes[-1][0]}); "
-                        "resize them all to one size first")
+        raise DataError(
+            f"images in {what} have different sizes "
+            f"({shapes[0][1]}x{shapes[0][0]} and {shapes[-1][1]}x{shapes[-1][0]}); "
+            "resize them all to one size first"
+        )
     return np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8)
 
 
@@ -78,13 +82,16 @@ def _stack(images, what) -> np.ndarray:
 # Embedded sample
 # --------------------------------------------------------------------------
 
+
 def read_sample_file(path=SAMPLE_PATH) -> dict:
     """Returns the raw arrays of the sample file (JPEG bytes, offsets, labels)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"embedded sample {path} is missing; rebuild it with "
-                        "`python apps/make_sample.py --source=cifar10_jpeg.tar.xz "
-                        "--out=sngm_keras/sample_data`")
+        raise DataError(
+            f"embedded sample {path} is missing; rebuild it with "
+            "`python apps/make_sample.py --source=cifar10_jpeg.tar.xz "
+            "--out=sngm_keras/sample_data`"
+        )
     with np.load(path) as npz:
         return {k: npz[k] for k in npz.files}
 
@@ -93,17 +100,21 @@ def sample_jpegs(split: str, raw: dict | None = None) -> list[bytes]:
     """The original JPEG files of one split of the sample, in stored order."""
     raw = read_sample_file() if raw is None else raw
     data, offsets = raw[f"{split}_bytes"], raw[f"{split}_offsets"]
-    return [data[offsets[i]:offsets[i + 1]].tobytes() for i in range(len(offsets) - 1)]
+    return [data[offsets[i] : offsets[i + 1]].tobytes() for i in range(len(offsets) - 1)]
 
 
 def _load_sample() -> ArraySplits:
     """Decodes the sample (once per process) and returns fresh copies."""
     cached = _decoded_sample()
     return ArraySplits(
-        x_train=cached.x_train.copy(), y_train=cached.y_train.copy(),
-        x_test=cached.x_test.copy(), y_test=cached.y_test.copy(),
-        num_classes=cached.num_classes, class_names=cached.class_names,
-        image_shape=cached.image_shape)
+        x_train=cached.x_train.copy(),
+        y_train=cached.y_train.copy(),
+        x_test=cached.x_test.copy(),
+        y_test=cached.y_test.copy(),
+        num_classes=cached.num_classes,
+        class_names=cached.class_names,
+        image_shape=cached.image_shape,
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -118,13 +129,15 @@ def _decoded_sample() -> ArraySplits:
             out[f"x_{split}"] = _stack(images, "the sample")
             out[f"y_{split}"] = raw[f"{split}_labels"].astype(np.int32)
     class_names = tuple(str(c) for c in raw["class_names"])
-    return ArraySplits(**out, num_classes=len(class_names), class_names=class_names,
-                       image_shape=tuple(out["x_train"].shape[1:]))
+    return ArraySplits(
+        **out, num_classes=len(class_names), class_names=class_names, image_shape=tuple(out["x_train"].shape[1:])
+    )
 
 
 # --------------------------------------------------------------------------
 # Image folders: DIR/{train,test}/<class>/<image>
 # --------------------------------------------------------------------------
+
 
 def _folder_classes(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -135,13 +148,14 @@ def _load_folder(root: Path, shown: str) -> ArraySplits:
     if classes["train"] != classes["test"]:
         only_train = sorted(set(classes["train"]) - set(classes["test"]))
         only_test = sorted(set(classes["test"]) - set(classes["train"]))
-        raise DataError(f"class folders differ between {shown}/train and {shown}/test "
-                        f"(only in train: {only_train or '-'}, only in test: {only_test or '-'}); "
-                        "give both splits the same class sub-folders")
+        raise DataError(
+            f"class folders differ between {shown}/train and {shown}/test "
+            f"(only in train: {only_train or '-'}, only in test: {only_test or '-'}); "
+            "give both splits the same class sub-folders"
+        )
     class_names = classes["train"]
     if not class_names:
-        raise DataError(f"{shown}/train has no class sub-folders; "
-                        "lay it out as DIR/{train,test}/<class>/<image>")
+        raise DataError(f"{shown}/train has no class sub-folders; lay it out as DIR/{{train,test}}/<class>/<image>")
     if len(class_names) < 2:
         raise DataError(f"{shown} has one class folder ({class_names[0]}); a classifier needs at least two")
     out = {}
@@ -154,21 +168,27 @@ def _load_folder(root: Path, shown: str) -> ArraySplits:
                         files.append(f)
                         labels.append(label)
             if not files:
-                raise DataError(f"no images found under {shown}/{split}; expected files "
-                                f"ending in {', '.join(IMAGE_SUFFIXES)} in its class folders")
+                raise DataError(
+                    f"no images found under {shown}/{split}; expected files "
+                    f"ending in {', '.join(IMAGE_SUFFIXES)} in its class folders"
+                )
             images = list(pool.map(lambda f: _decode(f.read_bytes(), f), files))
             out[f"x_{split}"] = _stack(images, f"{shown}/{split}")
             out[f"y_{split}"] = np.asarray(labels, dtype=np.int32)
     if out["x_train"].shape[1:] != out["x_test"].shape[1:]:
-        raise DataError(f"train images in {shown} are {out['x_train'].shape[1:]} but test images "
-                        f"are {out['x_test'].shape[1:]}; resize them to one size first")
-    return ArraySplits(**out, num_classes=len(class_names), class_names=tuple(class_names),
-                       image_shape=tuple(out["x_train"].shape[1:]))
+        raise DataError(
+            f"train images in {shown} are {out['x_train'].shape[1:]} but test images "
+            f"are {out['x_test'].shape[1:]}; resize them to one size first"
+        )
+    return ArraySplits(
+        **out, num_classes=len(class_names), class_names=tuple(class_names), image_shape=tuple(out["x_train"].shape[1:])
+    )
 
 
 # --------------------------------------------------------------------------
 # TFDS CIFAR-10 / CIFAR-100
 # --------------------------------------------------------------------------
+
 
 def _load_tfds(name: str, data_dir, download: bool) -> ArraySplits:
     builder, prepared = sources.tfds_builder(name, data_dir, download)
@@ -183,18 +203,23 @@ def _load_tfds(name: str, data_dir, download: bool) -> ArraySplits:
             ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
             chunks = list(tfds.as_numpy(ds.batch(10_000)))
             if not chunks:
-                raise DataError(f"the {split} split of {name} in "
-                                f"{sources._data_dir_text(data_dir)} is empty; prepare it again")
+                raise DataError(
+                    f"the {split} split of {name} in {sources._data_dir_text(data_dir)} is empty; prepare it again"
+                )
             out.append(tuple(np.concatenate(parts) for parts in zip(*chunks)))
         return out
 
     (x_train, y_train), (x_test, y_test) = sources.load_or_raise(name, data_dir, prepared, load)
     class_names = tuple(builder.info.features["label"].names)
     return ArraySplits(
-        x_train=np.asarray(x_train, np.uint8), y_train=np.asarray(y_train, np.int32),
-        x_test=np.asarray(x_test, np.uint8), y_test=np.asarray(y_test, np.int32),
-        num_classes=len(class_names), class_names=class_names,
-        image_shape=tuple(int(d) for d in x_train.shape[1:]))
+        x_train=np.asarray(x_train, np.uint8),
+        y_train=np.asarray(y_train, np.int32),
+        x_test=np.asarray(x_test, np.uint8),
+        y_test=np.asarray(y_test, np.int32),
+        num_classes=len(class_names),
+        class_names=class_names,
+        image_shape=tuple(int(d) for d in x_train.shape[1:]),
+    )
 
 
 def load_arrays(dataset, data_dir=None, download: bool = False) -> ArraySplits:
@@ -220,9 +245,11 @@ def load_arrays(dataset, data_dir=None, download: bool = False) -> ArraySplits:
     if source.kind == "folder":
         return _load_folder(source.path, source.name)
     if source.name not in C.TFDS_IN_MEMORY:
-        raise DataError(f"{source.name} does not fit in memory; use "
-                        "make_datasets() (tf.data) for it, or one of "
-                        f"{', '.join((C.SAMPLE,) + C.TFDS_IN_MEMORY)} / a folder here")
+        raise DataError(
+            f"{source.name} does not fit in memory; use "
+            "make_datasets() (tf.data) for it, or one of "
+            f"{', '.join((C.SAMPLE,) + C.TFDS_IN_MEMORY)} / a folder here"
+        )
     return _load_tfds(source.name, data_dir, download)
 
 
@@ -245,8 +272,14 @@ def hold_out_validation(arrays: ArraySplits, size: int):
     order = np.random.default_rng(_VALIDATION_SPLIT_SEED).permutation(n)
     held, kept = np.sort(order[:size]), np.sort(order[size:])
     kept_splits = ArraySplits(
-        x_train=arrays.x_train[kept], y_train=arrays.y_train[kept], x_test=arrays.x_test, y_test=arrays.y_test,
-        num_classes=arrays.num_classes, class_names=arrays.class_names, image_shape=arrays.image_shape)
+        x_train=arrays.x_train[kept],
+        y_train=arrays.y_train[kept],
+        x_test=arrays.x_test,
+        y_test=arrays.y_test,
+        num_classes=arrays.num_classes,
+        class_names=arrays.class_names,
+        image_shape=arrays.image_shape,
+    )
     return kept_splits, arrays.x_train[held], arrays.y_train[held]
 
 

@@ -16,6 +16,7 @@ The python batches are pickles; they are read with an unpickler that builds
 nothing but NumPy arrays, lists, dicts and strings, so a file that is not
 what it claims to be cannot run code.
 """
+
 from __future__ import annotations
 
 import io
@@ -35,17 +36,31 @@ IMAGE_BYTES = 32 * 32 * 3
 # (dataset, format): the folder name inside the archive, the training and
 # test files, and the file(s) with the class names.
 LAYOUTS = {
-    ("cifar10", "python"): ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
-                            ("test_batch",), ("batches.meta",)),
+    ("cifar10", "python"): (
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        ("test_batch",),
+        ("batches.meta",),
+    ),
     ("cifar100", "python"): ("cifar-100-python", ("train",), ("test",), ("meta",)),
-    ("cifar10", "binary"): ("cifar-10-batches-bin", tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
-                            ("test_batch.bin",), ("batches.meta.txt",)),
-    ("cifar100", "binary"): ("cifar-100-binary", ("train.bin",), ("test.bin",),
-                             ("coarse_label_names.txt", "fine_label_names.txt")),
+    ("cifar10", "binary"): (
+        "cifar-10-batches-bin",
+        tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+        ("test_batch.bin",),
+        ("batches.meta.txt",),
+    ),
+    ("cifar100", "binary"): (
+        "cifar-100-binary",
+        ("train.bin",),
+        ("test.bin",),
+        ("coarse_label_names.txt", "fine_label_names.txt"),
+    ),
 }
 ARCHIVES = {
-    "cifar-10-python.tar.gz": ("cifar10", "python"), "cifar-100-python.tar.gz": ("cifar100", "python"),
-    "cifar-10-binary.tar.gz": ("cifar10", "binary"), "cifar-100-binary.tar.gz": ("cifar100", "binary"),
+    "cifar-10-python.tar.gz": ("cifar10", "python"),
+    "cifar-100-python.tar.gz": ("cifar100", "python"),
+    "cifar-10-binary.tar.gz": ("cifar10", "binary"),
+    "cifar-100-binary.tar.gz": ("cifar100", "binary"),
 }
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 NUM_COARSE_CLASSES = 20
@@ -57,6 +72,7 @@ class CifarCopy:
 
     ``arrays`` holds the images (uint8 NHWC) and the labels (CIFAR-100: the
     fine, 100-class ones); CIFAR-100 also has its 20 coarse labels here."""
+
     name: str
     arrays: ArraySplits
     coarse_train: np.ndarray | None = None
@@ -65,9 +81,15 @@ class CifarCopy:
 
 
 class _ArraysOnly(pickle.Unpickler):
-    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-                ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.numeric", "_frombuffer"),
-                ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode")}
+    _ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
@@ -79,8 +101,7 @@ def _unpickle(data: bytes, what) -> dict:
     try:
         loaded = _ArraysOnly(io.BytesIO(data), encoding="bytes").load()
     except Exception as err:
-        raise DataError(f"{what} is not a CIFAR python batch ({err}); "
-                        "pass the official file, unchanged") from err
+        raise DataError(f"{what} is not a CIFAR python batch ({err}); pass the official file, unchanged") from err
     if not isinstance(loaded, dict):
         raise DataError(f"{what} is not a CIFAR python batch (no dict inside)")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in loaded.items()}
@@ -94,8 +115,8 @@ class _Files:
     """The members of one layout, in an archive or a folder."""
 
     def __init__(self, read, where):
-        self.read = read      # member name -> bytes, or None when absent
-        self.where = where    # for messages
+        self.read = read  # member name -> bytes, or None when absent
+        self.where = where  # for messages
 
     def get(self, name):
         data = self.read(name)
@@ -126,24 +147,28 @@ def _read_python(name, files: _Files, train_files, test_files, meta_files):
             fine.append(np.asarray(batch["labels" if name == "cifar10" else "fine_labels"], np.int32))
             if name == "cifar100":
                 coarse.append(np.asarray(batch["coarse_labels"], np.int32))
-        splits[split] = (np.concatenate(images), np.concatenate(fine),
-                         np.concatenate(coarse) if coarse else None)
+        splits[split] = (np.concatenate(images), np.concatenate(fine), np.concatenate(coarse) if coarse else None)
     coarse_names = _names(meta["coarse_label_names"]) if name == "cifar100" else None
     return splits, _names(meta[key]), coarse_names
 
 
 def _read_binary(name, files: _Files, train_files, test_files, meta_files):
     labels = 1 if name == "cifar10" else 2  # CIFAR-100 records: coarse label, fine label, image
-    names = [_names(l for l in files.get(m).decode().split("\n") if l.strip()) for m in meta_files]
+    names = [_names(line for line in files.get(m).decode().split("\n") if line.strip()) for m in meta_files]
     splits = {}
     for split, members in (("train", train_files), ("test", test_files)):
         raw = np.frombuffer(b"".join(files.get(m) for m in members), np.uint8)
         if raw.size % (labels + IMAGE_BYTES):
-            raise DataError(f"the {split} files in {files.where} are not whole CIFAR records "
-                            f"({labels} label byte(s) and {IMAGE_BYTES} image bytes each)")
+            raise DataError(
+                f"the {split} files in {files.where} are not whole CIFAR records "
+                f"({labels} label byte(s) and {IMAGE_BYTES} image bytes each)"
+            )
         records = raw.reshape(-1, labels + IMAGE_BYTES)
-        splits[split] = (_images(records[:, labels:], files.where), records[:, labels - 1].astype(np.int32),
-                         records[:, 0].astype(np.int32) if labels == 2 else None)
+        splits[split] = (
+            _images(records[:, labels:], files.where),
+            records[:, labels - 1].astype(np.int32),
+            records[:, 0].astype(np.int32) if labels == 2 else None,
+        )
     return splits, names[-1], (names[0] if name == "cifar100" else None)
 
 
@@ -162,11 +187,14 @@ def _detect(path: Path):
                         data[member] = tar.extractfile(info).read() if info is not None else None
                     return name, fmt, _Files(data.get, str(path))
         return None
-    for (name, fmt), (folder, train, test, meta) in LAYOUTS.items():
+    for (name, fmt), (folder, _train, test, meta) in LAYOUTS.items():
         for root in (path, path / folder):
             if (root / test[0]).is_file() and (root / meta[0]).is_file():
-                return name, fmt, _Files(lambda m, r=root: (r / m).read_bytes() if (r / m).is_file() else None,
-                                         str(root))
+                return (
+                    name,
+                    fmt,
+                    _Files(lambda m, r=root: (r / m).read_bytes() if (r / m).is_file() else None, str(root)),
+                )
     for archive in ARCHIVES:
         if (path / archive).is_file():
             return _detect(path / archive)
@@ -177,8 +205,9 @@ def is_cifar_copy(path) -> bool:
     """Whether `path` is a CIFAR archive or folder that `read_cifar` reads."""
     path = Path(path).expanduser()
     if path.is_dir():
-        return any((path / folder).is_dir() or (path / test[0]).is_file()
-                   for folder, _, test, _ in LAYOUTS.values()) or any((path / a).is_file() for a in ARCHIVES)
+        return any(
+            (path / folder).is_dir() or (path / test[0]).is_file() for folder, _, test, _ in LAYOUTS.values()
+        ) or any((path / a).is_file() for a in ARCHIVES)
     return path.name in ARCHIVES or (path.is_file() and tarfile.is_tarfile(path))
 
 
@@ -195,11 +224,14 @@ def read_cifar(path) -> CifarCopy:
     try:
         found = _detect(path)
     except (OSError, EOFError, tarfile.TarError, zlib.error) as err:
-        raise DataError(f"cannot read {path} ({type(err).__name__}: {err}); "
-                        "pass the official archive, whole and unchanged") from err
+        raise DataError(
+            f"cannot read {path} ({type(err).__name__}: {err}); pass the official archive, whole and unchanged"
+        ) from err
     if found is None:
-        raise DataError(f"{path} is not a CIFAR-10/100 copy: expected {', '.join(ARCHIVES)} or a folder "
-                        f"{', '.join(f[0] for f in LAYOUTS.values())}")
+        raise DataError(
+            f"{path} is not a CIFAR-10/100 copy: expected {', '.join(ARCHIVES)} or a folder "
+            f"{', '.join(f[0] for f in LAYOUTS.values())}"
+        )
     name, fmt, files = found
     folder, train, test, meta = LAYOUTS[(name, fmt)]
     reader = _read_python if fmt == "python" else _read_binary
@@ -208,8 +240,9 @@ def read_cifar(path) -> CifarCopy:
     except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
         if isinstance(err, DataError):
             raise
-        raise DataError(f"cannot read {files.where} as {name} ({type(err).__name__}: {err}); "
-                        "pass the official file, unchanged") from err
+        raise DataError(
+            f"cannot read {files.where} as {name} ({type(err).__name__}: {err}); pass the official file, unchanged"
+        ) from err
     if len(class_names) != NUM_CLASSES[name]:
         raise DataError(f"{files.where} names {len(class_names)} classes; {name} has {NUM_CLASSES[name]}")
     for split, (x, y, coarse) in splits.items():
@@ -218,6 +251,13 @@ def read_cifar(path) -> CifarCopy:
         if coarse is not None and coarse.size and not 0 <= coarse.min() <= coarse.max() < NUM_COARSE_CLASSES:
             raise DataError(f"the {split} coarse labels in {files.where} are not in 0..{NUM_COARSE_CLASSES - 1}")
     (x_train, y_train, c_train), (x_test, y_test, c_test) = splits["train"], splits["test"]
-    arrays = ArraySplits(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
-                         num_classes=len(class_names), class_names=class_names, image_shape=(32, 32, 3))
+    arrays = ArraySplits(
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        num_classes=len(class_names),
+        class_names=class_names,
+        image_shape=(32, 32, 3),
+    )
     return CifarCopy(name, arrays, c_train, c_test, coarse_names)

@@ -9,6 +9,7 @@ Two feeds give the same batches of the same images in the same order:
   over uint8 arrays in memory, with the preprocessing as a layer to run on
   the device; the JAX path, which needs no TensorFlow.
 """
+
 from __future__ import annotations
 
 from . import pipeline
@@ -18,10 +19,22 @@ from .info import check_args
 FEEDS = ("tf.data", "pydataset")
 
 
-def make_datasets(dataset, *, data_dir=None, download: bool = False, batch_size: int,
-                  eval_batch_size: int | None = None, augment: bool = True, seed: int = 0,
-                  start_epoch: int = 0, num_epochs: int, image_size: int | None = None,
-                  validation_size: int = 0, feed: str = "tf.data", share=(0, 1)):
+def make_datasets(
+    dataset,
+    *,
+    data_dir=None,
+    download: bool = False,
+    batch_size: int,
+    eval_batch_size: int | None = None,
+    augment: bool = True,
+    seed: int = 0,
+    start_epoch: int = 0,
+    num_epochs: int,
+    image_size: int | None = None,
+    validation_size: int = 0,
+    feed: str = "tf.data",
+    share=(0, 1),
+):
     """Builds ``(train_ds, test_ds, info)`` for `keras.Model.fit`, and
     ``validation_ds`` after them when ``validation_size`` > 0.
 
@@ -88,9 +101,18 @@ def make_datasets(dataset, *, data_dir=None, download: bool = False, batch_size:
     if feed == "tf.data" and tuple(share) != (0, 1):
         raise DataError("share: tf.distribute shards the tf.data feed; share is the PyDatasets'")
     eval_batch_size = eval_batch_size or min(batch_size, 1000)
-    common = dict(data_dir=data_dir, download=download, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                  augment=augment, seed=seed, start_epoch=start_epoch, num_epochs=num_epochs,
-                  image_size=image_size, validation_size=validation_size)
+    common = dict(
+        data_dir=data_dir,
+        download=download,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        augment=augment,
+        seed=seed,
+        start_epoch=start_epoch,
+        num_epochs=num_epochs,
+        image_size=image_size,
+        validation_size=validation_size,
+    )
     if feed == "pydataset":
         from . import pydatasets  # imports Keras: only on this feed
 

@@ -9,6 +9,7 @@ keyed by ``(seed, e, position in the epoch)``.  Each epoch is its own
 pipeline and the epochs are concatenated, so a run resumed at epoch ``e``
 sees the same batches as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,20 +24,22 @@ from .tf_setup import epoch_key, import_tf
 
 
 def _python_seed(seed: int, epoch: int, stream: int) -> int:
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, epoch, stream]).generate_state(1)[0]
-               & 0x7FFFFFFF)
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, epoch, stream]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def _concatenate(datasets):
     """Balanced concatenation (depth log2(n) instead of n)."""
     while len(datasets) > 1:
-        datasets = [datasets[i].concatenate(datasets[i + 1]) if i + 1 < len(datasets)
-                    else datasets[i] for i in range(0, len(datasets), 2)]
+        datasets = [
+            datasets[i].concatenate(datasets[i + 1]) if i + 1 < len(datasets) else datasets[i]
+            for i in range(0, len(datasets), 2)
+        ]
     return datasets[0]
 
 
-def make_imagenet_datasets(*, data_dir, download, batch_size, eval_batch_size, augment,
-                           seed, start_epoch, num_epochs, image_size):
+def make_imagenet_datasets(
+    *, data_dir, download, batch_size, eval_batch_size, augment, seed, start_epoch, num_epochs, image_size
+):
     """See `sngm_keras.data.make_datasets`."""
     tf = import_tf()
     tfds = sources._import_tfds()
@@ -49,10 +52,12 @@ def make_imagenet_datasets(*, data_dir, download, batch_size, eval_batch_size, a
     def as_dataset(split, file_seed=None):
         # No reshuffling on re-iteration: Keras (JAX backend) opens the training
         # dataset twice, and both passes must see the same order.
-        read_config = tfds.ReadConfig(shuffle_seed=file_seed, try_autocache=False,
-                                      shuffle_reshuffle_each_iteration=False)
-        return builder.as_dataset(split=split, shuffle_files=file_seed is not None,
-                                  decoders=decoders, read_config=read_config)
+        read_config = tfds.ReadConfig(
+            shuffle_seed=file_seed, try_autocache=False, shuffle_reshuffle_each_iteration=False
+        )
+        return builder.as_dataset(
+            split=split, shuffle_files=file_seed is not None, decoders=decoders, read_config=read_config
+        )
 
     probe = sources.load_or_raise(name, data_dir, prepared, lambda: as_dataset("train", 0))
     val_ds = sources.load_or_raise(name, data_dir, prepared, lambda: as_dataset("validation"))
@@ -65,9 +70,14 @@ def make_imagenet_datasets(*, data_dir, download, batch_size, eval_batch_size, a
     check_batch(name, batch_size, num_train)
     steps = num_train // batch_size
     class_names = tuple(builder.info.features["label"].names)
-    info = DatasetInfo(name=name, num_classes=len(class_names),
-                       image_shape=(image_size, image_size, 3), num_train=num_train,
-                       num_test=num_test, class_names=class_names)
+    info = DatasetInfo(
+        name=name,
+        num_classes=len(class_names),
+        image_shape=(image_size, image_size, 3),
+        num_train=num_train,
+        num_test=num_test,
+        class_names=class_names,
+    )
 
     mean, std = C.NORMALIZATION[name]
     scale = tf.constant([1.0 / (255.0 * s) for s in std], tf.float32)
@@ -87,16 +97,22 @@ def make_imagenet_datasets(*, data_dir, download, batch_size, eval_batch_size, a
         image = tf.image.resize(image, new_shape, method="bilinear")
         top = (new_shape[0] - image_size) // 2
         left = (new_shape[1] - image_size) // 2
-        image = image[top:top + image_size, left:left + image_size]
+        image = image[top : top + image_size, left : left + image_size]
         return tf.ensure_shape(image * scale + offset, [image_size, image_size, 3])
 
     def train_image(encoded, key):
         crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
         shape = tf.io.extract_jpeg_shape(encoded)
         begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-            shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=crop_key,
-            min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3),
-            area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+            shape,
+            bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+            seed=crop_key,
+            min_object_covered=0.0,
+            aspect_ratio_range=(3 / 4, 4 / 3),
+            area_range=(0.08, 1.0),
+            max_attempts=10,
+            use_image_if_no_bounding_boxes=True,
+        )
         window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
         image = tf.io.decode_and_crop_jpeg(encoded, window, channels=3)
         image = tf.image.stateless_random_flip_left_right(image, seed=flip_key)
@@ -105,8 +121,7 @@ def make_imagenet_datasets(*, data_dir, download, batch_size, eval_batch_size, a
     def epoch_dataset(epoch):
         key = epoch_key(tf, seed, epoch)
         ds = as_dataset("train", _python_seed(seed, epoch, 0))
-        ds = ds.shuffle(C.IMAGENET_SHUFFLE_BUFFER, seed=_python_seed(seed, epoch, 1),
-                        reshuffle_each_iteration=False)
+        ds = ds.shuffle(C.IMAGENET_SHUFFLE_BUFFER, seed=_python_seed(seed, epoch, 1), reshuffle_each_iteration=False)
         ds = ds.take(steps * batch_size).enumerate()
 
         def prep(i, ex):
@@ -116,24 +131,29 @@ def make_imagenet_datasets(*, data_dir, download, batch_size, eval_batch_size, a
                 image = eval_image(ex["image"])
             return image, tf.cast(ex["label"], tf.int32)
 
-        return (ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-                .batch(batch_size, drop_remainder=True))
+        return ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(
+            batch_size, drop_remainder=True
+        )
 
     epochs = [epoch_dataset(e) for e in range(start_epoch, num_epochs)]
     if epochs:
         train_ds = _concatenate(epochs)
     else:  # start_epoch == num_epochs: nothing left to train
         train_ds = tf.data.Dataset.from_tensors(
-            (tf.zeros([batch_size, image_size, image_size, 3]),
-             tf.zeros([batch_size], tf.int32))).take(0)
-    train_ds = (train_ds
-                .apply(tf.data.experimental.assert_cardinality((num_epochs - start_epoch) * steps))
-                .prefetch(tf.data.AUTOTUNE))
-    test_ds = (val_ds
-               .map(lambda ex: (eval_image(ex["image"]), tf.cast(ex["label"], tf.int32)),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-               .batch(eval_batch_size)
-               .prefetch(tf.data.AUTOTUNE))
+            (tf.zeros([batch_size, image_size, image_size, 3]), tf.zeros([batch_size], tf.int32))
+        ).take(0)
+    train_ds = train_ds.apply(tf.data.experimental.assert_cardinality((num_epochs - start_epoch) * steps)).prefetch(
+        tf.data.AUTOTUNE
+    )
+    test_ds = (
+        val_ds.map(
+            lambda ex: (eval_image(ex["image"]), tf.cast(ex["label"], tf.int32)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        .batch(eval_batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
     options = tf.data.Options()
     options.deterministic = True
     return train_ds.with_options(options), test_ds.with_options(options), info

@@ -16,6 +16,7 @@ Outputs are written beside their target and renamed into place at the end,
 so a failure leaves nothing half-written; an existing, non-empty target is
 refused.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,6 +63,7 @@ class _Staged:
 # TFDS
 # --------------------------------------------------------------------------
 
+
 def _write_binary_files(copy: CifarCopy, folder: Path):
     """The CIFAR binary version (TFDS's download) of `copy`, in `folder`."""
     _, train_files, test_files, meta_files = LAYOUTS[(copy.name, "binary")]
@@ -70,7 +72,7 @@ def _write_binary_files(copy: CifarCopy, folder: Path):
     def records(x, y, coarse):
         planes = x.transpose(0, 3, 1, 2).reshape(len(x), -1)  # R, G, B planes
         labels = [y[:, None]] if coarse is None else [coarse[:, None], y[:, None]]
-        return np.concatenate([*[l.astype(np.uint8) for l in labels], planes], axis=1)
+        return np.concatenate([*[column.astype(np.uint8) for column in labels], planes], axis=1)
 
     folder.mkdir(parents=True)
     train = records(a.x_train, a.y_train, copy.coarse_train)
@@ -115,8 +117,7 @@ def prepare_tfds(copy: CifarCopy, data_dir) -> str:
     tfds = sources._import_tfds()
     data_dir = Path(data_dir).expanduser()
     if tfds.builder(copy.name, data_dir=os.fspath(data_dir)).is_prepared():
-        raise DataError(f"{copy.name} is already prepared in {data_dir}; use it as it is, "
-                        "or pick another data_dir")
+        raise DataError(f"{copy.name} is already prepared in {data_dir}; use it as it is, or pick another data_dir")
     data_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sngm-import-", dir=data_dir) as tmp:
         tmp = Path(tmp)
@@ -126,13 +127,15 @@ def prepare_tfds(copy: CifarCopy, data_dir) -> str:
         builder = builder_class(data_dir=os.fspath(data_dir))
         builder.download_and_prepare(
             download_dir=os.fspath(tmp / "downloads"),
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+        )
         return os.fspath(builder.data_dir)
 
 
 # --------------------------------------------------------------------------
 # Image folders
 # --------------------------------------------------------------------------
+
 
 def write_image_folders(arrays: ArraySplits, out_dir) -> Path:
     """Writes `arrays` as ``out_dir/{train,test}/<class>/<n>.png``."""
@@ -163,12 +166,16 @@ def split_class_folders(source, out_dir, test_fraction: float, seed: int = 0) ->
     classes = sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise DataError(f"{source} needs a sub-folder of images per class, at least two; found {len(classes)}")
-    files = {c: sorted(f for f in (source / c).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-             for c in classes}
+    files = {
+        c: sorted(f for f in (source / c).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        for c in classes
+    }
     few = [c for c, fs in files.items() if len(fs) < 2]
     if few:
-        raise DataError(f"class folder {source / few[0]} has fewer than 2 images; each class needs one "
-                        "for training and one for testing")
+        raise DataError(
+            f"class folder {source / few[0]} has fewer than 2 images; each class needs one "
+            "for training and one for testing"
+        )
     _check_new_folder(out_dir, "output folder")
     rng = np.random.default_rng(seed)
     counts = {"train": 0, "test": 0}

@@ -1,5 +1,6 @@
 """What both input feeds report and check: `DatasetInfo`, steps per epoch,
 and the argument checks shared by the tf.data pipelines and the PyDatasets."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from .errors import DataError, as_data_errors
 @dataclass(frozen=True)
 class DatasetInfo:
     """What the model and the training loop need to know about a dataset."""
+
     name: str
     num_classes: int
     image_shape: tuple  # (H, W, C) of the images the pipelines yield
@@ -38,13 +40,17 @@ def check_args(batch_size, eval_batch_size, start_epoch, num_epochs):
 
 def check_batch(name, batch_size, num_train):
     if batch_size > num_train:
-        raise DataError(f"batch_size {batch_size} is larger than the {num_train} training "
-                        f"images of {name}; use a batch_size of at most {num_train}")
+        raise DataError(
+            f"batch_size {batch_size} is larger than the {num_train} training "
+            f"images of {name}; use a batch_size of at most {num_train}"
+        )
 
 
 def check_image_size(source, arrays, image_size):
     """In-memory datasets keep their native size: `image_size` is ImageNet's."""
     if image_size is not None and tuple(arrays.image_shape[:2]) != (image_size, image_size):
-        raise DataError(f"image_size={image_size} is only supported for {C.IMAGENET}; "
-                        f"{source.name} images are {arrays.image_shape[1]}x"
-                        f"{arrays.image_shape[0]}: leave image_size unset")
+        raise DataError(
+            f"image_size={image_size} is only supported for {C.IMAGENET}; "
+            f"{source.name} images are {arrays.image_shape[1]}x"
+            f"{arrays.image_shape[0]}: leave image_size unset"
+        )

@@ -11,6 +11,7 @@ draw a fresh permutation per epoch with a stateless shuffle seeded by
 ops keyed by ``(seed, e, position in the epoch)``.  ImageNet: see
 `sngm_keras.data.imagenet`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,21 +24,42 @@ from .info import DatasetInfo, check_batch, check_image_size
 from .tf_setup import epoch_key, import_tf
 
 
-def make_tf_datasets(dataset, *, data_dir, download, batch_size, eval_batch_size, augment, seed,
-                     start_epoch, num_epochs, image_size, validation_size):
+def make_tf_datasets(
+    dataset,
+    *,
+    data_dir,
+    download,
+    batch_size,
+    eval_batch_size,
+    augment,
+    seed,
+    start_epoch,
+    num_epochs,
+    image_size,
+    validation_size,
+):
     """The tf.data feed of `sngm_keras.data.make_datasets` (see there):
     ImageNet streamed from its files, every other dataset from memory."""
     source = sources.resolve(dataset)
     if source.kind == "tfds" and source.name == C.IMAGENET:
         if validation_size:
-            raise DataError(f"validation_size: {C.IMAGENET} is streamed from files; holding out training "
-                            "images is supported for in-memory datasets only")
+            raise DataError(
+                f"validation_size: {C.IMAGENET} is streamed from files; holding out training "
+                "images is supported for in-memory datasets only"
+            )
         from . import imagenet
+
         return imagenet.make_imagenet_datasets(
-            data_dir=data_dir, download=download, batch_size=batch_size,
-            eval_batch_size=eval_batch_size, augment=augment, seed=seed,
-            start_epoch=start_epoch, num_epochs=num_epochs,
-            image_size=image_size or C.IMAGENET_IMAGE_SIZE)
+            data_dir=data_dir,
+            download=download,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            augment=augment,
+            seed=seed,
+            start_epoch=start_epoch,
+            num_epochs=num_epochs,
+            image_size=image_size or C.IMAGENET_IMAGE_SIZE,
+        )
 
     arrays = load_arrays(dataset, data_dir=data_dir, download=download)
     check_image_size(source, arrays, image_size)
@@ -46,21 +68,35 @@ def make_tf_datasets(dataset, *, data_dir, download, batch_size, eval_batch_size
     mean, std, pad = preprocessing(source, arrays)
     name = C.SAMPLE if source.kind == "sample" else source.name
     check_batch(name, batch_size, arrays.num_train)
-    info = DatasetInfo(name=name, num_classes=arrays.num_classes,
-                       image_shape=tuple(arrays.image_shape), num_train=arrays.num_train,
-                       num_test=arrays.num_test, class_names=tuple(arrays.class_names),
-                       num_validation=validation_size)
+    info = DatasetInfo(
+        name=name,
+        num_classes=arrays.num_classes,
+        image_shape=tuple(arrays.image_shape),
+        num_train=arrays.num_train,
+        num_test=arrays.num_test,
+        class_names=tuple(arrays.class_names),
+        num_validation=validation_size,
+    )
     train_ds, test_ds = in_memory_datasets(
-        arrays, mean=mean, std=std, pad=pad, batch_size=batch_size,
-        eval_batch_size=eval_batch_size, augment=augment, seed=seed,
-        start_epoch=start_epoch, num_epochs=num_epochs)
+        arrays,
+        mean=mean,
+        std=std,
+        pad=pad,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        augment=augment,
+        seed=seed,
+        start_epoch=start_epoch,
+        num_epochs=num_epochs,
+    )
     if not validation_size:
         return train_ds, test_ds, info
     return train_ds, test_ds, info, eval_dataset(x_val, y_val, mean, std, eval_batch_size)
 
 
-def in_memory_datasets(arrays: ArraySplits, *, mean, std, pad, batch_size, eval_batch_size,
-                       augment, seed, start_epoch, num_epochs):
+def in_memory_datasets(
+    arrays: ArraySplits, *, mean, std, pad, batch_size, eval_batch_size, augment, seed, start_epoch, num_epochs
+):
     """Train/test pipelines over uint8 arrays held in memory.
 
     Each epoch: a permutation of the training set from a stateless shuffle
@@ -83,16 +119,15 @@ def in_memory_datasets(arrays: ArraySplits, *, mean, std, pad, batch_size, eval_
         normalize = _normalizer(tf, mean, std)
 
     def epoch_indices(epoch):
-        perm_key, aug_key = tf.unstack(
-            tf.random.experimental.stateless_split(epoch_key(tf, seed, epoch), 2))
-        perm = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int32),
-                                                        seed=perm_key)[:used]
+        perm_key, aug_key = tf.unstack(tf.random.experimental.stateless_split(epoch_key(tf, seed, epoch), 2))
+        perm = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int32), seed=perm_key)[:used]
         # One uniform draw per example encodes (dy, dx, flip).
-        draw = tf.random.stateless_uniform([used], seed=aug_key, minval=0,
-                                           maxval=2 * crop_choices * crop_choices,
-                                           dtype=tf.int32)
+        draw = tf.random.stateless_uniform(
+            [used], seed=aug_key, minval=0, maxval=2 * crop_choices * crop_choices, dtype=tf.int32
+        )
         return tf.data.Dataset.from_tensor_slices(
-            (tf.reshape(perm, [steps, batch_size]), tf.reshape(draw, [steps, batch_size])))
+            (tf.reshape(perm, [steps, batch_size]), tf.reshape(draw, [steps, batch_size]))
+        )
 
     rows = tf.range(height)
     cols = tf.range(width)
@@ -106,18 +141,19 @@ def in_memory_datasets(arrays: ArraySplits, *, mean, std, pad, batch_size, eval_
             dy = (draw // 2) // crop_choices
             padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
             row_idx = dy[:, None] + rows[None, :]
-            col_idx = tf.where(flip[:, None], dx[:, None] + (width - 1 - cols)[None, :],
-                               dx[:, None] + cols[None, :])
+            col_idx = tf.where(flip[:, None], dx[:, None] + (width - 1 - cols)[None, :], dx[:, None] + cols[None, :])
             images = tf.gather(padded, row_idx, axis=1, batch_dims=1)
             images = tf.gather(images, col_idx, axis=2, batch_dims=1)
         images = tf.ensure_shape(normalize(images), [batch_size, height, width, channels])
         return images, tf.ensure_shape(labels, [batch_size])
 
-    train_ds = (tf.data.Dataset.range(start_epoch, num_epochs)
-                .flat_map(epoch_indices)
-                .map(train_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-                .apply(tf.data.experimental.assert_cardinality((num_epochs - start_epoch) * steps))
-                .prefetch(tf.data.AUTOTUNE))
+    train_ds = (
+        tf.data.Dataset.range(start_epoch, num_epochs)
+        .flat_map(epoch_indices)
+        .map(train_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .apply(tf.data.experimental.assert_cardinality((num_epochs - start_epoch) * steps))
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
     test_ds = eval_dataset(arrays.x_test, arrays.y_test, mean, std, eval_batch_size)
     return train_ds.with_options(_deterministic(tf)), test_ds
@@ -141,9 +177,10 @@ def eval_dataset(images, labels, mean, std, batch_size):
     tf = import_tf()
     with tf.device("/CPU:0"):
         normalize = _normalizer(tf, mean, std)
-        dataset = (tf.data.Dataset.from_tensor_slices((images, np.asarray(labels, np.int32)))
-                   .batch(batch_size)
-                   .map(lambda x, y: (normalize(x), y), num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=True)
-                   .prefetch(tf.data.AUTOTUNE))
+        dataset = (
+            tf.data.Dataset.from_tensor_slices((images, np.asarray(labels, np.int32)))
+            .batch(batch_size)
+            .map(lambda x, y: (normalize(x), y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE)
+        )
     return dataset.with_options(_deterministic(tf))

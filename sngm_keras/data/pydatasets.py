@@ -115,8 +115,7 @@ class TestBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         if not 0 <= index < self.num_batches:
             raise IndexError(index)
-        rows = _share(np.arange(index * self.batch_size, min((index + 1) * self.batch_size, len(self.x))),
-                      self.share)
+        rows = _share(np.arange(index * self.batch_size, min((index + 1) * self.batch_size, len(self.x))), self.share)
         return {"images": self.x[rows]}, self.y[rows]
 
 
@@ -126,7 +125,7 @@ def _share(rows, share):
     if count == 1:
         return rows
     size = len(rows) // count
-    return rows[index * size:(index + 1) * size]
+    return rows[index * size : (index + 1) * size]
 
 
 def _tensorflow_datasets_available():
@@ -137,8 +136,21 @@ def _tensorflow_datasets_available():
     return True
 
 
-def make_pydatasets(dataset, *, data_dir, download, batch_size, eval_batch_size, augment, seed, start_epoch,
-                    num_epochs, image_size, validation_size, share):
+def make_pydatasets(
+    dataset,
+    *,
+    data_dir,
+    download,
+    batch_size,
+    eval_batch_size,
+    augment,
+    seed,
+    start_epoch,
+    num_epochs,
+    image_size,
+    validation_size,
+    share,
+):
     """The PyDataset feed of `sngm_keras.data.make_datasets` (see there):
     ``(train, test, info, preprocessing)``, and the held-out ``validation``
     batches after them when ``validation_size`` > 0 (the same images as the
@@ -154,12 +166,13 @@ def make_pydatasets(dataset, *, data_dir, download, batch_size, eval_batch_size,
     source = sources.resolve(dataset)
     if source.kind == "tfds":
         if source.name not in C.TFDS_IN_MEMORY:
-            raise DataError(f"{source.name} needs the TensorFlow input pipeline: run it with "
-                            "KERAS_BACKEND=tensorflow")
+            raise DataError(f"{source.name} needs the TensorFlow input pipeline: run it with KERAS_BACKEND=tensorflow")
         if not _tensorflow_datasets_available():
-            raise DataError(f"{source.name} is read from TFDS, which needs TensorFlow (not installed here): "
-                            "pass the images as a folder instead, --dataset=DIR with "
-                            "DIR/{train,test}/<class>/<image>")
+            raise DataError(
+                f"{source.name} is read from TFDS, which needs TensorFlow (not installed here): "
+                "pass the images as a folder instead, --dataset=DIR with "
+                "DIR/{train,test}/<class>/<image>"
+            )
         import_tf()  # keeps TensorFlow off the accelerators before TFDS starts it
     arrays = load_arrays(dataset, data_dir=data_dir, download=download)
     check_image_size(source, arrays, image_size)
@@ -168,11 +181,25 @@ def make_pydatasets(dataset, *, data_dir, download, batch_size, eval_batch_size,
     mean, std, pad = preprocessing(source, arrays)
     name = C.SAMPLE if source.kind == "sample" else source.name
     check_batch(name, batch_size, arrays.num_train)
-    info = DatasetInfo(name=name, num_classes=arrays.num_classes, image_shape=tuple(arrays.image_shape),
-                       num_train=arrays.num_train, num_test=arrays.num_test,
-                       class_names=tuple(arrays.class_names), num_validation=validation_size)
-    train = TrainBatches(arrays.x_train, arrays.y_train, batch_size=batch_size, seed=seed,
-                         start_epoch=start_epoch, num_epochs=num_epochs, pad=pad if augment else None, share=share)
+    info = DatasetInfo(
+        name=name,
+        num_classes=arrays.num_classes,
+        image_shape=tuple(arrays.image_shape),
+        num_train=arrays.num_train,
+        num_test=arrays.num_test,
+        class_names=tuple(arrays.class_names),
+        num_validation=validation_size,
+    )
+    train = TrainBatches(
+        arrays.x_train,
+        arrays.y_train,
+        batch_size=batch_size,
+        seed=seed,
+        start_epoch=start_epoch,
+        num_epochs=num_epochs,
+        pad=pad if augment else None,
+        share=share,
+    )
     test = TestBatches(arrays.x_test, arrays.y_test, eval_batch_size, share=share)
     preprocess = CropFlipNormalize(mean, std, pad, name="crop_flip_normalize")
     if not validation_size:

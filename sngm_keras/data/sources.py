@@ -2,6 +2,7 @@
 
 Nothing here imports TensorFlow or TFDS at module import time.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,14 +14,13 @@ from .errors import DataError
 
 
 class Source(NamedTuple):
-    kind: str   # "sample" | "folder" | "tfds"
-    name: str   # canonical dataset name, or the folder path as given
+    kind: str  # "sample" | "folder" | "tfds"
+    name: str  # canonical dataset name, or the folder path as given
     path: Path | None = None  # folder root, for kind == "folder"
 
 
 def _looks_like_path(text: str) -> bool:
-    return (os.sep in text or "/" in text or text.startswith((".", "~"))
-            or (os.altsep is not None and os.altsep in text))
+    return os.sep in text or "/" in text or text.startswith((".", "~")) or (os.altsep is not None and os.altsep in text)
 
 
 def resolve(dataset) -> Source:
@@ -29,9 +29,11 @@ def resolve(dataset) -> Source:
     if isinstance(dataset, os.PathLike):
         dataset = os.fspath(dataset)
     if not isinstance(dataset, str) or not dataset:
-        raise DataError(f"dataset must be a name or a folder path, got {dataset!r}; "
-                        f"use one of {', '.join(C.KNOWN_DATASETS)} or a folder with "
-                        "train/ and test/ class sub-folders")
+        raise DataError(
+            f"dataset must be a name or a folder path, got {dataset!r}; "
+            f"use one of {', '.join(C.KNOWN_DATASETS)} or a folder with "
+            "train/ and test/ class sub-folders"
+        )
     lowered = dataset.lower()
     if lowered in C.KNOWN_DATASETS and not _looks_like_path(dataset):
         return Source("sample" if lowered == C.SAMPLE else "tfds", lowered)
@@ -39,24 +41,28 @@ def resolve(dataset) -> Source:
     if path.is_dir():
         for split in ("train", "test"):
             if not (path / split).is_dir():
-                raise DataError(f"folder {dataset} has no {split}/ sub-folder; "
-                                "lay it out as DIR/{train,test}/<class>/<image>")
+                raise DataError(
+                    f"folder {dataset} has no {split}/ sub-folder; lay it out as DIR/{{train,test}}/<class>/<image>"
+                )
         return Source("folder", dataset, path)
     if _looks_like_path(dataset) or path.exists():
-        raise DataError(f"dataset folder {dataset} not found; pass an existing folder "
-                        "laid out as DIR/{train,test}/<class>/<image>, or one of "
-                        f"{', '.join(C.KNOWN_DATASETS)}")
-    raise DataError(f"unknown dataset {dataset!r}; use one of "
-                    f"{', '.join(C.KNOWN_DATASETS)} or a folder path with "
-                    "train/ and test/ class sub-folders")
+        raise DataError(
+            f"dataset folder {dataset} not found; pass an existing folder "
+            "laid out as DIR/{train,test}/<class>/<image>, or one of "
+            f"{', '.join(C.KNOWN_DATASETS)}"
+        )
+    raise DataError(
+        f"unknown dataset {dataset!r}; use one of "
+        f"{', '.join(C.KNOWN_DATASETS)} or a folder path with "
+        "train/ and test/ class sub-folders"
+    )
 
 
 def _import_tfds():
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:  # pragma: no cover - it is a dependency
-        raise DataError("tensorflow_datasets is not installed; "
-                        "pip install tensorflow-datasets") from err
+        raise DataError("tensorflow_datasets is not installed; pip install tensorflow-datasets") from err
     return tfds
 
 
@@ -76,12 +82,16 @@ def not_found_message(name: str, data_dir) -> str:
     where = _data_dir_text(data_dir)
     root = str(data_dir) if data_dir else _import_tfds().core.constants.DATA_DIR
     if name == C.IMAGENET:
-        return (f"{name} not found in {where}; TFDS cannot download it: put "
-                "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in "
-                f"{os.path.join(root, 'downloads', 'manual')} and pass --download once to prepare it")
-    return (f"{name} not found in {where}; pass --download to fetch it, or import a copy you have "
-            f"offline with: python -m apps.import_data --source={CIFAR_ARCHIVES.get(name, 'ARCHIVE')} "
-            f"--data_dir={root}")
+        return (
+            f"{name} not found in {where}; TFDS cannot download it: put "
+            "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in "
+            f"{os.path.join(root, 'downloads', 'manual')} and pass --download once to prepare it"
+        )
+    return (
+        f"{name} not found in {where}; pass --download to fetch it, or import a copy you have "
+        f"offline with: python -m apps.import_data --source={CIFAR_ARCHIVES.get(name, 'ARCHIVE')} "
+        f"--data_dir={root}"
+    )
 
 
 def tfds_builder(name: str, data_dir=None, download: bool = False):
@@ -103,10 +113,12 @@ def tfds_builder(name: str, data_dir=None, download: bool = False):
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             if name == C.IMAGENET:
                 raise DataError(not_found_message(name, data_dir) + f" ({first})") from err
-            raise DataError(f"could not download/prepare {name} into "
-                            f"{_data_dir_text(data_dir)}: {first}; check network access, or import a "
-                            f"copy you have offline with: python -m apps.import_data "
-                            f"--source={CIFAR_ARCHIVES.get(name, 'ARCHIVE')} --data_dir=DIR") from err
+            raise DataError(
+                f"could not download/prepare {name} into "
+                f"{_data_dir_text(data_dir)}: {first}; check network access, or import a "
+                f"copy you have offline with: python -m apps.import_data "
+                f"--source={CIFAR_ARCHIVES.get(name, 'ARCHIVE')} --data_dir=DIR"
+            ) from err
         return builder, True
     return builder, builder.is_prepared()
 

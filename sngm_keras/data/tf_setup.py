@@ -1,5 +1,6 @@
 """What both tf.data pipelines (in memory and ImageNet) start from:
 TensorFlow imported off the accelerators, and the per-epoch random key."""
+
 from __future__ import annotations
 
 import os
@@ -17,6 +18,7 @@ def import_tf():
     initialized its devices; otherwise it is left as is.
     """
     import tensorflow as tf
+
     keras = sys.modules.get("keras")
     backend = None
     if keras is not None and hasattr(keras, "config"):

@@ -42,8 +42,9 @@ class ReducedGradientOptimizer(keras.optimizers.Optimizer):
     # Whether `update_step` receives `g + wd * w` (coupled L2) or the bare `g`.
     _l2_in_gradient = True
 
-    def __init__(self, learning_rate, momentum=0.9, weight_decay=0.0, decoupled_weight_decay=False, name=None,
-                 **kwargs):
+    def __init__(
+        self, learning_rate, momentum=0.9, weight_decay=0.0, decoupled_weight_decay=False, name=None, **kwargs
+    ):
         learning_rate = check_learning_rate(learning_rate)
         momentum = check_range("momentum", momentum, 0.0, 1.0)
         weight_decay = check_range("weight_decay", weight_decay, 0.0)
@@ -66,9 +67,7 @@ class ReducedGradientOptimizer(keras.optimizers.Optimizer):
         self.gradient_norm = self.add_variable(
             (), dtype="float32", aggregation="only_first_replica", name="gradient_norm"
         )
-        self.skipped_steps = self.add_variable(
-            (), dtype="int", aggregation="only_first_replica", name="skipped_steps"
-        )
+        self.skipped_steps = self.add_variable((), dtype="int", aggregation="only_first_replica", name="skipped_steps")
 
     # -- where the whole gradient is seen -------------------------------------
 

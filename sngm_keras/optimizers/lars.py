@@ -56,13 +56,24 @@ class LARS(ReducedGradientOptimizer):
     # The trust ratio needs the bare gradient's norm; the decay is added here.
     _l2_in_gradient = False
 
-    def __init__(self, learning_rate=0.1, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001,
-                 exclude_bias_and_norm=True, pytorch_lars=False, epsilon=1e-30, name="LARS", **kwargs):
+    def __init__(
+        self,
+        learning_rate=0.1,
+        momentum=0.9,
+        weight_decay=0.0,
+        trust_coefficient=0.001,
+        exclude_bias_and_norm=True,
+        pytorch_lars=False,
+        epsilon=1e-30,
+        name="LARS",
+        **kwargs,
+    ):
         if "decoupled_weight_decay" in kwargs:
-            raise ValueError("decoupled_weight_decay: LARS has no decoupled weight decay; its weight_decay is "
-                             "coupled, inside the trust ratio")
-        super().__init__(learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay, name=name,
-                         **kwargs)
+            raise ValueError(
+                "decoupled_weight_decay: LARS has no decoupled weight decay; its weight_decay is "
+                "coupled, inside the trust ratio"
+            )
+        super().__init__(learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay, name=name, **kwargs)
         self.trust_coefficient = check_positive("trust_coefficient", trust_coefficient)
         self.epsilon = check_positive("epsilon", epsilon)
         self.pytorch_lars = bool(pytorch_lars)

@@ -34,8 +34,9 @@ class MSGD(ReducedGradientOptimizer):
     `skipped_steps`.
     """
 
-    def __init__(self, learning_rate=0.1, momentum=0.9, weight_decay=0.0, decoupled_weight_decay=False, name="MSGD",
-                 **kwargs):
+    def __init__(
+        self, learning_rate=0.1, momentum=0.9, weight_decay=0.0, decoupled_weight_decay=False, name="MSGD", **kwargs
+    ):
         super().__init__(
             learning_rate=learning_rate,
             momentum=momentum,

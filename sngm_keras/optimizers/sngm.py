@@ -56,8 +56,17 @@ class SNGM(ReducedGradientOptimizer):
     training app records both per epoch and warns about skipped steps).
     """
 
-    def __init__(self, learning_rate=0.1, momentum=0.9, weight_decay=0.0, decoupled_weight_decay=False,
-                 layerwise=False, epsilon=1e-30, name="SNGM", **kwargs):
+    def __init__(
+        self,
+        learning_rate=0.1,
+        momentum=0.9,
+        weight_decay=0.0,
+        decoupled_weight_decay=False,
+        layerwise=False,
+        epsilon=1e-30,
+        name="SNGM",
+        **kwargs,
+    ):
         super().__init__(
             learning_rate=learning_rate,
             momentum=momentum,
@@ -82,7 +91,10 @@ class SNGM(ReducedGradientOptimizer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            {"decoupled_weight_decay": self.decoupled_weight_decay, "layerwise": self.layerwise,
-             "epsilon": self.epsilon}
+            {
+                "decoupled_weight_decay": self.decoupled_weight_decay,
+                "layerwise": self.layerwise,
+                "epsilon": self.epsilon,
+            }
         )
         return config

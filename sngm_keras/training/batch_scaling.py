@@ -36,8 +36,17 @@ LR_FACTORS = tuple(2.0 ** (k - 1.5) for k in range(4))
 TARGET = 0.6
 MAX_EXTENSIONS = 4
 
-BASE = dict(dataset="cifar10", model="twoconv", epochs=10, weight_decay=1e-4, momentum=0.9, lr_schedule="poly",
-            power=1.1, validation_size=5000, validations_per_epoch=4)
+BASE = dict(
+    dataset="cifar10",
+    model="twoconv",
+    epochs=10,
+    weight_decay=1e-4,
+    momentum=0.9,
+    lr_schedule="poly",
+    power=1.1,
+    validation_size=5000,
+    validations_per_epoch=4,
+)
 
 # Where each method's grid is centred: rate(B) = rate0 * (B / B0) ** exponent.
 # MSGD: the linear scaling rule (Goyal et al.) from its rate at B = 128;
@@ -47,7 +56,7 @@ BASE = dict(dataset="cifar10", model="twoconv", epochs=10, weight_decay=1e-4, mo
 # network (docs/RESULTS.md); MSGD's is the geometric mean of its two best
 # rates there at B = 128 (0.0125 and 0.025), so its grid holds both.
 RULES = {
-    "msgd": (0.0125 * 2 ** 0.5, 128, 1.0, "linear"),
+    "msgd": (0.0125 * 2**0.5, 128, 1.0, "linear"),
     "lars": (2.0, 4096, 0.5, "square root"),
     "sngm": (0.2, 4096, 0.5, "square root"),
 }
@@ -80,9 +89,17 @@ def check_args(methods, batch_sizes, lr_factors, target, micro_batch_size, max_e
 class Study:
     """The runs of one batch-scaling study under `output_dir/runs`."""
 
-    def __init__(self, output_dir, methods=METHODS, batch_sizes=BATCH_SIZES, lr_factors=LR_FACTORS,
-                 target=TARGET, micro_batch_size=MICRO_BATCH_SIZE, max_extensions=MAX_EXTENSIONS,
-                 overrides=None):
+    def __init__(
+        self,
+        output_dir,
+        methods=METHODS,
+        batch_sizes=BATCH_SIZES,
+        lr_factors=LR_FACTORS,
+        target=TARGET,
+        micro_batch_size=MICRO_BATCH_SIZE,
+        max_extensions=MAX_EXTENSIONS,
+        overrides=None,
+    ):
         methods, batch_sizes, lr_factors = list(methods), list(batch_sizes), sorted(lr_factors)
         check_args(methods, batch_sizes, lr_factors, target, micro_batch_size, max_extensions)
         self.output_dir = output_dir
@@ -100,15 +117,27 @@ class Study:
     def settings(self):
         """What must stay the same when the study is continued in the same folder."""
         config = self.config(self.cells[0], 1.0)
-        return {"study": "batch_scaling", "methods": self.methods, "batch_sizes": self.batch_sizes,
-                "micro_batch_size": self.micro_batch_size, "target_accuracy": self.target,
-                "epochs": config.epochs, "dataset": config.dataset, "model": config.model,
-                "validation_size": config.validation_size}
+        return {
+            "study": "batch_scaling",
+            "methods": self.methods,
+            "batch_sizes": self.batch_sizes,
+            "micro_batch_size": self.micro_batch_size,
+            "target_accuracy": self.target,
+            "epochs": config.epochs,
+            "dataset": config.dataset,
+            "model": config.model,
+            "validation_size": config.validation_size,
+        }
 
     def config(self, cell, rate):
         micro = self.micro_batch_size if cell.batch_size > self.micro_batch_size else None
-        values = dict(BASE, optimizer=cell.method, batch_size=cell.batch_size, micro_batch_size=micro,
-                      learning_rate=float(f"{rate:.6g}"))
+        values = dict(
+            BASE,
+            optimizer=cell.method,
+            batch_size=cell.batch_size,
+            micro_batch_size=micro,
+            learning_rate=float(f"{rate:.6g}"),
+        )
         values.update(self.overrides)
         config = TrainConfig.from_preset(None, **values)
         run_id = f"{cell.method}_b{cell.batch_size}_lr{config.learning_rate:g}"
@@ -165,12 +194,12 @@ class Study:
             configs, on_edge = self.cell_configs(cell)
             runs = [(c, finished(c)) for c in configs]
             done = [(c, s) for c, s in runs if s is not None]
-            entry = {"cell": cell, "runs": [], "selected": None, "on_edge": on_edge,
-                     "complete": len(done) == len(runs)}
+            entry = {"cell": cell, "runs": [], "selected": None, "on_edge": on_edge, "complete": len(done) == len(runs)}
             for config, summary in done:
                 rows = RunDir(config.model_dir).read_validation()
-                entry["runs"].append({"config": config, "summary": summary,
-                                      "steps_to_target": steps_to_target(rows, self.target)})
+                entry["runs"].append(
+                    {"config": config, "summary": summary, "steps_to_target": steps_to_target(rows, self.target)}
+                )
             if done:
                 chosen = select([c for c, _ in done], [s for _, s in done])
                 entry["selected"] = next(r for r in entry["runs"] if r["config"] is chosen)
@@ -204,8 +233,11 @@ def scaling_summary(table, methods, batch_sizes, tolerance=0.01):
     out = {}
     smallest = min(batch_sizes)
     for method in methods:
-        selected = {e["cell"].batch_size: e["selected"] for e in table
-                    if e["cell"].method == method and e["selected"] is not None}
+        selected = {
+            e["cell"].batch_size: e["selected"]
+            for e in table
+            if e["cell"].method == method and e["selected"] is not None
+        }
         if smallest not in selected:
             continue
         base = selected[smallest]["summary"]["test_accuracy"]

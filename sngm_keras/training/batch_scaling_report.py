@@ -14,10 +14,12 @@ def _steps(x):
 
 def _run_row(run, marks=""):
     config, summary = run["config"], run["summary"]
-    return (f"| {config.optimizer.upper()} | {config.batch_size} | {config.learning_rate:g}{marks} | "
-            f"{_percent(summary['validation_accuracy'])} | {_percent(summary['best_validation_accuracy'])} | "
-            f"{_percent(summary['test_accuracy'])} | {_steps(run['steps_to_target'])} | {summary['updates']} | "
-            f"{summary['wall_seconds'] / 60:.1f} |")
+    return (
+        f"| {config.optimizer.upper()} | {config.batch_size} | {config.learning_rate:g}{marks} | "
+        f"{_percent(summary['validation_accuracy'])} | {_percent(summary['best_validation_accuracy'])} | "
+        f"{_percent(summary['test_accuracy'])} | {_steps(run['steps_to_target'])} | {summary['updates']} | "
+        f"{summary['wall_seconds'] / 60:.1f} |"
+    )
 
 
 def markdown(study, table, context):
@@ -29,8 +31,11 @@ def markdown(study, table, context):
     lines += [f"- runs finished: {total}; their wall time: {wall / 3600:.2f} h", ""]
     lines += [
         "Learning-rate grids are centred on a scaling rule: "
-        + "; ".join(f"{m.upper()} {rule} in B from {r0:g} at B = {b0}"
-                    for m, (r0, b0, _, rule) in RULES.items() if m in study.methods)
+        + "; ".join(
+            f"{m.upper()} {rule} in B from {r0:g} at B = {b0}"
+            for m, (r0, b0, _, rule) in RULES.items()
+            if m in study.methods
+        )
         + f". Grid factors: {', '.join(f'{f:.3g}' for f in study.lr_factors)}; a grid whose best rate lies on "
         f"its edge is extended by a factor {study.spacing:g} beyond it, up to {study.max_extensions} times.",
         "",
@@ -48,23 +53,30 @@ def markdown(study, table, context):
             lines.append(f"| {cell.method.upper()} | {cell.batch_size} | - | not run yet | | | | |")
             continue
         fastest = entry.get("fastest")
-        steps = "not reached" if fastest is None else \
-            f"{fastest['steps_to_target']} ({fastest['config'].learning_rate:g})"
+        steps = (
+            "not reached" if fastest is None else f"{fastest['steps_to_target']} ({fastest['config'].learning_rate:g})"
+        )
         edge = " (edge of grid)" if entry["on_edge"] else ""
         pending = "" if entry["complete"] else " (grid unfinished)"
         lines.append(
             f"| {cell.method.upper()} | {cell.batch_size} | {selected['summary']['updates']} | "
             f"{selected['config'].learning_rate:g}{edge}{pending} | "
             f"{_percent(selected['summary']['validation_accuracy'])} | "
-            f"{_percent(selected['summary']['test_accuracy'])} | {steps} | {len(entry['runs'])} |")
+            f"{_percent(selected['summary']['test_accuracy'])} | {steps} | {len(entry['runs'])} |"
+        )
     lines += ["", "Largest B within 1 point of the smallest B's test accuracy:", ""]
     for method, held in scaling_summary(table, study.methods, study.batch_sizes).items():
-        lines.append(f"- {method.upper()}: B = {held['largest_batch_within']} "
-                     f"(smallest B: {_percent(held['base_accuracy'])})")
-    lines += ["", "## Every run", "",
-              "| method | B | rate | final validation accuracy | best validation accuracy | test accuracy | "
-              f"steps to {_percent(target)} | updates | wall minutes |",
-              "|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"- {method.upper()}: B = {held['largest_batch_within']} (smallest B: {_percent(held['base_accuracy'])})"
+        )
+    lines += [
+        "",
+        "## Every run",
+        "",
+        "| method | B | rate | final validation accuracy | best validation accuracy | test accuracy | "
+        f"steps to {_percent(target)} | updates | wall minutes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for entry in table:
         for run in entry["runs"]:
             lines.append(_run_row(run, " (selected)" if run is entry["selected"] else ""))
@@ -85,18 +97,28 @@ def plot(study, table, path, noise_scale=None):
     for method in study.methods:
         entries = [e for e in table if e["cell"].method == method and e["selected"] is not None]
         sizes = [e["cell"].batch_size for e in entries]
-        line, = acc_ax.plot(sizes, [100 * e["selected"]["summary"]["test_accuracy"] for e in entries], "o-",
-                            label=method.upper())
+        (line,) = acc_ax.plot(
+            sizes, [100 * e["selected"]["summary"]["test_accuracy"] for e in entries], "o-", label=method.upper()
+        )
         reached = [(e["cell"].batch_size, e["fastest"]["steps_to_target"]) for e in entries if e.get("fastest")]
         if reached:
             steps_ax.plot(*zip(*reached), "o-", color=line.get_color(), label=method.upper())
             b0, s0 = reached[0]
             ideal = [b for b in study.batch_sizes if b >= b0]
             steps_ax.plot(ideal, [s0 * b0 / b for b in ideal], ":", color=line.get_color(), alpha=0.6)
-    acc_ax.set(xscale="log", xlabel="batch size B", ylabel="test accuracy (%)",
-               title="(a) test accuracy at an equal epoch budget")
-    steps_ax.set(xscale="log", yscale="log", xlabel="batch size B", ylabel="updates",
-                 title=f"(b) updates to {100 * study.target:g}% validation accuracy")
+    acc_ax.set(
+        xscale="log",
+        xlabel="batch size B",
+        ylabel="test accuracy (%)",
+        title="(a) test accuracy at an equal epoch budget",
+    )
+    steps_ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="batch size B",
+        ylabel="updates",
+        title=f"(b) updates to {100 * study.target:g}% validation accuracy",
+    )
     if noise_scale:
         steps_ax.axvline(noise_scale, color="grey", linestyle="--", label=f"noise scale {noise_scale:.0f}")
     steps_ax.plot([], [], "k:", alpha=0.6, label="perfect scaling")

@@ -25,8 +25,17 @@ class EpochRecorder(keras.callbacks.Callback):
     training throughput. `started_utc`, when the run first started, is kept
     in the checkpoint's state so a resumed run reports it too."""
 
-    def __init__(self, run_dir, rows, batch_size, num_train, base_wall_seconds, base_train_seconds,
-                 validation=None, started_utc=None):
+    def __init__(
+        self,
+        run_dir,
+        rows,
+        batch_size,
+        num_train,
+        base_wall_seconds,
+        base_train_seconds,
+        validation=None,
+        started_utc=None,
+    ):
         super().__init__()
         self.validation = validation  # a ValidationMonitor, whose time within epochs is not training
         self.run_dir = run_dir
@@ -84,8 +93,13 @@ class EpochRecorder(keras.callbacks.Callback):
         if not self.stopped_in_epoch:
             # A cut epoch is not checkpointed: a resume trains it again from
             # its start, as an uninterrupted run would.
-            state = {"epoch": epoch + 1, "updates": updates, "wall_seconds": self.wall_seconds,
-                     "train_seconds": self.train_seconds, "started_utc": self.started_utc}
+            state = {
+                "epoch": epoch + 1,
+                "updates": updates,
+                "wall_seconds": self.wall_seconds,
+                "train_seconds": self.train_seconds,
+                "started_utc": self.started_utc,
+            }
             self.run_dir.save_checkpoint(self.model, state)
         self.run_dir.write_history(self.rows)
 
@@ -122,8 +136,12 @@ class SkippedStepsMonitor(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         count = self._count()
         if count > self._seen:
-            log.warning("epoch %d: %d step(s) with a non-finite gradient skipped (%d in all)",
-                        epoch + 1, count - self._seen, count)
+            log.warning(
+                "epoch %d: %d step(s) with a non-finite gradient skipped (%d in all)",
+                epoch + 1,
+                count - self._seen,
+                count,
+            )
         self._seen = count
 
 
@@ -176,9 +194,13 @@ class ValidationMonitor(keras.callbacks.Callback):
         started = time.perf_counter()
         logits = keras.ops.convert_to_numpy(self.model.predict(self.dataset, verbose=0))
         loss, accuracy = logits_loss_and_accuracy(logits, self.labels)
-        row = {"updates": self._updates, "epoch": round(epoch, 6),
-               "grad_per_n": round(self._updates * self.batch_size / self.num_train, 6),
-               "validation_loss": loss, "validation_accuracy": accuracy}
+        row = {
+            "updates": self._updates,
+            "epoch": round(epoch, 6),
+            "grad_per_n": round(self._updates * self.batch_size / self.num_train, 6),
+            "validation_loss": loss,
+            "validation_accuracy": accuracy,
+        }
         self.rows.append(row)
         self.run_dir.write_validation(self.rows)
         self.epoch_seconds += time.perf_counter() - started

@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Optional
 
 from sngm_keras.training.errors import ConfigError
 
@@ -46,7 +45,7 @@ class Cluster:
     num_workers: int
     index: int  # TensorFlow: position among chief + workers; JAX: process id
     is_chief: bool
-    coordinator_address: Optional[str] = None  # JAX
+    coordinator_address: str | None = None  # JAX
 
 
 def describe(config, backend, environ=None):
@@ -59,8 +58,9 @@ def describe(config, backend, environ=None):
     if config.validation_size:
         # Its evaluations gather predictions on the host (`predict`), which
         # this module does not assemble across workers.
-        raise ConfigError("validation_size", "the validation split runs on one machine; leave it at 0 with "
-                          "--strategy=multi_worker")
+        raise ConfigError(
+            "validation_size", "the validation split runs on one machine; leave it at 0 with --strategy=multi_worker"
+        )
     environ = os.environ if environ is None else environ
     if backend == "jax":
         return _jax_cluster(config, environ)
@@ -72,8 +72,11 @@ def _tf_cluster(text):
         return ConfigError("strategy", f"multi_worker: TF_CONFIG {message}")
 
     if not text:
-        raise ConfigError("strategy", "multi_worker needs the cluster in the TF_CONFIG environment variable, e.g. "
-                          '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}')
+        raise ConfigError(
+            "strategy",
+            "multi_worker needs the cluster in the TF_CONFIG environment variable, e.g. "
+            '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}',
+        )
     try:
         tf_config = json.loads(text)
     except ValueError as error:
@@ -129,8 +132,9 @@ def _jax_cluster(config, environ):
     address = str(values["coordinator_address"]).split(",")[0].strip()
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise _jax_error(sources["coordinator_address"], "coordinator_address",
-                         f"must be host:port (process 0's), got {address!r}")
+        raise _jax_error(
+            sources["coordinator_address"], "coordinator_address", f"must be host:port (process 0's), got {address!r}"
+        )
     return Cluster(num_workers=count, index=process, is_chief=process == 0, coordinator_address=address)
 
 
@@ -189,8 +193,12 @@ def worker_lost_as_error(backend):
         return
     import tensorflow as tf
 
-    lost = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
-            tf.errors.DeadlineExceededError)
+    lost = (
+        tf.errors.UnavailableError,
+        tf.errors.AbortedError,
+        tf.errors.CancelledError,
+        tf.errors.DeadlineExceededError,
+    )
     try:
         yield
     except lost as error:

@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import sys
-from typing import Optional, Tuple
 
 from sngm_keras import checks
 from sngm_keras.training.errors import ConfigError, as_config_errors
@@ -25,8 +24,7 @@ DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 # Fields that do not change what a run computes: a run may be resumed with
 # other values of these.
 JAX_CLUSTER_FIELDS = ("coordinator_address", "num_processes", "process_id")
-NOT_RESULT_FIELDS = ("model_dir", "verbose", "download", "data_dir", "max_updates", "noise_scale",
-                     *JAX_CLUSTER_FIELDS)
+NOT_RESULT_FIELDS = ("model_dir", "verbose", "download", "data_dir", "max_updates", "noise_scale", *JAX_CLUSTER_FIELDS)
 # Not a setting: which named configuration the values came from.
 NOT_SETTINGS = NOT_RESULT_FIELDS + ("preset",)
 VERBOSITY = (0, 1, 2)
@@ -38,12 +36,12 @@ MAX_CPU_DEVICES = 256
 @dataclasses.dataclass
 class TrainConfig:
     dataset: str = "sample"
-    data_dir: Optional[str] = None
+    data_dir: str | None = None
     download: bool = False
     model: str = "twoconv"
     optimizer: str = "sngm"
     batch_size: int = 500
-    micro_batch_size: Optional[int] = None
+    micro_batch_size: int | None = None
     learning_rate: float = 0.2
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -51,12 +49,12 @@ class TrainConfig:
     pytorch_lars: bool = False
     lr_schedule: str = "poly"
     power: float = 1.1
-    decay_epochs: Tuple[int, ...] = (80, 120)
+    decay_epochs: tuple[int, ...] = (80, 120)
     decay_factor: float = 10.0
     warmup_epochs: int = 0
     warmup_learning_rate: float = 0.0
     epochs: int = 30
-    max_updates: Optional[int] = None
+    max_updates: int | None = None
     strategy: str = "auto"
     num_cpu_devices: int = 0
     model_dir: str = "runs/demo"
@@ -69,13 +67,13 @@ class TrainConfig:
     eval_batch_size: int = 1000
     validation_size: int = 0
     validations_per_epoch: int = 1
-    image_size: Optional[int] = None
-    verbose: Optional[int] = None  # Keras' fit verbosity; None: 1 on a terminal, else 2
+    image_size: int | None = None
+    verbose: int | None = None  # Keras' fit verbosity; None: 1 on a terminal, else 2
     # --strategy=multi_worker on JAX (see sngm_keras.training.cluster)
-    coordinator_address: Optional[str] = None
-    num_processes: Optional[int] = None
-    process_id: Optional[int] = None
-    preset: Optional[str] = None
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    preset: str | None = None
     # Measure the gradient noise scale (it never changes the weights).
     noise_scale: bool = True
 
@@ -178,8 +176,10 @@ class TrainConfig:
         checks.check_positive_int("eval_batch_size", self.eval_batch_size)
         checks.check_non_negative_int("validation_size", self.validation_size)
         if self.validation_size and self.dataset == "imagenet2012":
-            raise ConfigError("validation_size", "holds training images out of in-memory datasets; "
-                              "imagenet2012 is streamed from files")
+            raise ConfigError(
+                "validation_size",
+                "holds training images out of in-memory datasets; imagenet2012 is streamed from files",
+            )
         checks.check_positive_int("validations_per_epoch", self.validations_per_epoch)
         if self.validations_per_epoch > 1 and not self.validation_size:
             raise ConfigError("validations_per_epoch", "needs a validation split: set --validation_size")

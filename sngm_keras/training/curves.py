@@ -65,11 +65,19 @@ def plot_noise_scale(rows, batch_size, path):
     if not finite:
         return
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.plot([float(r["grad_per_n"]) for r in finite], [float(r["gradient_noise_scale"]) for r in finite],
-            marker="o", label="B_simple (EMA ratio)")
+    ax.plot(
+        [float(r["grad_per_n"]) for r in finite],
+        [float(r["gradient_noise_scale"]) for r in finite],
+        marker="o",
+        label="B_simple (EMA ratio)",
+    )
     ax.axhline(batch_size, color="gray", linestyle="--", label=f"batch size B={batch_size}")
-    ax.set(xlabel="#grad/n", ylabel="gradient noise scale", yscale="log",
-           title="Gradient noise scale (McCandlish et al. 2018)")
+    ax.set(
+        xlabel="#grad/n",
+        ylabel="gradient noise scale",
+        yscale="log",
+        title="Gradient noise scale (McCandlish et al. 2018)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

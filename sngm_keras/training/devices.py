@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from typing import Any, Optional, Tuple
+from typing import Any
 
 from sngm_keras.training.errors import ConfigError
 
@@ -32,7 +32,7 @@ class Placement:
     replicas: int
     strategy: Any = None  # TensorFlow: the tf.distribute strategy
     distribution: Any = None  # JAX: a DataParallel, or None on one device
-    share: Tuple[int, int] = (0, 1)  # JAX: (this process, processes), each feeding its rows
+    share: tuple[int, int] = (0, 1)  # JAX: (this process, processes), each feeding its rows
     tensorflow: bool = True  # TensorFlow importable (TensorBoard logs need it)
 
     def scope(self):
@@ -82,8 +82,13 @@ def placed(config, backend, membership=None):
     keras.distribution.set_distribution(distribution)
     try:
         replicas = 1 if distribution is None else int(np.prod(distribution.device_mesh.shape))
-        yield Placement(backend, replicas, distribution=distribution, share=(jax.process_index(), jax.process_count()),
-                        tensorflow=tensorflow)
+        yield Placement(
+            backend,
+            replicas,
+            distribution=distribution,
+            share=(jax.process_index(), jax.process_count()),
+            tensorflow=tensorflow,
+        )
     finally:
         keras.distribution.set_distribution(previous)
 
@@ -103,7 +108,7 @@ def make_strategy(config):
     return tf.distribute.get_strategy()
 
 
-def make_distribution(config) -> Optional[Any]:
+def make_distribution(config) -> Any | None:
     """`keras.distribution.DataParallel` over this host's devices, or None for one device.
 
     auto: all devices of JAX's default platform when there are several;
@@ -131,8 +136,9 @@ def _prepare_jax(config):
     started = jax_started()
     if config.deterministic and "--xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
         if started:
-            log.warning("--deterministic: JAX started already; XLA_FLAGS=--xla_gpu_deterministic_ops=true "
-                        "is not applied")
+            log.warning(
+                "--deterministic: JAX started already; XLA_FLAGS=--xla_gpu_deterministic_ops=true is not applied"
+            )
         else:
             os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
     if config.num_cpu_devices > 1:

@@ -64,8 +64,9 @@ def build_training_model(config, info, steps_per_epoch, micro_batch_size, placem
     jit_whole_step = config.jit_compile and placement.replicas == 1
     with placement.scope():
         net = build_model(config.model, info.num_classes, info.image_shape, seed=config.seed)
-        model = MicroBatchModel(net, micro_batch_size, jit_compile=config.jit_compile and not jit_whole_step,
-                                noise_scale=config.noise_scale)
+        model = MicroBatchModel(
+            net, micro_batch_size, jit_compile=config.jit_compile and not jit_whole_step, noise_scale=config.noise_scale
+        )
         return compile_for_training(model, config, steps_per_epoch, jit_whole_step)
 
 

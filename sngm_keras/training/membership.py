@@ -107,7 +107,7 @@ def _from_words(words):
     import numpy as np
 
     words = np.asarray(words, np.int32)
-    return words[1:].tobytes()[:int(words[0])]
+    return words[1:].tobytes()[: int(words[0])]
 
 
 def _numpy(value):
@@ -124,8 +124,7 @@ def _tf_broadcast(strategy, is_chief, arrays):
     import tensorflow as tf
 
     dtypes = [np.asarray(a).dtype for a in arrays]
-    local = [tf.constant(np.asarray(a, np.float64) if is_chief else np.zeros(np.shape(a), np.float64))
-             for a in arrays]
+    local = [tf.constant(np.asarray(a, np.float64) if is_chief else np.zeros(np.shape(a), np.float64)) for a in arrays]
 
     @tf.function
     def reduce():
@@ -133,8 +132,7 @@ def _tf_broadcast(strategy, is_chief, arrays):
             context = tf.distribute.get_replica_context()
             # Only the first local replica contributes.
             first = tf.equal(context.replica_id_in_sync_group % _local_replicas(strategy), 0)
-            return context.all_reduce(tf.distribute.ReduceOp.SUM,
-                                      [tf.where(first, t, tf.zeros_like(t)) for t in local])
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, [tf.where(first, t, tf.zeros_like(t)) for t in local])
 
         return strategy.run(fn)
 

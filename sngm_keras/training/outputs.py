@@ -29,8 +29,9 @@ def write_outputs(config, run_dir, model, recorder, rows, results, replicas, mic
 
 def curves_title(config):
     """curves.png's title: what was trained, with what (and the preset's name)."""
-    title = (f"{config.model}, {config.optimizer.upper()}, B = {config.batch_size}, "
-             f"learning rate {config.learning_rate:g}")
+    title = (
+        f"{config.model}, {config.optimizer.upper()}, B = {config.batch_size}, learning rate {config.learning_rate:g}"
+    )
     return f"{config.preset}\n{title}" if config.preset else title
 
 

@@ -29,16 +29,24 @@ def _table2():
         presets[f"table2_{model}_msgd_b128"] = dict(base, **_MSGD_STEP, batch_size=128, learning_rate=msgd)
         presets[f"table2_{model}_msgd_b4096"] = dict(base, **_MSGD_STEP, **_LARGE, learning_rate=msgd_large)
         presets[f"table2_{model}_lars_b4096"] = dict(
-            base, **_LARGE, optimizer="lars", lr_schedule="poly", power=1.1, learning_rate=lars)
+            base, **_LARGE, optimizer="lars", lr_schedule="poly", power=1.1, learning_rate=lars
+        )
         # The pytorch-lars code the paper ran (every variable adapted); its rate is
         # the one the study selects for the row above (`study.RATE_FROM`).
-        presets[f"table2_{model}_lars_pytorch_b4096"] = dict(
-            presets[f"table2_{model}_lars_b4096"], pytorch_lars=True)
+        presets[f"table2_{model}_lars_pytorch_b4096"] = dict(presets[f"table2_{model}_lars_b4096"], pytorch_lars=True)
         presets[f"table2_{model}_lars_warmup_b4096"] = dict(
-            base, **_LARGE, optimizer="lars", lr_schedule="poly", power=2.0, learning_rate=lars_warm,
-            warmup_epochs=5, warmup_learning_rate=0.1)
+            base,
+            **_LARGE,
+            optimizer="lars",
+            lr_schedule="poly",
+            power=2.0,
+            learning_rate=lars_warm,
+            warmup_epochs=5,
+            warmup_learning_rate=0.1,
+        )
         presets[f"table2_{model}_sngm_b4096"] = dict(
-            base, **_LARGE, optimizer="sngm", lr_schedule="poly", power=1.1, learning_rate=sngm)
+            base, **_LARGE, optimizer="sngm", lr_schedule="poly", power=1.1, learning_rate=sngm
+        )
     return presets
 
 
@@ -47,11 +55,17 @@ def _table3():
     presets = {}
     for model in ("resnet18", "resnet50"):
         presets[f"table3_{model}_msgd_b256"] = dict(
-            base, model=model, optimizer="msgd", lr_schedule="step", decay_epochs=(30, 60),
-            batch_size=256, learning_rate=0.1)
+            base,
+            model=model,
+            optimizer="msgd",
+            lr_schedule="step",
+            decay_epochs=(30, 60),
+            batch_size=256,
+            learning_rate=0.1,
+        )
         presets[f"table3_{model}_sngm_b8192"] = dict(
-            base, model=model, optimizer="sngm", lr_schedule="poly", power=2.0, batch_size=8192,
-            learning_rate=0.8)
+            base, model=model, optimizer="sngm", lr_schedule="poly", power=2.0, batch_size=8192, learning_rate=0.8
+        )
     return presets
 
 
@@ -59,8 +73,16 @@ def _table3():
 # epochs, poly schedule for every method (the paper's Figure 1 uses poly for
 # MSGD). Learning rates are starting points; `apps.reproduce --lr_grid`
 # sweeps them.
-_FIGURE1 = dict(dataset="cifar10", model="twoconv", epochs=10, weight_decay=1e-4, momentum=0.9,
-                lr_schedule="poly", power=1.1, micro_batch_size=128)
+_FIGURE1 = dict(
+    dataset="cifar10",
+    model="twoconv",
+    epochs=10,
+    weight_decay=1e-4,
+    momentum=0.9,
+    lr_schedule="poly",
+    power=1.1,
+    micro_batch_size=128,
+)
 
 
 def _figure1():
@@ -72,7 +94,18 @@ def _figure1():
     }
 
 
-DEMO = dict(dataset="sample", model="twoconv", optimizer="sngm", batch_size=500, micro_batch_size=100,
-            learning_rate=0.2, momentum=0.9, weight_decay=5e-4, lr_schedule="poly", power=1.1, epochs=30)
+DEMO = dict(
+    dataset="sample",
+    model="twoconv",
+    optimizer="sngm",
+    batch_size=500,
+    micro_batch_size=100,
+    learning_rate=0.2,
+    momentum=0.9,
+    weight_decay=5e-4,
+    lr_schedule="poly",
+    power=1.1,
+    epochs=30,
+)
 
 PRESETS = {"demo": DEMO, **_table2(), **_table3(), **_figure1()}

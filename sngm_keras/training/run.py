@@ -25,7 +25,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from typing import Any, Optional
+from typing import Any
 
 from sngm_keras import checks
 from sngm_keras.data import make_datasets, steps_per_epoch
@@ -79,12 +79,31 @@ def train(config, extra_callbacks=()):
             started = time.perf_counter()
             run_dir.claim(config)
             run_dir.record_backend(state, backend)
-            recorder, rows, results = _fit(config, run_dir, state, start_epoch, model, data, steps, extra_callbacks,
-                                           tensorboard=placement.tensorflow)
+            recorder, rows, results = _fit(
+                config,
+                run_dir,
+                state,
+                start_epoch,
+                model,
+                data,
+                steps,
+                extra_callbacks,
+                tensorboard=placement.tensorflow,
+            )
 
             # Outputs.
-            summary = write_outputs(config, run_dir, model, recorder, rows, results, placement.replicas, micro,
-                                    data.info, validated=data.validation is not None)
+            summary = write_outputs(
+                config,
+                run_dir,
+                model,
+                recorder,
+                rows,
+                results,
+                placement.replicas,
+                micro,
+                data.info,
+                validated=data.validation is not None,
+            )
             log.info("run finished in %.1f s", time.perf_counter() - started)
     return _for_worker(summary, cluster)
 
@@ -98,8 +117,9 @@ def _check_config(config):
     if backend not in ("tensorflow", "jax"):
         raise ConfigError("strategy", f"the training app runs on the tensorflow or jax backend, not {backend}")
     if backend == "jax" and config.dataset == "imagenet2012":
-        raise ConfigError("dataset", "imagenet2012 needs the TensorFlow input pipeline: run it with "
-                          "KERAS_BACKEND=tensorflow")
+        raise ConfigError(
+            "dataset", "imagenet2012 needs the TensorFlow input pipeline: run it with KERAS_BACKEND=tensorflow"
+        )
     return backend
 
 
@@ -129,8 +149,9 @@ def _open_run_folder(config, run_dir, backend, cluster):
     devices.prepare(config, backend)
     membership = membership_lib.join(config, cluster, backend)
     # A worker's own (temporary) folder is claimed at once: the chief's checkpoint is copied into it.
-    done = membership_lib.agree(membership, run_dir,
-                             lambda: _open_run(config, run_dir, backend, claim=not cluster.is_chief)[0])
+    done = membership_lib.agree(
+        membership, run_dir, lambda: _open_run(config, run_dir, backend, claim=not cluster.is_chief)[0]
+    )
     return done, run_dir.load_state(), membership  # the chief's state, copied to the others
 
 
@@ -169,8 +190,8 @@ class _Data:
     train: Any
     test: Any
     info: Any
-    preprocessing: Optional[Any] = None
-    validation: Optional[Any] = None
+    preprocessing: Any | None = None
+    validation: Any | None = None
 
 
 def _make_data(config, placement, start_epoch, sharded):
@@ -179,10 +200,19 @@ def _make_data(config, placement, start_epoch, sharded):
     on JAX."""
     feed = "tf.data" if placement.backend == "tensorflow" else "pydataset"
     made = make_datasets(
-        config.dataset, data_dir=config.data_dir, download=config.download, batch_size=config.batch_size,
-        eval_batch_size=config.eval_batch_size, augment=config.augment, seed=config.seed,
-        start_epoch=min(start_epoch, config.epochs - 1), num_epochs=config.epochs, image_size=config.image_size,
-        validation_size=config.validation_size, feed=feed, share=placement.share,
+        config.dataset,
+        data_dir=config.data_dir,
+        download=config.download,
+        batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size,
+        augment=config.augment,
+        seed=config.seed,
+        start_epoch=min(start_epoch, config.epochs - 1),
+        num_epochs=config.epochs,
+        image_size=config.image_size,
+        validation_size=config.validation_size,
+        feed=feed,
+        share=placement.share,
     )
     if feed == "pydataset":
         data = _Data(*made[:4], validation=made[4] if len(made) > 4 else None)
@@ -223,10 +253,14 @@ def _fit(config, run_dir, state, start_epoch, model, data, steps, extra_callback
         every = max(1, steps // config.validations_per_epoch)
         monitor = cb.ValidationMonitor(run_dir, data.validation, every, config.batch_size, data.info.num_train)
     recorder = cb.EpochRecorder(
-        run_dir, rows, config.batch_size, data.info.num_train,
+        run_dir,
+        rows,
+        config.batch_size,
+        data.info.num_train,
         base_wall_seconds=state["wall_seconds"] if state else 0.0,
         base_train_seconds=state["train_seconds"] if state else 0.0,
-        validation=monitor, started_utc=(state or {}).get("started_utc") or utc_now(),
+        validation=monitor,
+        started_utc=(state or {}).get("started_utc") or utc_now(),
     )
     # The monitor first: the recorder's history row takes its epoch-end figures.
     callbacks = [*([monitor] if monitor else []), recorder, cb.SkippedStepsMonitor(), *extra_callbacks]
@@ -238,9 +272,15 @@ def _fit(config, run_dir, state, start_epoch, model, data, steps, extra_callback
         log.info("TensorFlow is not installed: no TensorBoard logs")
     if start_epoch < config.epochs and not _reached(model, config.max_updates):
         model.fit(
-            data.train, epochs=config.epochs, initial_epoch=start_epoch, steps_per_epoch=steps,
-            validation_data=data.test, validation_freq=config.eval_every, callbacks=callbacks,
-            verbose=keras_verbosity(config.verbose), shuffle=False,
+            data.train,
+            epochs=config.epochs,
+            initial_epoch=start_epoch,
+            steps_per_epoch=steps,
+            validation_data=data.test,
+            validation_freq=config.eval_every,
+            callbacks=callbacks,
+            verbose=keras_verbosity(config.verbose),
+            shuffle=False,
         )
     return recorder, rows, model.evaluate(data.test, verbose=0, return_dict=True)
 

@@ -22,9 +22,23 @@ import os
 from sngm_keras.training.config import NOT_SETTINGS, ConfigError
 
 HISTORY_FIELDS = (
-    "epoch", "updates", "grad_per_n", "learning_rate", "train_loss", "train_accuracy",
-    "test_loss", "test_accuracy", "validation_loss", "validation_accuracy", "gradient_norm", "skipped_steps",
-    "epoch_seconds", "wall_seconds", "gradient_noise_scale", "gradient_sq_norm_ema", "gradient_variance_ema",
+    "epoch",
+    "updates",
+    "grad_per_n",
+    "learning_rate",
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "validation_loss",
+    "validation_accuracy",
+    "gradient_norm",
+    "skipped_steps",
+    "epoch_seconds",
+    "wall_seconds",
+    "gradient_noise_scale",
+    "gradient_sq_norm_ema",
+    "gradient_variance_ema",
 )
 VALIDATION_FIELDS = ("updates", "epoch", "grad_per_n", "validation_loss", "validation_accuracy")
 OUTPUT_NAMES = ("checkpoints", "history.csv", "validation.csv", "summary.json", "final.keras", "curves.png")
@@ -86,20 +100,22 @@ class RunDir:
                 keys = differences(recorded, wanted, ignore=NOT_SETTINGS)
                 if keys:
                     raise ConfigError(
-                        "model_dir", f"{shown} holds a run with other settings ({describe_differences(recorded, wanted, keys)}); "
-                        "use another --model_dir"
+                        "model_dir",
+                        f"{shown} holds a run with other settings ({describe_differences(recorded, wanted, keys)}); "
+                        "use another --model_dir",
                     )
             return
         if others:
             raise ConfigError(
-                "model_dir", f"{shown} holds files that are not a run's ({', '.join(others[:3])}"
-                f"{', ...' if len(others) > 3 else ''}); use a new or empty --model_dir"
+                "model_dir",
+                f"{shown} holds files that are not a run's ({', '.join(others[:3])}"
+                f"{', ...' if len(others) > 3 else ''}); use a new or empty --model_dir",
             )
         foreign = [n for n in OUTPUT_NAMES if n != "checkpoints" and os.path.exists(os.path.join(self.path, n))]
         if foreign or self.has_progress():
             raise ConfigError(
-                "model_dir", f"{shown} holds results of an unknown run ({(foreign or ['checkpoints'])[0]}); "
-                "use another --model_dir"
+                "model_dir",
+                f"{shown} holds results of an unknown run ({(foreign or ['checkpoints'])[0]}); use another --model_dir",
             )
 
     def has_progress(self):
@@ -107,7 +123,8 @@ class RunDir:
         if any(os.path.exists(p) for p in (self.history, self.summary, self.final_model)):
             return True
         return os.path.isdir(self.checkpoints) and any(
-            n.endswith(".weights.h5") or n == "state.json" for n in os.listdir(self.checkpoints))
+            n.endswith(".weights.h5") or n == "state.json" for n in os.listdir(self.checkpoints)
+        )
 
     def claim(self, config):
         """Checks as `check` does, then records `config` here. The first write
@@ -119,8 +136,7 @@ class RunDir:
                 # A new run, or one whose start left no finished epoch.
                 write_atomic(self.config, json.dumps(config.result_fields(), indent=2, sort_keys=True))
         except OSError as error:
-            raise ConfigError(
-                "model_dir", f"{config.model_dir} is not writable ({error.strerror or error})") from None
+            raise ConfigError("model_dir", f"{config.model_dir} is not writable ({error.strerror or error})") from None
 
     def finished_summary(self, max_updates=None):
         """The summary when the run trained all its epochs, or when it

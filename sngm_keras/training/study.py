@@ -9,7 +9,6 @@ and grid), one `runs/<run id>/` model_dir per run, `results.md` and
 import dataclasses
 import json
 import os
-from typing import Optional
 
 from sngm_keras import checks
 from sngm_keras.training.config import ConfigError, TrainConfig
@@ -23,9 +22,11 @@ def _presets(prefix, groups, names):
 
 # Each study is a list of presets named <table>_<group>_<row>.
 STUDIES = {
-    "table2": _presets("table2", ("resnet20", "resnet56"),
-                       ("msgd_b128", "msgd_b4096", "lars_b4096", "lars_warmup_b4096", "lars_pytorch_b4096",
-                        "sngm_b4096")),
+    "table2": _presets(
+        "table2",
+        ("resnet20", "resnet56"),
+        ("msgd_b128", "msgd_b4096", "lars_b4096", "lars_warmup_b4096", "lars_pytorch_b4096", "sngm_b4096"),
+    ),
     "table3": _presets("table3", ("resnet18", "resnet50"), ("msgd_b256", "sngm_b8192")),
     "figure1_cpu": _presets("figure1", ("cpu",), ("msgd_b128", "msgd_b4096", "lars_b4096", "sngm_b4096")),
 }
@@ -42,7 +43,7 @@ class PlannedRun:
     group: str  # the model: rows of the table, a panel of the figure
     row: str  # one method and batch size
     config: TrainConfig
-    rate_from: Optional[str] = None  # see RATE_FROM; config holds the preset's rate until resolved
+    rate_from: str | None = None  # see RATE_FROM; config holds the preset's rate until resolved
 
 
 def scaled(config, epochs_scale):
@@ -82,12 +83,15 @@ def plan(study, output_dir, epochs_scale=1.0, lr_grid=None, overrides=None, mode
     rows = {preset.split("_", 2)[2] for preset in STUDIES[study]}
     for model in models or ():
         if model not in groups:
-            raise ConfigError("models", f"study {study} has no rows for {model!r}; choose from "
-                              f"{', '.join(sorted(groups))}")
+            raise ConfigError(
+                "models", f"study {study} has no rows for {model!r}; choose from {', '.join(sorted(groups))}"
+            )
     for row in grid_rows or ():
         if row not in rows - set(RATE_FROM):
-            raise ConfigError("lr_grid_rows", f"study {study} has no swept row {row!r}; choose from "
-                              f"{', '.join(sorted(rows - set(RATE_FROM)))}")
+            raise ConfigError(
+                "lr_grid_rows",
+                f"study {study} has no swept row {row!r}; choose from {', '.join(sorted(rows - set(RATE_FROM)))}",
+            )
     runs = []
     for preset in STUDIES[study]:
         row = preset.split("_", 2)[2]
@@ -128,8 +132,9 @@ def resolve_rates(runs):
             continue
         rate = selected[(run.group, run.rate_from)]
         run_id = f"{run.group}_{run.row}_lr{rate:g}"
-        config = dataclasses.replace(run.config, learning_rate=rate,
-                                     model_dir=os.path.join(os.path.dirname(run.config.model_dir), run_id))
+        config = dataclasses.replace(
+            run.config, learning_rate=rate, model_dir=os.path.join(os.path.dirname(run.config.model_dir), run_id)
+        )
         resolved.append(dataclasses.replace(run, run_id=run_id, config=config))
     return resolved
 
@@ -167,8 +172,11 @@ def _check_unclaimed(output_dir):
         raise ConfigError("output_dir", f"{output_dir} holds runs of an unknown study; use another --output_dir")
     others = sorted(n for n in os.listdir(output_dir) if n != "runs")
     if others:
-        raise ConfigError("output_dir", f"{output_dir} holds files that are not a study's ({', '.join(others[:3])}"
-                          f"{', ...' if len(others) > 3 else ''}); use a new or empty --output_dir")
+        raise ConfigError(
+            "output_dir",
+            f"{output_dir} holds files that are not a study's ({', '.join(others[:3])}"
+            f"{', ...' if len(others) > 3 else ''}); use a new or empty --output_dir",
+        )
 
 
 def claim_output(output_dir, study, epochs_scale, lr_grid):
@@ -186,8 +194,7 @@ def claim_output(output_dir, study, epochs_scale, lr_grid):
             if lr_grid not in grids:
                 write_atomic(path, json.dumps(dict(recorded, lr_grids=grids + [lr_grid]), indent=2))
             return
-        write_atomic(path, json.dumps({"study": study, "epochs_scale": epochs_scale, "lr_grids": [lr_grid]},
-                                      indent=2))
+        write_atomic(path, json.dumps({"study": study, "epochs_scale": epochs_scale, "lr_grids": [lr_grid]}, indent=2))
     except OSError as error:
         raise ConfigError("output_dir", f"{output_dir} is not writable ({error.strerror or error})") from None
 
@@ -202,8 +209,11 @@ def check_settings(output_dir, settings):
         recorded = read_json(path)
         differing = differences(recorded, settings)
         if differing:
-            raise ConfigError("output_dir", f"{output_dir} holds a study with other settings "
-                              f"({describe_differences(recorded, settings, differing, prefix='')}); use another --output_dir")
+            raise ConfigError(
+                "output_dir",
+                f"{output_dir} holds a study with other settings "
+                f"({describe_differences(recorded, settings, differing, prefix='')}); use another --output_dir",
+            )
     else:
         _check_unclaimed(output_dir)
 
@@ -282,13 +292,19 @@ def results_markdown(study, runs, context):
     lines = [f"# Study `{study}`", ""]
     lines += [f"- {k}: {v}" for k, v in context.items()]
     lines += [f"- runs finished: {len(every)} of {len(runs)}", ""]
-    lines += ["Test accuracy is measured after the last epoch; best test accuracy is the highest of the per-epoch "
-              "evaluations (reported for reference, not used to pick anything).", ""]
+    lines += [
+        "Test accuracy is measured after the last epoch; best test accuracy is the highest of the per-epoch "
+        "evaluations (reported for reference, not used to pick anything).",
+        "",
+    ]
     grid = len(runs) > len({(r.group, r.row) for r in runs})
     if grid:
         by = "validation" if all("validation_accuracy" in e["summary"] for e in every) else "test"
-        lines += [f"Each method at the initial learning rate of its grid that gave the highest final {by} accuracy"
-                  + (" (on training images held out of training):" if by == "validation" else ":"), ""]
+        lines += [
+            f"Each method at the initial learning rate of its grid that gave the highest final {by} accuracy"
+            + (" (on training images held out of training):" if by == "validation" else ":"),
+            "",
+        ]
     lines += [HEADER] + [_table_row(e) for e in best] + [""]
     if grid:
         lines += ["## Every run of the learning-rate grid", "", HEADER] + [_table_row(e) for e in every] + [""]

@@ -47,8 +47,9 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
             raise ConfigError("lr_schedule", f"the search tunes the poly schedule's power, not {config.lr_schedule}")
         if config.dataset == "imagenet2012":
             raise ConfigError(
-                "dataset", "tuning holds a validation split out of training images held in memory; "
-                "imagenet2012 is streamed, so use the sample, cifar10, cifar100 or an image folder"
+                "dataset",
+                "tuning holds a validation split out of training images held in memory; "
+                "imagenet2012 is streamed, so use the sample, cifar10, cifar100 or an image folder",
             )
         space.validate()
         if config.micro_batch_size:
@@ -64,8 +65,9 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
         largest = max(space.batch_sizes)
         if largest > self.num_train:
             raise ConfigError(
-                "batch_sizes", f"{largest} is larger than the {self.num_train} training images left after holding "
-                f"out {self.num_validation} for validation (--validation_fraction={validation_fraction:g})"
+                "batch_sizes",
+                f"{largest} is larger than the {self.num_train} training images left after holding "
+                f"out {self.num_validation} for validation (--validation_fraction={validation_fraction:g})",
             )
 
     # -- data -------------------------------------------------------------
@@ -80,17 +82,21 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
         n_val = int(round(self.validation_fraction * n))
         if not 1 <= n_val < n:
             raise ConfigError(
-                "validation_fraction", f"{self.validation_fraction:g} of {n} training images leaves no validation "
-                "or no training images"
+                "validation_fraction",
+                f"{self.validation_fraction:g} of {n} training images leaves no validation or no training images",
             )
         # A seeded random subset, the same for every trial (folders are read
         # class by class, so "the last N%" would be a few classes).
         order = np.random.default_rng([config.seed, 0x484F4C44]).permutation(n)
         held, kept = np.sort(order[:n_val]), np.sort(order[n_val:])
         self.splits = ArraySplits(
-            x_train=arrays.x_train[kept], y_train=arrays.y_train[kept],
-            x_test=arrays.x_train[held], y_test=arrays.y_train[held],
-            num_classes=arrays.num_classes, class_names=arrays.class_names, image_shape=arrays.image_shape,
+            x_train=arrays.x_train[kept],
+            y_train=arrays.y_train[kept],
+            x_test=arrays.x_train[held],
+            y_test=arrays.y_train[held],
+            num_classes=arrays.num_classes,
+            class_names=arrays.class_names,
+            image_shape=arrays.image_shape,
         )
         # Statistics of the images trained on, as make_datasets computes them.
         mean, std, self._pad = preprocessing(source, self.splits)
@@ -114,9 +120,16 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
 
         mean, std = self._normalization
         return in_memory_datasets(
-            self.splits, mean=mean, std=std, pad=self._pad, batch_size=batch_size,
-            eval_batch_size=min(self.config.eval_batch_size, self.num_validation), augment=self.config.augment,
-            seed=self.config.seed, start_epoch=start_epoch, num_epochs=num_epochs or self.config.epochs,
+            self.splits,
+            mean=mean,
+            std=std,
+            pad=self._pad,
+            batch_size=batch_size,
+            eval_batch_size=min(self.config.eval_batch_size, self.num_validation),
+            augment=self.config.augment,
+            seed=self.config.seed,
+            start_epoch=start_epoch,
+            num_epochs=num_epochs or self.config.epochs,
         )
 
     # -- the hypermodel -----------------------------------------------------
@@ -139,8 +152,11 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
         keras.utils.set_random_seed(config.seed)
         net = build_model(config.model, self.splits.num_classes, tuple(self.splits.image_shape), seed=config.seed)
         # One micro-batch a step (no --micro_batch_size) has no noise scale to measure.
-        model = MicroBatchModel(net, config.micro_batch_size or config.batch_size,
-                                noise_scale=config.noise_scale and config.micro_batch_size is not None)
+        model = MicroBatchModel(
+            net,
+            config.micro_batch_size or config.batch_size,
+            noise_scale=config.noise_scale and config.micro_batch_size is not None,
+        )
         # The optimizer is built too, so Hyperband's continued trials restore it.
         return compile_for_training(model, config, self.steps_per_epoch(config.batch_size))
 
@@ -151,9 +167,14 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
         epochs = int(epochs or config.epochs)
         train_ds, validation_ds = self.datasets(config.batch_size, start_epoch=initial_epoch, num_epochs=epochs)
         return model.fit(
-            train_ds, epochs=epochs, initial_epoch=initial_epoch,
-            steps_per_epoch=self.steps_per_epoch(config.batch_size), validation_data=validation_ds,
-            callbacks=callbacks, verbose=verbose, shuffle=False,
+            train_ds,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=self.steps_per_epoch(config.batch_size),
+            validation_data=validation_ds,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,
         )
 
     def settings(self):

@@ -26,8 +26,9 @@ def best_trial(tuner):
     """The completed trial with the best score, or None (Keras Tuner's
     get_best_trials falls back to unfinished ones)."""
     oracle = tuner.oracle
-    scored = [t for t in oracle.trials.values()
-              if t.status == "COMPLETED" and t.score is not None and not math.isnan(t.score)]
+    scored = [
+        t for t in oracle.trials.values() if t.status == "COMPLETED" and t.score is not None and not math.isnan(t.score)
+    ]
     if not scored:
         return None
     pick = max if oracle.objective.direction == "max" else min
@@ -91,7 +92,8 @@ def best_config(tuner, final_epochs=None):
     hypermodel = tuner.hypermodel
     config = hypermodel.trial_config(trial.hyperparameters.copy())
     return dataclasses.replace(
-        config, epochs=final_epochs or hypermodel.config.epochs,
+        config,
+        epochs=final_epochs or hypermodel.config.epochs,
         micro_batch_size=config.micro_batch_size or config.batch_size,
         model_dir=os.path.abspath(os.path.join(tuner.project_dir, f"best_trial_{trial.trial_id}")),
     )

@@ -82,13 +82,17 @@ def check_search_options(tuner, max_trials, objective):
             import sklearn.gaussian_process  # noqa: F401
         except ImportError as error:
             raise ConfigError(
-                "tuner", f"bayesian needs scikit-learn and scipy ({error}): pip install 'keras-tuner[bayesian]', "
-                "or use --tuner=random or hyperband"
+                "tuner",
+                f"bayesian needs scikit-learn and scipy ({error}): pip install 'keras-tuner[bayesian]', "
+                "or use --tuner=random or hyperband",
             ) from None
     checks.check_positive_int("max_trials", max_trials)
     if str(objective).startswith("test"):
-        raise ConfigError("objective", f"{objective!r}: the test split is never used to select hyperparameters (its "
-                          f"accuracy would be optimistic); choose one of {', '.join(OBJECTIVES)}")
+        raise ConfigError(
+            "objective",
+            f"{objective!r}: the test split is never used to select hyperparameters (its "
+            f"accuracy would be optimistic); choose one of {', '.join(OBJECTIVES)}",
+        )
     checks.check_choice("objective", objective, tuple(OBJECTIVES))
 
 
@@ -102,14 +106,16 @@ def claim_search(project_dir, settings):
         if keys:
             raise ConfigError(
                 "project_name",
-                f"{project_dir} holds a search with other settings ({describe_differences(recorded, wanted, keys, _show)}"
-                "); use another --project_name, or --overwrite to discard it",
+                f"{project_dir} holds a search with other settings "
+                f"({describe_differences(recorded, wanted, keys, _show)}); "
+                "use another --project_name, or --overwrite to discard it",
             )
         return False
     if os.path.isdir(project_dir) and os.listdir(project_dir):
         raise ConfigError(
-            "project_name", f"{project_dir} holds files of an unknown search ({sorted(os.listdir(project_dir))[0]}); "
-            "use another --project_name, or --overwrite to discard it"
+            "project_name",
+            f"{project_dir} holds files of an unknown search ({sorted(os.listdir(project_dir))[0]}); "
+            "use another --project_name, or --overwrite to discard it",
         )
     try:
         os.makedirs(project_dir, exist_ok=True)
@@ -125,8 +131,17 @@ def _show(value):
     return repr(value)
 
 
-def make_tuner(hypermodel, tuner="random", *, max_trials, directory, project_name, objective="val_accuracy",
-               overwrite=False, final_epochs=None):
+def make_tuner(
+    hypermodel,
+    tuner="random",
+    *,
+    max_trials,
+    directory,
+    project_name,
+    objective="val_accuracy",
+    overwrite=False,
+    final_epochs=None,
+):
     """A Keras Tuner on <directory>/<project_name>/ that resumes the search there.
 
     `overwrite=True` deletes that folder first (a new search); otherwise an
@@ -150,8 +165,12 @@ def make_tuner(hypermodel, tuner="random", *, max_trials, directory, project_nam
     claim_search(project_dir, dict(hypermodel.settings(), tuner=tuner, objective=objective))
 
     common = dict(
-        hypermodel=hypermodel, objective=keras_tuner.Objective(objective, OBJECTIVES[objective]),
-        directory=directory, project_name=project_name, overwrite=False, seed=hypermodel.config.seed + 1,
+        hypermodel=hypermodel,
+        objective=keras_tuner.Objective(objective, OBJECTIVES[objective]),
+        directory=directory,
+        project_name=project_name,
+        overwrite=False,
+        seed=hypermodel.config.seed + 1,
     )
     if tuner == "random":
         result = RandomSearchTuner(max_trials=max_trials, **common)

@@ -48,8 +48,9 @@ class SearchSpace:
         # Sampled log-uniformly, so above 0, unless fixed (0,0 fixes it at 0).
         wd_range = tuple(self.wd_range or ())
         checks.check_interval("wd_range", wd_range, low=0, low_inclusive=wd_range[:1] == wd_range[1:])
-        checks.check_values("momentum_choices", self.momentum_choices,
-                            lambda name, m: checks.check_range(name, m, 0, 1))
+        checks.check_values(
+            "momentum_choices", self.momentum_choices, lambda name, m: checks.check_range(name, m, 0, 1)
+        )
         checks.check_values("batch_sizes", self.batch_sizes, checks.check_positive_int)
         return self
 
@@ -81,4 +82,3 @@ def _choice(hp, name, values):
     if len(values) == 1:
         return hp.Fixed(name, values[0])
     return hp.Choice(name, values)
-
