@@ -3,10 +3,12 @@
 Three ways to train: plain B = 128; B = 4096 as 32 micro-batches of 128
 (`MicroBatchModel`, measuring the gradient noise scale as it does by
 default; `micro_nonoise` is the same with `noise_scale=False`); and a direct
-B = 4096 step. Peak memory is measured
-in a fresh process per configuration (peak resident memory, and its growth
-over the resident memory after the model and data are set up); examples/s
-is timed in one process, the configurations alternating, medians of repeats.
+B = 4096 step. Peak memory is measured in a fresh process per configuration:
+the peak resident memory, its growth over the resident memory after the
+model and data are set up, and the peak of the tensors TensorFlow's CPU
+allocator holds during one step after the step is traced (the step's own
+buffers, without the code and graphs a process also keeps); examples/s is
+timed in one process, the configurations alternating, medians of repeats.
 
     python -m apps.bench_accumulation --output=bench_accumulation.json
     python -m apps.bench_accumulation --configs=micro,micro_nonoise --repeats=7   # the noise scale's cost
@@ -64,12 +66,18 @@ def build(kind):
 
 
 def measure_memory(kind):
+    import tensorflow as tf
+
     model, x, y = build(kind)
     baseline = rss_bytes()
     for _ in range(2):
         model.train_on_batch(x, y)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"kind": kind, "baseline_bytes": baseline, "peak_bytes": peak}))
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    held = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    model.train_on_batch(x, y)
+    step_tensors = tf.config.experimental.get_memory_info("CPU:0")["peak"] - held
+    print(json.dumps({"kind": kind, "baseline_bytes": baseline, "peak_bytes": peak, "step_tensor_peak_bytes": step_tensors}))
 
 
 def noise_scale_cost(configs, model, times):
@@ -81,6 +89,7 @@ def noise_scale_cost(configs, model, times):
         "throughput_on_over_off": on["examples_per_second"] / off["examples_per_second"],
         "per_repeat_ratios": [round(t_off / t_on, 4) for t_on, t_off in zip(times["micro"], times["micro_nonoise"])],
         "peak_growth_bytes": on["peak_bytes"] - off["peak_bytes"],
+        "step_tensor_peak_growth_bytes": on["step_tensor_peak_bytes"] - off["step_tensor_peak_bytes"],
         "gradient_bytes": sum(4 * math.prod(v.shape) for v in model.trainable_variables),
     }
 
@@ -153,8 +162,9 @@ def main(argv):
         cost = results["noise_scale_cost"]
         print(
             f"noise scale on/off: {cost['throughput_on_over_off']:.3f}x the examples/s (per-repeat ratios "
-            f"{cost['per_repeat_ratios']}); peak +{cost['peak_growth_bytes'] / 2**20:.1f} MiB, one gradient "
-            f"{cost['gradient_bytes'] / 2**20:.1f} MiB"
+            f"{cost['per_repeat_ratios']}); peak resident memory +{cost['peak_growth_bytes'] / 2**20:.1f} MiB, "
+            f"the step's tensors +{cost['step_tensor_peak_growth_bytes'] / 2**20:.2f} MiB, one gradient "
+            f"{cost['gradient_bytes'] / 2**20:.2f} MiB"
         )
     with open(FLAGS.output, "w") as f:
         json.dump(results, f, indent=2)
