@@ -77,7 +77,8 @@ def measure_memory(kind):
     held = tf.config.experimental.get_memory_info("CPU:0")["current"]
     model.train_on_batch(x, y)
     step_tensors = tf.config.experimental.get_memory_info("CPU:0")["peak"] - held
-    print(json.dumps({"kind": kind, "baseline_bytes": baseline, "peak_bytes": peak, "step_tensor_peak_bytes": step_tensors}))
+    memory = {"baseline_bytes": baseline, "peak_bytes": peak, "step_tensor_peak_bytes": step_tensors}
+    print(json.dumps({"kind": kind, **memory}))
 
 
 def noise_scale_cost(configs, model, times):
