@@ -130,7 +130,9 @@ class ReducedGradientOptimizer(keras.optimizers.Optimizer):
         ok = ops.isfinite(self.gradient_norm)
         return (
             ops.where(ok, momentum, 1.0),
-            ops.where(ok, learning_rate, 0.0),
+            # The rate may arrive as Keras' learning-rate variable, which
+            # JAX's `where` does not take as an array.
+            ops.where(ok, ops.convert_to_tensor(learning_rate), 0.0),
             ops.where(ok, direction, ops.zeros_like(direction)),
         )
 
