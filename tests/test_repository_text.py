@@ -13,11 +13,12 @@ import subprocess
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# This file holds the patterns themselves.
+# This file holds the patterns themselves (split, so that it does not hold
+# the text it looks for).
 THIS_FILE = os.path.relpath(os.path.abspath(__file__), ROOT).replace(os.sep, "/")
 
 MACHINE_PATHS = {
-    "/work/": re.compile(r"/work/"),
+    "/wo" + "rk/": re.compile(r"/wo" r"rk/"),
     "/home/<user>/": re.compile(r"/home/[\w.-]+/"),
     "/root/": re.compile(r"/root/"),
     "/tmp/pytest-of-": re.compile(r"/tmp/pytest-of-"),
@@ -25,10 +26,10 @@ MACHINE_PATHS = {
     "C:\\Users": re.compile(r"\b[A-Za-z]:(?:\\{1,2}|/)Users\b"),
 }
 DEVELOPMENT_WORDS = {
-    "session": re.compile(r"\bsessions?\b", re.IGNORECASE),
-    "workplace": re.compile(r"workplace", re.IGNORECASE),
-    "lent to the task": re.compile(r"lent to (?:this|the) task", re.IGNORECASE),
-    "../shared/": re.compile(r"\.\./shared/", re.IGNORECASE),
+    "sess" + "ion": re.compile(r"\bsess" r"ions?\b", re.IGNORECASE),
+    "work" + "place": re.compile(r"work" r"place", re.IGNORECASE),
+    "lent to the " + "task": re.compile(r"lent to (?:this|the) " r"task", re.IGNORECASE),
+    "../sha" + "red/": re.compile(r"\.\./sha" r"red/", re.IGNORECASE),
 }
 PATTERNS = {**MACHINE_PATHS, **DEVELOPMENT_WORDS}
 
@@ -82,18 +83,18 @@ def test_no_machine_paths_or_development_history_in_tracked_text():
 @pytest.mark.parametrize(
     "line",
     [
-        "data in /work/data",
+        "data in /wo" + "rk/data",
         "see /home/alice/x",
         "/root/.cache",
         "/tmp/pytest-of-bob/p0",
         "/Users/bob/x",
         r"C:\Users\bob",
         "C:\\\\Users\\\\bob",
-        "this session measured",
-        "Sessions ran",
-        "the workplace",
-        "no machine was lent to the task",
-        "../shared/notes",
+        "this sess" + "ion measured",
+        "Sess" + "ions ran",
+        "the work" + "place",
+        "no machine was lent to the " + "task",
+        "../sha" + "red/notes",
     ],
 )
 def test_each_pattern_is_found(line):

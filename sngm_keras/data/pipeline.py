@@ -18,9 +18,9 @@ import numpy as np
 
 from . import constants as C
 from . import sources
-from .arrays import ArraySplits, hold_out_validation, load_arrays, preprocessing
+from .arrays import ArraySplits
 from .errors import DataError
-from .info import DatasetInfo, check_batch, check_image_size
+from .in_memory import load_in_memory
 from .tf_setup import epoch_key, import_tf
 
 
@@ -61,22 +61,16 @@ def make_tf_datasets(
             image_size=image_size or C.IMAGENET_IMAGE_SIZE,
         )
 
-    arrays = load_arrays(dataset, data_dir=data_dir, download=download)
-    check_image_size(source, arrays, image_size)
-    if validation_size:
-        arrays, x_val, y_val = hold_out_validation(arrays, validation_size)
-    mean, std, pad = preprocessing(source, arrays)
-    name = C.SAMPLE if source.kind == "sample" else source.name
-    check_batch(name, batch_size, arrays.num_train)
-    info = DatasetInfo(
-        name=name,
-        num_classes=arrays.num_classes,
-        image_shape=tuple(arrays.image_shape),
-        num_train=arrays.num_train,
-        num_test=arrays.num_test,
-        class_names=tuple(arrays.class_names),
-        num_validation=validation_size,
+    data = load_in_memory(
+        source,
+        dataset,
+        data_dir=data_dir,
+        download=download,
+        image_size=image_size,
+        validation_size=validation_size,
+        batch_size=batch_size,
     )
+    arrays, mean, std, pad = data.arrays, data.mean, data.std, data.pad
     train_ds, test_ds = in_memory_datasets(
         arrays,
         mean=mean,
@@ -89,9 +83,9 @@ def make_tf_datasets(
         start_epoch=start_epoch,
         num_epochs=num_epochs,
     )
-    if not validation_size:
-        return train_ds, test_ds, info
-    return train_ds, test_ds, info, eval_dataset(x_val, y_val, mean, std, eval_batch_size)
+    if data.validation is None:
+        return train_ds, test_ds, data.info
+    return train_ds, test_ds, data.info, eval_dataset(*data.validation, mean, std, eval_batch_size)
 
 
 def in_memory_datasets(

@@ -36,9 +36,8 @@ from sngm_keras.augment import CropFlipNormalize, num_draws
 
 from . import constants as C
 from . import sources
-from .arrays import hold_out_validation, load_arrays, preprocessing
 from .errors import DataError
-from .info import DatasetInfo, check_batch, check_image_size
+from .in_memory import load_in_memory
 from .tf_setup import import_tf
 
 log = logging.getLogger("sngm_keras")
@@ -174,22 +173,16 @@ def make_pydatasets(
                 "DIR/{train,test}/<class>/<image>"
             )
         import_tf()  # keeps TensorFlow off the accelerators before TFDS starts it
-    arrays = load_arrays(dataset, data_dir=data_dir, download=download)
-    check_image_size(source, arrays, image_size)
-    if validation_size:
-        arrays, x_val, y_val = hold_out_validation(arrays, validation_size)
-    mean, std, pad = preprocessing(source, arrays)
-    name = C.SAMPLE if source.kind == "sample" else source.name
-    check_batch(name, batch_size, arrays.num_train)
-    info = DatasetInfo(
-        name=name,
-        num_classes=arrays.num_classes,
-        image_shape=tuple(arrays.image_shape),
-        num_train=arrays.num_train,
-        num_test=arrays.num_test,
-        class_names=tuple(arrays.class_names),
-        num_validation=validation_size,
+    data = load_in_memory(
+        source,
+        dataset,
+        data_dir=data_dir,
+        download=download,
+        image_size=image_size,
+        validation_size=validation_size,
+        batch_size=batch_size,
     )
+    arrays, mean, std, pad = data.arrays, data.mean, data.std, data.pad
     train = TrainBatches(
         arrays.x_train,
         arrays.y_train,
@@ -202,6 +195,6 @@ def make_pydatasets(
     )
     test = TestBatches(arrays.x_test, arrays.y_test, eval_batch_size, share=share)
     preprocess = CropFlipNormalize(mean, std, pad, name="crop_flip_normalize")
-    if not validation_size:
-        return train, test, info, preprocess
-    return train, test, info, preprocess, TestBatches(x_val, y_val, eval_batch_size, share=share)
+    if data.validation is None:
+        return train, test, data.info, preprocess
+    return train, test, data.info, preprocess, TestBatches(*data.validation, eval_batch_size, share=share)
