@@ -13,21 +13,17 @@ checkpoint, so rerunning the command continues the study.
 
 import os
 import platform
-import subprocess
 import sys
 import time
 
 from absl import flags
 
-from apps._cli import (
-    INTERRUPTED,  # noqa: E402
-    fail,
-    run,
-)
-from sngm_keras.training import batch_scaling as scaling  # noqa: E402
-from sngm_keras.training import study as studies  # noqa: E402
-from sngm_keras.training.config import ConfigError  # noqa: E402
-from sngm_keras.training.flagfile import flagfile_text  # noqa: E402
+from apps._cli import fail, run
+from apps._study_runs import note_new
+from apps._study_runs import train as train_run
+from sngm_keras.training import batch_scaling as scaling
+from sngm_keras.training import study as studies
+from sngm_keras.training.config import ConfigError
 
 FLAGS = flags.FLAGS
 STUDY_NAMES = (*studies.STUDIES, "batch_scaling")
@@ -116,67 +112,6 @@ def _check_runs(configs):
                 fail(f"--{name}: {ignored[name]}; drop it")
 
 
-# What this invocation created (folders, study.json, flagfiles), removed
-# again when its first run is refused, so a mistake leaves nothing behind.
-_created = []
-_trained = []
-
-
-def _note_new(*paths):
-    _created.extend(p for p in paths if not os.path.exists(p) and p not in _created)
-
-
-def _undo_created():
-    for path in reversed(_created):
-        if os.path.isdir(path):
-            if not os.listdir(path):
-                os.rmdir(path)
-        elif os.path.exists(path):
-            os.remove(path)
-    _created.clear()
-
-
-def _train(run_id, config, output_dir):
-    """Trains (or resumes) one run through apps.train, with its flagfile beside it."""
-    from sngm_keras.training.rundir import RunDir
-
-    flagfile = os.path.join(output_dir, "runs", f"{run_id}.flags")
-    _note_new(output_dir, os.path.dirname(flagfile), flagfile)
-    os.makedirs(os.path.dirname(flagfile), exist_ok=True)
-    with open(flagfile, "w") as f:
-        f.write(flagfile_text(config))
-    print(f"\n== {run_id}", flush=True)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "apps.train", f"--flagfile={flagfile}"], stderr=subprocess.PIPE, text=True
-    )
-    last = ""
-    try:
-        for line in process.stderr:  # shown as it comes; the last line kept for the message
-            sys.stderr.write(line)
-            if line.strip():
-                last = line.strip()
-        process.wait()
-    except KeyboardInterrupt:
-        process.wait(timeout=120)  # apps.train stops at Ctrl-C too, its folder resumable
-        raise
-    if process.returncode == 2:  # refused before it wrote anything
-        if not _trained:
-            _undo_created()
-        fail(f"run {run_id}: {last.removeprefix('error: ')}")
-    _trained.append(run_id)
-    if process.returncode == INTERRUPTED:
-        raise KeyboardInterrupt
-    if process.returncode:
-        state = RunDir(config.model_dir).load_state()
-        resume = (
-            f"; rerunning the same command resumes it from epoch {state['epoch']}"
-            if state
-            else "; see its output above"
-        )
-        print(f"error: run {run_id} failed (exit {process.returncode}){resume}", file=sys.stderr)
-        sys.exit(1)
-
-
 def _interrupted():
     return (
         "interrupted; rerun the same command to continue the study (finished runs are kept, an interrupted "
@@ -231,7 +166,7 @@ def main():
     _check_runs([r.config for r in runs])
     try:
         if not FLAGS.dry_run:
-            _note_new(output_dir, os.path.join(output_dir, "study.json"))
+            note_new(output_dir, os.path.join(output_dir, "study.json"))
             studies.claim_output(output_dir, FLAGS.study, FLAGS.epochs_scale, grid)
     except ConfigError as error:
         fail(_message(error))
@@ -250,11 +185,11 @@ def main():
     started = time.time()
     for planned in runs:  # the rows with their own rates first, then those that take a selected rate
         if planned.rate_from is None and not studies.is_finished(planned) and not FLAGS.report_only:
-            _train(planned.run_id, planned.config, output_dir)
+            train_run(planned.run_id, planned.config, output_dir)
     runs = [r for r in studies.resolve_rates(runs) if r is not None]
     for planned in runs:
         if not studies.is_finished(planned) and not FLAGS.report_only:
-            _train(planned.run_id, planned.config, output_dir)
+            train_run(planned.run_id, planned.config, output_dir)
     context = dict(
         _context(overrides, runs[0].config.dataset),
         epochs_scale=FLAGS.epochs_scale,
@@ -303,7 +238,7 @@ def batch_scaling(output_dir, grid, overrides):
     _check_runs([c for cell in study.cells for c in study.grid(cell)])
     if not FLAGS.dry_run:
         try:
-            _note_new(output_dir, os.path.join(output_dir, "study.json"))
+            note_new(output_dir, os.path.join(output_dir, "study.json"))
             studies.claim_settings(output_dir, study.settings())
         except ConfigError as error:
             fail(_message(error))
@@ -312,7 +247,7 @@ def batch_scaling(output_dir, grid, overrides):
         return
     started = time.time()
     while not FLAGS.report_only and (config := study.next_config()) is not None:
-        _train(os.path.basename(config.model_dir), config, output_dir)
+        train_run(os.path.basename(config.model_dir), config, output_dir)
     table = study.results()
     first = study.config(study.cells[0], 1.0)
     context = dict(_context(overrides, first.dataset), epochs=first.epochs)
