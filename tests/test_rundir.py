@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from sngm_keras.training import ConfigError, TrainConfig
@@ -21,3 +22,15 @@ def test_a_setting_added_after_a_run_started_counts_at_its_default(tmp_path):
         run_dir.claim(TrainConfig(model_dir=config.model_dir, validation_size=100))
     with pytest.raises(ConfigError, match="learning_rate"):
         run_dir.claim(TrainConfig(model_dir=config.model_dir, learning_rate=1.0))
+
+
+def test_numpy_scalars_are_kept_as_python_values(tmp_path):
+    # The checks take NumPy scalars as numbers; config.json must still be writable.
+    config = TrainConfig(batch_size=np.int64(32), learning_rate=np.float32(0.5), model_dir=str(tmp_path / "run"))
+    config.validate()
+    assert type(config.batch_size) is int and config.batch_size == 32
+    assert type(config.learning_rate) is float and config.learning_rate == 0.5
+    RunDir(config.model_dir).claim(config)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["batch_size"] == 32
+    with pytest.raises(ConfigError, match="--batch_size"):
+        TrainConfig(batch_size=np.int64(2**40), model_dir=str(tmp_path / "big")).validate()

@@ -7,6 +7,7 @@ flag at fault. Validation runs before any data is read or model built.
 import dataclasses
 import hashlib
 import json
+import numbers
 import os
 import sys
 
@@ -135,6 +136,10 @@ class TrainConfig:
         """Raises ConfigError for the first bad field; returns self."""
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if isinstance(value, numbers.Number) and hasattr(value, "item"):
+                # A NumPy scalar: the checks take it as a number, config.json needs Python's.
+                value = value.item()
+                setattr(self, field.name, value)
             if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
                 raise ConfigError(field.name, f"must be at most {INT_LIMIT}, got {value}")
         _check_dataset(self.dataset, self.data_dir)
