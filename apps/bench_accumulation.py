@@ -86,9 +86,13 @@ def noise_scale_cost(configs, model, times):
     the alternated repeats, and each repeat's ratio), and the growth of peak
     memory against the size of one gradient."""
     on, off = configs["micro"], configs["micro_nonoise"]
+    ratios = [t_off / t_on for t_on, t_off in zip(times["micro"], times["micro_nonoise"])]
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
     return {
         "throughput_on_over_off": on["examples_per_second"] / off["examples_per_second"],
-        "per_repeat_ratios": [round(t_off / t_on, 4) for t_on, t_off in zip(times["micro"], times["micro_nonoise"])],
+        "per_repeat_ratios": [round(r, 4) for r in ratios],
+        "per_repeat_median": statistics.median(ratios),
+        "per_repeat_quartiles": [quartiles[0], quartiles[2]],
         "peak_growth_bytes": on["peak_bytes"] - off["peak_bytes"],
         "step_tensor_peak_growth_bytes": on["step_tensor_peak_bytes"] - off["step_tensor_peak_bytes"],
         "gradient_bytes": sum(4 * math.prod(v.shape) for v in model.trainable_variables),
@@ -162,8 +166,10 @@ def main(argv):
         results["noise_scale_cost"] = noise_scale_cost(results["configs"], models["micro"][0], times)
         cost = results["noise_scale_cost"]
         print(
-            f"noise scale on/off: {cost['throughput_on_over_off']:.3f}x the examples/s (per-repeat ratios "
-            f"{cost['per_repeat_ratios']}); peak resident memory +{cost['peak_growth_bytes'] / 2**20:.1f} MiB, "
+            f"noise scale on/off: {cost['throughput_on_over_off']:.3f}x the examples/s (per-repeat ratios: median "
+            f"{cost['per_repeat_median']:.3f}, quartiles {cost['per_repeat_quartiles'][0]:.3f}-"
+            f"{cost['per_repeat_quartiles'][1]:.3f}, all {cost['per_repeat_ratios']}); "
+            f"peak resident memory +{cost['peak_growth_bytes'] / 2**20:.1f} MiB, "
             f"the step's tensors +{cost['step_tensor_peak_growth_bytes'] / 2**20:.2f} MiB, one gradient "
             f"{cost['gradient_bytes'] / 2**20:.2f} MiB"
         )
