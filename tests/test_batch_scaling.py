@@ -10,6 +10,7 @@ import pytest
 
 from sngm_keras.training import ConfigError
 from sngm_keras.training import batch_scaling as scaling
+from sngm_keras.training import batch_scaling_report as report
 from sngm_keras.training.rundir import RunDir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,11 +42,35 @@ def test_grid_centres_follow_the_scaling_rules():
     assert len(study.cells) * len(study.lr_factors) == 48
 
 
-def _finish(config, validation_accuracy):
+def _finish(config, validation_accuracy, **summary):
     run_dir = RunDir(config.model_dir)
     os.makedirs(run_dir.path, exist_ok=True)
     with open(run_dir.summary, "w") as f:
-        json.dump({"complete": True, "validation_accuracy": validation_accuracy, "test_accuracy": 0.5}, f)
+        json.dump({"complete": True, "validation_accuracy": validation_accuracy, "test_accuracy": 0.5, **summary}, f)
+
+
+def test_the_selected_runs_noise_scales_go_in_the_table_and_on_panel_b(tmp_path):
+    study = scaling.Study(str(tmp_path), methods=["sngm"], batch_sizes=[128, 512, 2048], lr_factors=[1, 2])
+    common = dict(best_validation_accuracy=0.6, updates=10, wall_seconds=60.0)
+    small, medium, large = study.cells
+    for config in study.grid(small):  # one micro-batch per step: not measured
+        _finish(config, 0.5, gradient_noise_scale=None, **common)
+    low, high = study.grid(medium)
+    _finish(low, 0.4, gradient_noise_scale=300.0, **common)
+    _finish(high, 0.6, gradient_noise_scale=41.6, **common)  # selected
+    low, high = study.grid(large)
+    _finish(low, 0.6, gradient_noise_scale=float("inf"), **common)  # selected: |G|^2 average not positive
+    _finish(high, 0.5, gradient_noise_scale=90.0, **common)
+    table = study.results()
+    assert scaling.end_noise_scales(table) == [("sngm", 512, 41.6)]
+    rows = {
+        line.split(" | ")[1]: line
+        for line in report.markdown(study, table, {}).split("## Every run")[0].splitlines()
+        if line.startswith("| SNGM |")
+    }
+    assert rows["128"].endswith("| - |") and rows["512"].endswith("| 42 |") and rows["2048"].endswith("| - |")
+    report.plot(study, table, str(tmp_path / "figure.png"))
+    assert (tmp_path / "figure.png").stat().st_size > 10_000
 
 
 def test_a_grid_whose_best_rate_is_on_its_edge_is_extended(tmp_path):

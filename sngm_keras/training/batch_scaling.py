@@ -228,6 +228,19 @@ def steps_to_target(rows, target):
     return None
 
 
+def end_noise_scales(table):
+    """[(method, B, B_simple)]: the gradient noise scale at the end of each
+    cell's selected run, where it was measured (micro-batches below B) and
+    is finite."""
+    out = []
+    for entry in table:
+        selected = entry["selected"]
+        scale = None if selected is None else selected["summary"].get("gradient_noise_scale")
+        if scale is not None and math.isfinite(scale) and scale > 0:
+            out.append((entry["cell"].method, entry["cell"].batch_size, scale))
+    return out
+
+
 def scaling_summary(table, methods, batch_sizes, tolerance=0.01):
     """Per method: the largest B whose selected test accuracy is within `tolerance` of the smallest B's."""
     out = {}

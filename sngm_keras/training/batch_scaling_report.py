@@ -1,7 +1,9 @@
 """The batch-scaling study's table (markdown) and figure: (a) test accuracy
 against B, (b) steps-to-target against B with the perfect-scaling line."""
 
-from sngm_keras.training.batch_scaling import RULES, scaling_summary
+import statistics
+
+from sngm_keras.training.batch_scaling import RULES, end_noise_scales, scaling_summary
 
 
 def _percent(x):
@@ -10,6 +12,10 @@ def _percent(x):
 
 def _steps(x):
     return "not reached" if x is None else str(x)
+
+
+def _noise(scale):
+    return "-" if scale is None else f"{scale:.0f}"
 
 
 def _run_row(run, marks=""):
@@ -41,16 +47,19 @@ def markdown(study, table, context):
         "",
         f"Selected: the rate with the highest final validation accuracy (held-out training images); the test "
         f"accuracy is that run's. Steps to {_percent(target)}: the fewest updates, over the grid, after which "
-        "the validation accuracy first reached the target (it is evaluated several times per epoch).",
+        "the validation accuracy first reached the target (it is evaluated several times per epoch). "
+        "Noise scale: the gradient noise scale B_simple at the end of the selected run, measured from its "
+        "micro-batches (none where B is one micro-batch).",
         "",
         "| method | B | updates | selected rate | validation accuracy | test accuracy | steps to target "
-        "(rate) | rates run |",
-        "|---|---|---|---|---|---|---|---|",
+        "(rate) | rates run | noise scale |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    scales = {(m, b): scale for m, b, scale in end_noise_scales(table)}
     for entry in table:
         cell, selected = entry["cell"], entry["selected"]
         if selected is None:
-            lines.append(f"| {cell.method.upper()} | {cell.batch_size} | - | not run yet | | | | |")
+            lines.append(f"| {cell.method.upper()} | {cell.batch_size} | - | not run yet | | | | | |")
             continue
         fastest = entry.get("fastest")
         steps = (
@@ -62,7 +71,8 @@ def markdown(study, table, context):
             f"| {cell.method.upper()} | {cell.batch_size} | {selected['summary']['updates']} | "
             f"{selected['config'].learning_rate:g}{edge}{pending} | "
             f"{_percent(selected['summary']['validation_accuracy'])} | "
-            f"{_percent(selected['summary']['test_accuracy'])} | {steps} | {len(entry['runs'])} |"
+            f"{_percent(selected['summary']['test_accuracy'])} | {steps} | {len(entry['runs'])} | "
+            f"{_noise(scales.get((cell.method, cell.batch_size)))} |"
         )
     lines += ["", "Largest B within 1 point of the smallest B's test accuracy:", ""]
     for method, held in scaling_summary(table, study.methods, study.batch_sizes).items():
@@ -83,11 +93,12 @@ def markdown(study, table, context):
     return "\n".join(lines) + "\n"
 
 
-def plot(study, table, path, noise_scale=None):
+def plot(study, table, path):
     """Panel (a): selected test accuracy against B; (b): steps-to-target
     against B (log-log) with each method's perfect-scaling line from its
-    smallest B that reached the target; `noise_scale`, when measured, is
-    marked on (b)."""
+    smallest B that reached the target, and, where the selected runs
+    measured it, the median of their end-of-training noise scales (dashed)
+    over the range of them (shaded)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,8 +130,11 @@ def plot(study, table, path, noise_scale=None):
         ylabel="updates",
         title=f"(b) updates to {100 * study.target:g}% validation accuracy",
     )
-    if noise_scale:
-        steps_ax.axvline(noise_scale, color="grey", linestyle="--", label=f"noise scale {noise_scale:.0f}")
+    scales = [scale for _, _, scale in end_noise_scales(table)]
+    if scales:
+        low, middle, high = min(scales), statistics.median(scales), max(scales)
+        steps_ax.axvspan(low, high, color="grey", alpha=0.15, lw=0)
+        steps_ax.axvline(middle, color="grey", linestyle="--", label=f"noise scale {middle:.0f} ({low:.0f}-{high:.0f})")
     steps_ax.plot([], [], "k:", alpha=0.6, label="perfect scaling")
     for ax in (acc_ax, steps_ax):
         ax.set_xticks(study.batch_sizes, [str(b) for b in study.batch_sizes])
