@@ -67,9 +67,10 @@ def train_step(model, data):
     b = model.micro_batch_size
     batch = tf.shape(next(t for t in tree.flatten(x) if t is not None))[0]
     # The batch's size may be known only when the step runs: a guard in the graph.
-    tf.debugging.assert_equal(batch % b, 0, message=batch_split_message("the batch of each replica", b))
-    num_micro = batch // b
-    xs, ys, sws = _split(x, b), _split(y, b), _split(sample_weight, b)
+    guard = tf.debugging.assert_equal(batch % b, 0, message=batch_split_message("the batch of each replica", b))
+    with tf.control_dependencies([guard]):  # before the split's reshape can fail less clearly
+        num_micro = batch // b
+        xs, ys, sws = _split(x, b), _split(y, b), _split(sample_weight, b)
 
     noise = _noise_scale_sizes(model, x)
 
@@ -110,11 +111,10 @@ def _noise_scale_sizes(model, x):
         )
     if per_replica is not None:
         return model.noise_scale_batches(model.micro_batch_size, per_replica * replicas, reason)
-    if replicas == 1:
-        reason = reason or "the batch size is unknown when the step is traced (batch with drop_remainder=True)"
-        return model.noise_scale_batches(model.micro_batch_size, None, reason)
-    # Several replicas (MultiWorkerMirroredStrategy's shards have no static
-    # size): at least two micro-batches per step whatever the size.
+    # The batch's size is known only when the step runs (an epoch's last,
+    # smaller batch; MultiWorkerMirroredStrategy's shards): B is read then. A
+    # step of a single micro-batch on a single replica gives non-finite
+    # estimates, which the tracker leaves out.
     sizes = model.noise_scale_batches(model.micro_batch_size, 2 * model.micro_batch_size, reason)
     if sizes is None:
         return None

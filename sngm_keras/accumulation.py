@@ -65,7 +65,10 @@ class MicroBatchModel(keras.Model):
             save or evaluate on its own.
         micro_batch_size: b, examples per forward/backward pass on each
             replica. Every batch given to `fit` must hold a multiple of
-            b x replicas examples (use `drop_remainder=True`).
+            b x replicas examples: checked before training where the batch
+            size is static, by the step as it runs where it is not (a
+            dataset batched without `drop_remainder`, whose last batch then
+            must also split).
         jit_compile: compile the micro-batch loop with XLA (TensorFlow).
         noise_scale: measure the gradient noise scale (see the module
             docstring); `noise_scale_tracker` holds it, None when off.
@@ -150,6 +153,8 @@ class MicroBatchModel(keras.Model):
         if tracker is None:
             return None
         if reason_if_not is None and not (big and small < big):
+            if tracker.measured:  # an epoch's last, smaller batch: its steps are left out
+                return None
             reason_if_not = (
                 f"each step has a single small batch ({small} of B={big} examples); use a smaller micro_batch_size"
             )

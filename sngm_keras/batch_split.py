@@ -31,11 +31,11 @@ def check_fit_batches(x, batch_size, micro_batch_size, replicas):
     if tf is not None and hasattr(tf, "data") and isinstance(x, tf.data.Dataset):
         spec = keras.tree.flatten(x.element_spec)[0]
         batch = spec.shape[0] if spec.shape.rank else None
-        if batch is None:
-            raise ValueError(
-                "MicroBatchModel needs batches of a fixed size: batch the dataset with drop_remainder=True"
-            )
-        check_batch_split(int(batch), micro_batch_size, replicas)
+        # A size unknown until the step runs (no drop_remainder; an epoch that
+        # ends with a smaller batch of whole micro-batches) is checked by the
+        # train step's guard, batch by batch.
+        if batch is not None:
+            check_batch_split(int(batch), micro_batch_size, replicas)
     elif hasattr(x, "shape") or isinstance(x, (list, tuple, dict)):
         first = keras.tree.flatten(x)[0]
         batch = 32 if batch_size is None else batch_size

@@ -122,8 +122,6 @@ def test_bad_batch_splits_fail_before_training():
     x, y = data(256)
     with pytest.raises(ValueError, match="batch_size 64 is not a multiple of micro_batch_size 24"):
         model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(64, drop_remainder=True), verbose=0)
-    with pytest.raises(ValueError, match="drop_remainder"):
-        model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(48), verbose=0)
     with pytest.raises(ValueError, match="do not split into batches"):
         model.fit(x[:100], y[:100], batch_size=48, verbose=0)
     with pytest.raises(ValueError, match="micro_batch_size must be a positive integer"):
@@ -132,6 +130,31 @@ def test_bad_batch_splits_fail_before_training():
     with pytest.raises(ValueError, match="x 2 replica"):
         check_batch_split(4096, 3000, 2)
     assert int(model.optimizer.iterations.numpy()) == 0
+
+
+def test_a_last_smaller_batch_of_whole_micro_batches_trains_as_its_batches_do():
+    x, y = data(224)  # batches of 64: three, then one of 32 (two micro-batches of 16)
+    dynamic = MicroBatchModel(dense_model(), micro_batch_size=16)
+    dynamic.compile(optimizer=sngm(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = dynamic.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(64), epochs=2, verbose=0).history
+    assert int(dynamic.optimizer.iterations) == 8
+    noise_scale = history["gradient_noise_scale"]  # measured with B read as each step runs
+    assert len(noise_scale) == 2 and all(np.isfinite(noise_scale)) and min(noise_scale) > 0
+
+    static = MicroBatchModel(dense_model(), micro_batch_size=16)  # the same batches, one static shape each
+    static.compile(optimizer=sngm(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    for _ in range(2):
+        for start in range(0, 224, 64):
+            static.train_on_batch(x[start : start + 64], y[start : start + 64])
+    assert max_diff(dynamic.get_weights(), static.get_weights()) < 1e-6
+    scales = [float(m.noise_scale_tracker.result()["gradient_noise_scale"]) for m in (dynamic, static)]
+    assert scales[0] == pytest.approx(scales[1], rel=1e-4)
+
+    # A last batch that does not split stops the step that holds it, naming the split.
+    bad = MicroBatchModel(dense_model(), micro_batch_size=24)
+    bad.compile(optimizer=sngm(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not a multiple of micro_batch_size 24"):
+        bad.fit(tf.data.Dataset.from_tensor_slices(data(256)).batch(48), verbose=0)  # 5 x 48, then 16
 
 
 def test_saves_and_loads(tmp_path):

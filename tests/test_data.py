@@ -257,6 +257,76 @@ def test_keras_fit_consumes_exactly_the_epochs():
 
 
 # ---------------------------------------------------------------------------
+# Epochs of whole micro-batches (epoch_multiple)
+# ---------------------------------------------------------------------------
+
+
+def test_epoch_sizes_with_and_without_a_last_smaller_batch():
+    assert data.examples_per_epoch(45_000, 128) == 44_928  # 351 whole batches
+    assert data.examples_per_epoch(45_000, 8192) == 40_960  # 5 whole batches: 9% fewer examples
+    assert data.examples_per_epoch(45_000, 8192, 128) == 44_928  # the same examples as at B = 128
+    info = data.DatasetInfo("x", 10, (32, 32, 3), 45_000, 10_000, ())
+    assert steps_per_epoch(info, 8192) == 5 and steps_per_epoch(info, 8192, 128) == 6
+    assert steps_per_epoch(info, 4096, 128) == 11 and steps_per_epoch(info, 128, 128) == 351
+    # Six steps an epoch: five of 8192, the sixth of 3,968 (31 micro-batches).
+    assert data.examples_after(5, 8192, 44_928) == 40_960
+    assert data.examples_after(6, 8192, 44_928) == 44_928
+    assert data.examples_after(6 * 10, 8192, 44_928) == 10 * 44_928
+    assert data.examples_after(6 + 2, 8192, 44_928) == 44_928 + 2 * 8192
+    with pytest.raises(DataError, match="epoch_multiple 100 must divide batch_size 1024"):
+        make_datasets("sample", batch_size=1024, num_epochs=1, epoch_multiple=100)
+
+
+def _examples(batches):
+    return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
+
+
+def test_every_batch_size_of_one_micro_batch_trains_on_the_same_examples():
+    kw = dict(num_epochs=2, seed=3, epoch_multiple=128)
+    large = make_datasets("sample", batch_size=1024, **kw)[0]
+    small = make_datasets("sample", batch_size=128, **kw)[0]
+    batches = _batches(large)
+    assert len(batches) == len(large) == 2 * 5
+    assert [len(y) for _, y in batches] == [1024] * 4 + [896] + [1024] * 4 + [896]  # 4992 = 39 x 128 each
+    assert large.element_spec[0].shape.as_list() == [None, 32, 32, 3]  # known only when the step runs
+    assert small.element_spec[0].shape.as_list() == [128, 32, 32, 3]  # whole batches: static
+    for epoch in range(2):
+        x_large, y_large = _examples(batches[5 * epoch : 5 * epoch + 5])
+        x_small, y_small = _examples(_batches(small.skip(39 * epoch).take(39)))
+        np.testing.assert_array_equal(y_large, y_small)  # the same images, order and augmentation
+        np.testing.assert_array_equal(x_large, x_small)
+    resumed = _batches(make_datasets("sample", batch_size=1024, start_epoch=1, **kw)[0])
+    assert len(resumed) == 5
+    for (xa, ya), (xb, yb) in zip(batches[5:], resumed):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    # Without it, whole batches only, and the first four are the same.
+    whole = _batches(make_datasets("sample", batch_size=1024, num_epochs=1, seed=3)[0])
+    assert [len(y) for _, y in whole] == [1024] * 4
+    np.testing.assert_array_equal(_examples(whole)[1], _examples(batches[:4])[1])
+
+
+def test_the_pydataset_feed_keeps_the_same_last_batch():
+    from sngm_keras.data.pydatasets import TrainBatches
+
+    arrays = data.load_arrays("sample")
+    kw = dict(seed=3, start_epoch=0, num_epochs=2, pad=4)
+    large = TrainBatches(arrays.x_train, arrays.y_train, batch_size=1024, epoch_multiple=128, **kw)
+    small = TrainBatches(arrays.x_train, arrays.y_train, batch_size=128, **kw)
+    assert len(large) == 10 and len(small) == 2 * 39
+    sizes = [len(large[i][1]) for i in range(len(large))]
+    assert sizes == [1024] * 4 + [896] + [1024] * 4 + [896]
+    for epoch in range(2):
+        rows = [large[i] for i in range(5 * epoch, 5 * epoch + 5)]
+        want = [small[i] for i in range(39 * epoch, 39 * epoch + 39)]
+        for key in ("images", "crop_flip"):
+            np.testing.assert_array_equal(
+                np.concatenate([x[key] for x, _ in rows]), np.concatenate([x[key] for x, _ in want])
+            )
+        np.testing.assert_array_equal(np.concatenate([y for _, y in rows]), np.concatenate([y for _, y in want]))
+
+
+# ---------------------------------------------------------------------------
 # TFDS (mocked) and errors
 # ---------------------------------------------------------------------------
 

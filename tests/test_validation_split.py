@@ -108,3 +108,31 @@ def test_evaluations_within_epochs_leave_training_untouched(tmp_path):
     assert four["num_train"] == 4500 and four["num_validation"] == 500
     saved = json.load(open(tmp_path / "every4" / "summary.json"))
     assert saved["validation_accuracy"] == four["validation_accuracy"]
+
+
+def test_every_batch_size_of_one_micro_batch_trains_on_the_examples_of_an_epoch(tmp_path):
+    """B = 1024 as micro-batches of 128 on the 4,500 kept images: each epoch
+    uses 4,480 (35 micro-batches), as B = 128 does, in four batches of 1024
+    and a last of 384; #grad/n counts the examples, not updates x B."""
+    summary = train(
+        TrainConfig(
+            model_dir=str(tmp_path / "run"),
+            dataset="sample",
+            batch_size=1024,
+            micro_batch_size=128,
+            epochs=2,
+            validation_size=500,
+            validations_per_epoch=2,
+            verbose=0,
+        )
+    )
+    assert summary["updates"] == 2 * 5 and summary["num_train"] == 4500
+    assert summary["grad_per_n"] == pytest.approx(2 * 4480 / 4500)
+    history = _rows(tmp_path / "run" / "history.csv")
+    assert [float(r["grad_per_n"]) for r in history] == pytest.approx([4480 / 4500, 2 * 4480 / 4500], abs=1e-6)
+    validation = _rows(tmp_path / "run" / "validation.csv")
+    assert [int(r["updates"]) for r in validation] == [2, 4, 5, 7, 9, 10]  # every 5 // 2 updates, and each epoch's end
+    assert [float(r["grad_per_n"]) for r in validation] == pytest.approx(
+        [n / 4500 for n in (2048, 4096, 4480, 4480 + 2048, 4480 + 4096, 2 * 4480)], abs=1e-6
+    )
+    assert summary["gradient_variance_ema"] > 0  # the noise scale is measured with the last, smaller batches too

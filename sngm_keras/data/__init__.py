@@ -7,10 +7,12 @@ Public API::
     make_datasets(dataset, *, data_dir=None, download=False, batch_size,
                   eval_batch_size=None, augment=True, seed=0, start_epoch=0,
                   num_epochs, image_size=None, validation_size=0,
-                  feed="tf.data", share=(0, 1))
+                  feed="tf.data", share=(0, 1), epoch_multiple=None)
         -> (train_ds, test_ds, DatasetInfo[, validation_ds])        # tf.data
         -> (train, test, DatasetInfo, preprocessing[, validation])  # feed="pydataset"
-    steps_per_epoch(info, batch_size) -> int
+    steps_per_epoch(info, batch_size, epoch_multiple=None) -> int
+    examples_per_epoch(num_train, batch_size, epoch_multiple=None) -> int
+    examples_after(updates, batch_size, examples_per_epoch) -> int
     hold_out_validation(arrays, size) -> (kept ArraySplits, x_val, y_val)
     read_cifar(path) -> CifarCopy            # a local CIFAR-10/100 archive or folder
     prepare_tfds(copy, data_dir)             # ... as TFDS's prepared dataset, offline
@@ -46,7 +48,7 @@ from .constants import (
 from .datasets import FEEDS, make_datasets
 from .errors import DataError
 from .importing import prepare_tfds, split_class_folders, write_image_folders
-from .info import DatasetInfo, steps_per_epoch
+from .info import DatasetInfo, examples_after, examples_per_epoch, steps_per_epoch
 
 __all__ = [
     "ArraySplits",
@@ -70,6 +72,8 @@ __all__ = [
     "read_sample_file",
     "sample_jpegs",
     "steps_per_epoch",
+    "examples_per_epoch",
+    "examples_after",
     "read_cifar",
     "prepare_tfds",
     "write_image_folders",

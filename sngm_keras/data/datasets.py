@@ -34,18 +34,27 @@ def make_datasets(
     validation_size: int = 0,
     feed: str = "tf.data",
     share=(0, 1),
+    epoch_multiple: int | None = None,
 ):
     """Builds ``(train_ds, test_ds, info)`` for `keras.Model.fit`, and
     ``validation_ds`` after them when ``validation_size`` > 0.
 
     ``train_ds`` yields ``(images float32 normalized NHWC, labels int32)`` in
-    batches of exactly ``batch_size`` and covers epochs ``start_epoch`` ..
-    ``num_epochs - 1`` back to back, ``steps_per_epoch(info, batch_size)``
-    batches each (the last partial batch of each epoch is dropped), so use::
+    batches of ``batch_size`` and covers epochs ``start_epoch`` ..
+    ``num_epochs - 1`` back to back, ``steps_per_epoch(info, batch_size,
+    epoch_multiple)`` batches each, so use::
 
         model.fit(train_ds, epochs=num_epochs, initial_epoch=start_epoch,
-                  steps_per_epoch=steps_per_epoch(info, batch_size),
+                  steps_per_epoch=steps_per_epoch(info, batch_size, epoch_multiple),
                   validation_data=test_ds)
+
+    Each epoch uses the most training examples that are a multiple of
+    ``epoch_multiple`` (`examples_per_epoch`). By default that is
+    ``batch_size``: whole batches, the rest of the epoch dropped. Training
+    with micro-batches, pass the micro-batch times the replicas: the epoch
+    then ends with a smaller batch of whole micro-batches, and every batch
+    size trains on the same examples per epoch. The batch dimension is then
+    unknown when the step is traced (it is static when every batch is whole).
 
     ``test_ds`` is the whole test split (ImageNet: validation split) in order,
     batches of ``eval_batch_size`` (default ``min(batch_size, 1000)``), the
@@ -84,6 +93,8 @@ def make_datasets(
       feed: ``"tf.data"`` or ``"pydataset"`` (see the module docstring).
       share: ``(p, P)``, PyDatasets only: process p of P takes its part of
         every batch (several JAX processes, each feeding its devices).
+      epoch_multiple: see above; it must divide ``batch_size``. ImageNet
+        (streamed) always uses whole batches and ignores it.
 
     Normalization: per channel ``(x / 255 - mean) / std`` with the standard
     statistics of CIFAR-10 (also for the sample), CIFAR-100 or ImageNet
@@ -95,7 +106,7 @@ def make_datasets(
       missing folder, TFDS data not present with ``download=False``,
       ``batch_size`` larger than the training set, bad arguments.
     """
-    check_args(batch_size, eval_batch_size, start_epoch, num_epochs)
+    check_args(batch_size, eval_batch_size, start_epoch, num_epochs, epoch_multiple)
     if feed not in FEEDS:
         raise DataError(f"feed must be one of {', '.join(FEEDS)}, got {feed!r}")
     if feed == "tf.data" and tuple(share) != (0, 1):
@@ -112,6 +123,7 @@ def make_datasets(
         num_epochs=num_epochs,
         image_size=image_size,
         validation_size=validation_size,
+        epoch_multiple=epoch_multiple,
     )
     if feed == "pydataset":
         from . import pydatasets  # imports Keras: only on this feed

@@ -19,7 +19,7 @@ from sngm_keras import checks
 from . import constants as C
 from . import sources
 from .errors import as_data_errors
-from .info import DatasetInfo, check_batch
+from .info import DatasetInfo, check_batch, examples_per_epoch
 from .tf_setup import epoch_key, import_tf
 
 
@@ -38,7 +38,17 @@ def _concatenate(datasets):
 
 
 def make_imagenet_datasets(
-    *, data_dir, download, batch_size, eval_batch_size, augment, seed, start_epoch, num_epochs, image_size
+    *,
+    data_dir,
+    download,
+    batch_size,
+    eval_batch_size,
+    augment,
+    seed,
+    start_epoch,
+    num_epochs,
+    image_size,
+    epoch_multiple=None,
 ):
     """See `sngm_keras.data.make_datasets`."""
     tf = import_tf()
@@ -68,7 +78,9 @@ def make_imagenet_datasets(
 
     num_train, num_test = count(probe, "train"), count(val_ds, "validation")
     check_batch(name, batch_size, num_train)
-    steps = num_train // batch_size
+    used = examples_per_epoch(num_train, batch_size, epoch_multiple)
+    steps = -(-used // batch_size)
+    whole = used % batch_size == 0
     class_names = tuple(builder.info.features["label"].names)
     info = DatasetInfo(
         name=name,
@@ -122,7 +134,7 @@ def make_imagenet_datasets(
         key = epoch_key(tf, seed, epoch)
         ds = as_dataset("train", _python_seed(seed, epoch, 0))
         ds = ds.shuffle(C.IMAGENET_SHUFFLE_BUFFER, seed=_python_seed(seed, epoch, 1), reshuffle_each_iteration=False)
-        ds = ds.take(steps * batch_size).enumerate()
+        ds = ds.take(used).enumerate()
 
         def prep(i, ex):
             if augment:
@@ -132,7 +144,7 @@ def make_imagenet_datasets(
             return image, tf.cast(ex["label"], tf.int32)
 
         return ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(
-            batch_size, drop_remainder=True
+            batch_size, drop_remainder=whole
         )
 
     epochs = [epoch_dataset(e) for e in range(start_epoch, num_epochs)]

@@ -24,14 +24,41 @@ class DatasetInfo:
     num_validation: int = 0  # training images held out (not in num_train)
 
 
-def steps_per_epoch(info: DatasetInfo, batch_size: int) -> int:
-    """Batches per training epoch (the remainder of each epoch is dropped)."""
-    return info.num_train // batch_size
+def examples_per_epoch(num_train: int, batch_size: int, epoch_multiple: int | None = None) -> int:
+    """The training examples each epoch uses: the most that are a multiple of
+    `epoch_multiple` (default `batch_size`: whole batches only).
+
+    With micro-batches, `epoch_multiple` = micro-batch x replicas keeps a last,
+    smaller batch of whole micro-batches, so that every batch size built from
+    the same micro-batch trains on the same examples per epoch (dropping the
+    remainder of whole batches would cost B = 8192 about 9% of CIFAR-10's
+    45,000 training images an epoch, against 0.2% at B = 128).
+    """
+    multiple = epoch_multiple or batch_size
+    return num_train // multiple * multiple
+
+
+def steps_per_epoch(info: DatasetInfo, batch_size: int, epoch_multiple: int | None = None) -> int:
+    """Batches per training epoch: `examples_per_epoch` in batches of
+    `batch_size`, the last one possibly smaller."""
+    return -(-examples_per_epoch(info.num_train, batch_size, epoch_multiple) // batch_size)
+
+
+def examples_after(updates: int, batch_size: int, examples_per_epoch: int) -> int:
+    """Training examples consumed by `updates` steps: every step of an epoch
+    holds `batch_size` examples but its last, which holds the rest of
+    `examples_per_epoch`."""
+    steps = -(-examples_per_epoch // batch_size)
+    return updates // steps * examples_per_epoch + updates % steps * batch_size
 
 
 @as_data_errors()
-def check_args(batch_size, eval_batch_size, start_epoch, num_epochs):
+def check_args(batch_size, eval_batch_size, start_epoch, num_epochs, epoch_multiple=None):
     checks.check_positive_int("batch_size", batch_size)
+    if epoch_multiple is not None:
+        checks.check_positive_int("epoch_multiple", epoch_multiple)
+        if batch_size % epoch_multiple:
+            raise DataError(f"epoch_multiple {epoch_multiple} must divide batch_size {batch_size}")
     num_epochs = checks.check_positive_int("num_epochs", num_epochs)
     if eval_batch_size is not None:
         checks.check_positive_int("eval_batch_size", eval_batch_size)

@@ -3,8 +3,8 @@
 TensorFlow is imported lazily, when the pipelines are built.
 
 Determinism: the order and the augmentation of epoch ``e`` depend only on
-``(seed, e)`` (and on ``batch_size``, which fixes how many examples each
-epoch keeps), so a run resumed with ``start_epoch=e`` sees exactly the
+``(seed, e)`` (and on ``batch_size`` and ``epoch_multiple``, which fix how
+many examples each epoch keeps), so a run resumed with ``start_epoch=e`` sees exactly the
 batches an uninterrupted run sees from epoch ``e`` on.  In-memory datasets
 draw a fresh permutation per epoch with a stateless shuffle seeded by
 ``(seed, e)``, and crop offsets and flips per example from stateless random
@@ -21,6 +21,7 @@ from . import sources
 from .arrays import ArraySplits
 from .errors import DataError
 from .in_memory import load_in_memory
+from .info import examples_per_epoch
 from .tf_setup import epoch_key, import_tf
 
 
@@ -37,6 +38,7 @@ def make_tf_datasets(
     num_epochs,
     image_size,
     validation_size,
+    epoch_multiple=None,
 ):
     """The tf.data feed of `sngm_keras.data.make_datasets` (see there):
     ImageNet streamed from its files, every other dataset from memory."""
@@ -59,6 +61,7 @@ def make_tf_datasets(
             start_epoch=start_epoch,
             num_epochs=num_epochs,
             image_size=image_size or C.IMAGENET_IMAGE_SIZE,
+            epoch_multiple=epoch_multiple,
         )
 
     data = load_in_memory(
@@ -82,6 +85,7 @@ def make_tf_datasets(
         seed=seed,
         start_epoch=start_epoch,
         num_epochs=num_epochs,
+        epoch_multiple=epoch_multiple,
     )
     if data.validation is None:
         return train_ds, test_ds, data.info
@@ -89,13 +93,25 @@ def make_tf_datasets(
 
 
 def in_memory_datasets(
-    arrays: ArraySplits, *, mean, std, pad, batch_size, eval_batch_size, augment, seed, start_epoch, num_epochs
+    arrays: ArraySplits,
+    *,
+    mean,
+    std,
+    pad,
+    batch_size,
+    eval_batch_size,
+    augment,
+    seed,
+    start_epoch,
+    num_epochs,
+    epoch_multiple=None,
 ):
     """Train/test pipelines over uint8 arrays held in memory.
 
     Each epoch: a permutation of the training set from a stateless shuffle
-    keyed by (seed, epoch), cut into ``num_train // batch_size`` index
-    batches; each batch is gathered from the in-memory tensor and augmented
+    keyed by (seed, epoch), its first ``examples_per_epoch`` indices cut
+    into batches of ``batch_size`` (the last one smaller when
+    ``epoch_multiple`` keeps part of a batch); each batch is gathered from the in-memory tensor and augmented
     in one vectorized step (pad, crop at per-example random offsets, flip),
     the offsets and flips of example ``i`` of the epoch coming from a
     stateless uniform draw keyed by (seed, epoch) at row ``i``.
@@ -103,8 +119,9 @@ def in_memory_datasets(
     tf = import_tf()
     height, width, channels = arrays.image_shape
     n = arrays.num_train
-    steps = n // batch_size
-    used = steps * batch_size
+    used = examples_per_epoch(n, batch_size, epoch_multiple)
+    steps = -(-used // batch_size)
+    whole = used % batch_size == 0
     crop_choices = 2 * pad + 1
 
     with tf.device("/CPU:0"):
@@ -119,9 +136,11 @@ def in_memory_datasets(
         draw = tf.random.stateless_uniform(
             [used], seed=aug_key, minval=0, maxval=2 * crop_choices * crop_choices, dtype=tf.int32
         )
-        return tf.data.Dataset.from_tensor_slices(
-            (tf.reshape(perm, [steps, batch_size]), tf.reshape(draw, [steps, batch_size]))
-        )
+        if whole:
+            return tf.data.Dataset.from_tensor_slices(
+                (tf.reshape(perm, [steps, batch_size]), tf.reshape(draw, [steps, batch_size]))
+            )
+        return tf.data.Dataset.from_tensor_slices((perm, draw)).batch(batch_size)
 
     rows = tf.range(height)
     cols = tf.range(width)
@@ -138,8 +157,9 @@ def in_memory_datasets(
             col_idx = tf.where(flip[:, None], dx[:, None] + (width - 1 - cols)[None, :], dx[:, None] + cols[None, :])
             images = tf.gather(padded, row_idx, axis=1, batch_dims=1)
             images = tf.gather(images, col_idx, axis=2, batch_dims=1)
-        images = tf.ensure_shape(normalize(images), [batch_size, height, width, channels])
-        return images, tf.ensure_shape(labels, [batch_size])
+        rows_of_batch = batch_size if whole else None
+        images = tf.ensure_shape(normalize(images), [rows_of_batch, height, width, channels])
+        return images, tf.ensure_shape(labels, [rows_of_batch])
 
     train_ds = (
         tf.data.Dataset.range(start_epoch, num_epochs)

@@ -38,6 +38,7 @@ from . import constants as C
 from . import sources
 from .errors import DataError
 from .in_memory import load_in_memory
+from .info import examples_per_epoch
 from .tf_setup import import_tf
 
 log = logging.getLogger("sngm_keras")
@@ -50,18 +51,21 @@ class TrainBatches(keras.utils.PyDataset):
 
     Item i: ``({"images": uint8 [B, H, W, C], "crop_flip": int32 [B]},
     labels int32 [B])``, "crop_flip" only with augmentation. Each epoch uses
-    ``num_train // batch_size`` batches of a fresh permutation. With
+    the first ``examples_per_epoch`` indices of a fresh permutation, in
+    batches of B (the last one smaller when ``epoch_multiple`` keeps part of a
+    batch). With
     ``share=(p, P)`` the items hold process p's B / P rows of each batch.
     """
 
-    def __init__(self, x, y, *, batch_size, seed, start_epoch, num_epochs, pad=None, share=(0, 1)):
+    def __init__(self, x, y, *, batch_size, seed, start_epoch, num_epochs, pad=None, share=(0, 1), epoch_multiple=None):
         super().__init__()  # workers=1: items are built in the training thread, in order
         self.x, self.y = x, y
         self.share = share
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.start_epoch, self.num_epochs = int(start_epoch), int(num_epochs)
-        self.steps = len(x) // self.batch_size
+        self.used = examples_per_epoch(len(x), self.batch_size, epoch_multiple)
+        self.steps = -(-self.used // self.batch_size)
         self.draws = None if pad is None else num_draws(pad)
         self._cached = (None, None, None)
 
@@ -76,9 +80,8 @@ class TrainBatches(keras.utils.PyDataset):
         """(indices [steps * B], draws [steps * B] or None) of `epoch`."""
         if self._cached[0] != epoch:
             rng = np.random.default_rng([self.seed, _SALT, int(epoch)])
-            used = self.steps * self.batch_size
-            order = rng.permutation(len(self.x))[:used]
-            draws = None if self.draws is None else rng.integers(0, self.draws, size=used, dtype=np.int32)
+            order = rng.permutation(len(self.x))[: self.used]
+            draws = None if self.draws is None else rng.integers(0, self.draws, size=self.used, dtype=np.int32)
             self._cached = (epoch, order, draws)
         return self._cached[1], self._cached[2]
 
@@ -86,7 +89,8 @@ class TrainBatches(keras.utils.PyDataset):
         if not 0 <= index < self.num_batches:
             raise IndexError(index)
         epoch = self.start_epoch + index // self.steps
-        rows = slice((index % self.steps) * self.batch_size, (index % self.steps + 1) * self.batch_size)
+        start = (index % self.steps) * self.batch_size
+        rows = slice(start, min(start + self.batch_size, self.used))
         order, draws = self.epoch_order(epoch)
         idx = _share(order[rows], self.share)
         inputs = {"images": self.x[idx]}
@@ -149,6 +153,7 @@ def make_pydatasets(
     image_size,
     validation_size,
     share,
+    epoch_multiple=None,
 ):
     """The PyDataset feed of `sngm_keras.data.make_datasets` (see there):
     ``(train, test, info, preprocessing)``, and the held-out ``validation``
@@ -192,6 +197,7 @@ def make_pydatasets(
         num_epochs=num_epochs,
         pad=pad if augment else None,
         share=share,
+        epoch_multiple=epoch_multiple,
     )
     test = TestBatches(arrays.x_test, arrays.y_test, eval_batch_size, share=share)
     preprocess = CropFlipNormalize(mean, std, pad, name="crop_flip_normalize")

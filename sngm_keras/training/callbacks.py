@@ -29,7 +29,7 @@ class EpochRecorder(keras.callbacks.Callback):
         self,
         run_dir,
         rows,
-        batch_size,
+        examples_after,
         num_train,
         base_wall_seconds,
         base_train_seconds,
@@ -40,7 +40,7 @@ class EpochRecorder(keras.callbacks.Callback):
         self.validation = validation  # a ValidationMonitor, whose time within epochs is not training
         self.run_dir = run_dir
         self.rows = rows
-        self.batch_size = batch_size
+        self.examples_after = examples_after  # updates -> training examples they used
         self.num_train = num_train
         self.wall_seconds = base_wall_seconds
         self.train_seconds = base_train_seconds
@@ -73,7 +73,7 @@ class EpochRecorder(keras.callbacks.Callback):
         row = {
             "epoch": epoch + 1,
             "updates": updates,
-            "grad_per_n": round(updates * self.batch_size / self.num_train, 6),
+            "grad_per_n": round(self.examples_after(updates) / self.num_train, 6),
             "learning_rate": _value(optimizer.learning_rate),
             "train_loss": logs.get("loss"),
             "train_accuracy": logs.get("accuracy"),
@@ -174,13 +174,13 @@ class ValidationMonitor(keras.callbacks.Callback):
     loss short. Rows past the resumed checkpoint are dropped on resume, so
     the file always matches the checkpointed run."""
 
-    def __init__(self, run_dir, dataset, every, batch_size, num_train):
+    def __init__(self, run_dir, dataset, every, examples_after, num_train):
         super().__init__()
         self.run_dir = run_dir
         self.dataset = dataset
         self.labels = dataset_labels(dataset)
         self.every = every
-        self.batch_size = batch_size
+        self.examples_after = examples_after  # updates -> training examples they used
         self.num_train = num_train
         self.rows = []
 
@@ -197,7 +197,7 @@ class ValidationMonitor(keras.callbacks.Callback):
         row = {
             "updates": self._updates,
             "epoch": round(epoch, 6),
-            "grad_per_n": round(self._updates * self.batch_size / self.num_train, 6),
+            "grad_per_n": round(self.examples_after(self._updates) / self.num_train, 6),
             "validation_loss": loss,
             "validation_accuracy": accuracy,
         }

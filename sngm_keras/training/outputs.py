@@ -74,7 +74,7 @@ def _summary(config, model, recorder, rows, results, replicas, micro, info):
     tested = [float(r["test_accuracy"]) for r in rows if r.get("test_accuracy") not in (None, "")]
     test_accuracy = float(results["accuracy"])
     epochs_done = int(rows[-1]["epoch"]) - recorder.stopped_in_epoch if rows else 0
-    examples = updates * config.batch_size
+    examples = recorder.examples_after(updates)
     return {
         # A run stopped by --max_updates before its last epoch is not
         # complete: rerun without it (or with a larger one) to continue.

@@ -23,12 +23,13 @@ non-TensorFlow one).
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from typing import Any
 
 from sngm_keras import checks
-from sngm_keras.data import make_datasets, steps_per_epoch
+from sngm_keras.data import examples_after, examples_per_epoch, make_datasets, steps_per_epoch
 from sngm_keras.training import cluster as cluster_lib
 from sngm_keras.training import devices
 from sngm_keras.training import membership as membership_lib
@@ -67,8 +68,13 @@ def train(config, extra_callbacks=()):
             micro = micro_batch_size(config, placement.replicas)
 
             # Data: the tf.data feed on TensorFlow, the PyDataset feed on JAX.
-            data = _make_data(config, placement, start_epoch, sharded=membership is not None)
-            steps = steps_per_epoch(data.info, config.batch_size)
+            # Each epoch keeps a last batch of whole micro-batches, so every B
+            # built from the same micro-batch trains on the same examples.
+            epoch_multiple = micro * placement.replicas
+            data = _make_data(config, placement, start_epoch, epoch_multiple, sharded=membership is not None)
+            steps = steps_per_epoch(data.info, config.batch_size, epoch_multiple)
+            epoch_size = examples_per_epoch(data.info.num_train, config.batch_size, epoch_multiple)
+            seen = functools.partial(examples_after, batch_size=config.batch_size, examples_per_epoch=epoch_size)
 
             # Model and optimizer.
             from sngm_keras.training.factory import build_training_model
@@ -87,6 +93,7 @@ def train(config, extra_callbacks=()):
                 model,
                 data,
                 steps,
+                seen,
                 extra_callbacks,
                 tensorboard=placement.tensorflow,
             )
@@ -194,7 +201,7 @@ class _Data:
     validation: Any | None = None
 
 
-def _make_data(config, placement, start_epoch, sharded):
+def _make_data(config, placement, start_epoch, epoch_multiple, sharded):
     """The input of the run on `placement`: the tf.data feed on TensorFlow
     (`sharded`: every worker keeps its replicas' rows), the PyDataset feed
     on JAX."""
@@ -213,6 +220,7 @@ def _make_data(config, placement, start_epoch, sharded):
         validation_size=config.validation_size,
         feed=feed,
         share=placement.share,
+        epoch_multiple=epoch_multiple,
     )
     if feed == "pydataset":
         data = _Data(*made[:4], validation=made[4] if len(made) > 4 else None)
@@ -237,9 +245,10 @@ def _check_even_eval_batches(data, replicas):
             )
 
 
-def _fit(config, run_dir, state, start_epoch, model, data, steps, extra_callbacks, tensorboard):
+def _fit(config, run_dir, state, start_epoch, model, data, steps, seen, extra_callbacks, tensorboard):
     """Resumes from `state`, fits to the last epoch (or --max_updates) and
-    evaluates; returns (the epoch recorder, the history rows, the test results)."""
+    evaluates; returns (the epoch recorder, the history rows, the test
+    results). `seen(updates)`: the training examples those updates used."""
     import keras
 
     from sngm_keras.training import callbacks as cb
@@ -251,11 +260,11 @@ def _fit(config, run_dir, state, start_epoch, model, data, steps, extra_callback
     monitor = None
     if data.validation is not None:
         every = max(1, steps // config.validations_per_epoch)
-        monitor = cb.ValidationMonitor(run_dir, data.validation, every, config.batch_size, data.info.num_train)
+        monitor = cb.ValidationMonitor(run_dir, data.validation, every, seen, data.info.num_train)
     recorder = cb.EpochRecorder(
         run_dir,
         rows,
-        config.batch_size,
+        seen,
         data.info.num_train,
         base_wall_seconds=state["wall_seconds"] if state else 0.0,
         base_train_seconds=state["train_seconds"] if state else 0.0,

@@ -15,6 +15,7 @@ import keras_tuner
 import numpy as np
 
 from sngm_keras import checks
+from sngm_keras.data.info import examples_per_epoch
 from sngm_keras.training.errors import ConfigError, as_config_errors
 from sngm_keras.tuning.space import HYPERPARAMETERS
 
@@ -111,10 +112,12 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
     def num_validation(self):
         return self.splits.num_test
 
-    def steps_per_epoch(self, batch_size):
-        return self.num_train // batch_size
+    def steps_per_epoch(self, batch_size, micro_batch_size=None):
+        """Batches per epoch; with micro-batches the epoch keeps a last batch of
+        whole micro-batches, as the training app does (`examples_per_epoch`)."""
+        return -(-examples_per_epoch(self.num_train, batch_size, micro_batch_size) // batch_size)
 
-    def datasets(self, batch_size, start_epoch=0, num_epochs=None):
+    def datasets(self, batch_size, start_epoch=0, num_epochs=None, micro_batch_size=None):
         """(train_ds, validation_ds): the training app's in-memory pipeline on the split."""
         from sngm_keras.data.pipeline import in_memory_datasets
 
@@ -130,6 +133,7 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
             seed=self.config.seed,
             start_epoch=start_epoch,
             num_epochs=num_epochs or self.config.epochs,
+            epoch_multiple=micro_batch_size,
         )
 
     # -- the hypermodel -----------------------------------------------------
@@ -158,19 +162,21 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
             noise_scale=config.noise_scale and config.micro_batch_size is not None,
         )
         # The optimizer is built too, so Hyperband's continued trials restore it.
-        return compile_for_training(model, config, self.steps_per_epoch(config.batch_size))
+        return compile_for_training(model, config, self.steps_per_epoch(config.batch_size, config.micro_batch_size))
 
     def fit(self, hp, model, *args, epochs=None, initial_epoch=0, callbacks=None, verbose=1, **kwargs):
         if args or kwargs.keys() - {"shuffle"}:
             raise TypeError("LargeBatchHyperModel reads its own data: call search() without data or fit arguments")
         config = self.trial_config(hp)
         epochs = int(epochs or config.epochs)
-        train_ds, validation_ds = self.datasets(config.batch_size, start_epoch=initial_epoch, num_epochs=epochs)
+        train_ds, validation_ds = self.datasets(
+            config.batch_size, start_epoch=initial_epoch, num_epochs=epochs, micro_batch_size=config.micro_batch_size
+        )
         return model.fit(
             train_ds,
             epochs=epochs,
             initial_epoch=initial_epoch,
-            steps_per_epoch=self.steps_per_epoch(config.batch_size),
+            steps_per_epoch=self.steps_per_epoch(config.batch_size, config.micro_batch_size),
             validation_data=validation_ds,
             callbacks=callbacks,
             verbose=verbose,
