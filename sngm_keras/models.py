@@ -66,6 +66,11 @@ class _Initializers:
     def glorot_uniform(self):
         return keras.initializers.GlorotUniform(seed=self._next_seed())
 
+    def pytorch_linear_bias(self, fan_in):
+        """U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the bias of PyTorch's nn.Linear."""
+        bound = 1.0 / np.sqrt(fan_in)
+        return keras.initializers.RandomUniform(-bound, bound, seed=self._next_seed())
+
 
 @keras.saving.register_keras_serializable(package="sngm_keras")
 class OptionAShortcut(layers.Layer):
@@ -130,10 +135,14 @@ def _relu(x, name):
 
 
 def _head(x, num_classes, inits):
+    """The ResNets' classifier. Its bias starts as nn.Linear's does in the
+    PyTorch CIFAR ResNets the paper ran, not at Keras' zero: LARS with the
+    pytorch-lars semantics never moves a variable whose norm is zero."""
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     return layers.Dense(
         num_classes,
         kernel_initializer=inits.glorot_uniform(),
+        bias_initializer=inits.pytorch_linear_bias(fan_in=x.shape[-1]),
         name="logits",
         dtype=_LOGITS_DTYPE,
     )(x)

@@ -73,6 +73,37 @@ def test_the_selected_runs_noise_scales_go_in_the_table_and_on_panel_b(tmp_path)
     assert (tmp_path / "figure.png").stat().st_size > 10_000
 
 
+def _reach_target_after(config, updates):
+    """validation.csv of a run whose validation accuracy first reaches 0.6 after `updates` updates."""
+    rows = [{"updates": updates - 1, "validation_accuracy": 0.59}, {"updates": updates, "validation_accuracy": 0.6}]
+    RunDir(config.model_dir).write_validation(rows)
+
+
+def test_steps_to_target_at_a_rate_on_the_grids_edge_is_marked(tmp_path):
+    study = scaling.Study(
+        str(tmp_path), methods=["sngm"], batch_sizes=[512, 2048], lr_factors=[0.5, 1, 2], max_extensions=0
+    )
+    common = dict(best_validation_accuracy=0.6, updates=40, wall_seconds=60.0)
+    small, large = study.cells
+    for config, accuracy, steps in zip(study.grid(small), [0.5, 0.7, 0.6], [30, 25, 20]):
+        _finish(config, accuracy, **common)  # the middle rate is selected, the largest is fastest
+        _reach_target_after(config, steps)
+    for config, accuracy, steps in zip(study.grid(large), [0.5, 0.7, 0.6], [30, 15, 20]):
+        _finish(config, accuracy, **common)  # the middle rate is selected and fastest
+        _reach_target_after(config, steps)
+    text = report.markdown(study, study.results(), {})
+    rows = {
+        line.split(" | ")[1]: line.split(" | ")
+        for line in text.split("## Every run")[0].splitlines()
+        if line.startswith("| SNGM |")
+    }
+    small_rates = [c.learning_rate for c in study.grid(small)]
+    large_rates = [c.learning_rate for c in study.grid(large)]
+    assert rows["512"][3] == f"{small_rates[1]:g}" and rows["512"][6] == f"20 ({small_rates[2]:g}, edge of grid)"
+    assert rows["2048"][3] == f"{large_rates[1]:g}" and rows["2048"][6] == f"15 ({large_rates[1]:g})"
+    assert '"edge of grid" there marks a rate that is the smallest or largest of its grid' in text
+
+
 def test_a_grid_whose_best_rate_is_on_its_edge_is_extended(tmp_path):
     study = scaling.Study(str(tmp_path), methods=["sngm"], batch_sizes=[512], max_extensions=2)
     cell = study.cells[0]

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 
+import sngm_keras
 from sngm_keras.models import MODEL_NAMES, build_model, has_batchnorm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -164,6 +165,28 @@ def test_seeded_layers_are_not_initialized_alike():
     for i in range(len(kernels)):
         for j in range(i + 1, len(kernels)):
             assert not np.array_equal(kernels[i], kernels[j])
+
+
+@pytest.mark.parametrize("name, fan_in", [("resnet20", 64), ("resnet18", 512)])
+def test_the_resnet_classifier_bias_starts_as_pytorch_linear_does(name, fan_in):
+    bound = 1 / np.sqrt(fan_in)
+    bias = built(name, seed=123).get_layer("logits").bias.numpy()
+    assert bias.shape == (10,) and np.all(bias != 0)
+    assert np.max(np.abs(bias)) <= bound and np.max(np.abs(bias)) > bound / 2
+    np.testing.assert_array_equal(build_model(name, 10, (32, 32, 3), seed=123).get_layer("logits").bias.numpy(), bias)
+    assert not np.array_equal(built(name, seed=124).get_layer("logits").bias.numpy(), bias)
+
+
+def test_pytorch_lars_moves_the_resnet_classifier_bias():
+    bias = build_model("resnet20", 10, (32, 32, 3), seed=123).get_layer("logits").bias
+    start = bias.numpy()
+    gradient = np.linspace(-1, 1, 10).astype("float32")
+    lars = sngm_keras.LARS(learning_rate=0.5, momentum=0.9, trust_coefficient=0.01, pytorch_lars=True)
+    lars.apply([keras.ops.convert_to_tensor(gradient)], [bias])
+    # One step from zero momentum: learning_rate * trust_coefficient * ||w|| * g / ||g||.
+    step = 0.5 * 0.01 * np.linalg.norm(start) * gradient / np.linalg.norm(gradient)
+    np.testing.assert_allclose(bias.numpy(), start - step, rtol=1e-5, atol=1e-7)
+    assert np.max(np.abs(step)) > 1e-4
 
 
 def test_twoconv_seeding():

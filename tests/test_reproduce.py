@@ -1,5 +1,6 @@
 """apps.reproduce: the plan of each study, a whole (tiny) study, resume, bad input."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -81,6 +82,38 @@ def test_models_grid_rows_and_the_pytorch_lars_row_at_the_selected_rate(tmp_path
         studies.plan("table2", str(tmp_path), models=["resnet50"])
     with pytest.raises(ConfigError, match="--lr_grid_rows"):
         studies.plan("table2", str(tmp_path), grid_rows=["sngm_b8192"])
+
+
+def _finish_with_history(run, validation_accuracy, train_loss):
+    _finish(run, validation_accuracy)
+    with open(os.path.join(run.config.model_dir, "history.csv"), "w") as f:
+        f.write(f"epoch,grad_per_n,train_loss\n1,1.0,{train_loss}\n")
+
+
+def test_each_table_row_is_its_own_curve_even_at_the_same_optimizer_batch_and_rate(tmp_path):
+    runs = studies.plan(
+        "table2", str(tmp_path), epochs_scale=0.125, lr_grid=[1], models=["resnet20"], grid_rows=["lars_b4096"]
+    )
+    lars = next(r for r in runs if r.row == "lars_b4096")
+    _finish_with_history(lars, 0.7, 2.5)
+    runs = studies.resolve_rates(runs)
+    pytorch = next(r for r in runs if r and r.row == "lars_pytorch_b4096")
+    assert pytorch.config.learning_rate == lars.config.learning_rate == 0.8
+    _finish_with_history(pytorch, 0.6, 1.5)
+    warm = next(r for r in runs if r and r.row == "lars_warmup_b4096")
+    _finish_with_history(warm, 0.65, 2.0)
+    # Another row with the very same settings: only its name tells it apart.
+    twin = dataclasses.replace(
+        lars, run_id="twin", row="lars_twin", config=dataclasses.replace(lars.config, model_dir=str(tmp_path / "twin"))
+    )
+    _finish_with_history(twin, 0.5, 3.5)
+    curves = studies.curve_groups([r for r in runs if r] + [twin])["resnet20 on cifar10"]
+    assert {label: rows[0]["train_loss"] for label, rows in curves.items()} == {
+        "LARS, B=4096, lr=0.8": "2.5",
+        "LARS (pytorch-lars), B=4096, lr=0.8": "1.5",
+        f"LARS, warm-up, B=4096, lr={warm.config.learning_rate:g}": "2.0",
+        "LARS, B=4096, lr=0.8 [lars_twin]": "3.5",
+    }
 
 
 @pytest.mark.slow

@@ -194,7 +194,14 @@ class Study:
             configs, on_edge = self.cell_configs(cell)
             runs = [(c, finished(c)) for c in configs]
             done = [(c, s) for c, s in runs if s is not None]
-            entry = {"cell": cell, "runs": [], "selected": None, "on_edge": on_edge, "complete": len(done) == len(runs)}
+            entry = {
+                "cell": cell,
+                "rates": [c.learning_rate for c in configs],  # the grid, extensions included
+                "runs": [],
+                "selected": None,
+                "on_edge": on_edge,
+                "complete": len(done) == len(runs),
+            }
             for config, summary in done:
                 rows = RunDir(config.model_dir).read_validation()
                 entry["runs"].append(

@@ -28,6 +28,18 @@ def _run_row(run, marks=""):
     )
 
 
+def _fastest(entry):
+    """The steps-to-target cell: the fewest updates over the grid and the
+    rate that took them, marked where that rate is the grid's smallest or
+    largest (the grid is extended for accuracy, not for speed)."""
+    fastest = entry.get("fastest")
+    if fastest is None:
+        return "not reached"
+    rate = fastest["config"].learning_rate
+    edge = ", edge of grid" if rate in (min(entry["rates"]), max(entry["rates"])) else ""
+    return f"{fastest['steps_to_target']} ({rate:g}{edge})"
+
+
 def markdown(study, table, context):
     target = study.target
     lines = ["# Study `batch_scaling`", ""]
@@ -47,7 +59,10 @@ def markdown(study, table, context):
         "",
         f"Selected: the rate with the highest final validation accuracy (held-out training images); the test "
         f"accuracy is that run's. Steps to {_percent(target)}: the fewest updates, over the grid, after which "
-        "the validation accuracy first reached the target (it is evaluated several times per epoch). "
+        "the validation accuracy first reached the target (it is evaluated several times per epoch); "
+        '"edge of grid" there marks a rate that is the smallest or largest of its grid, which is extended for '
+        "accuracy, not for speed: a rate beyond it may reach the target sooner, so that count may be an "
+        "overestimate. "
         "Noise scale: the gradient noise scale B_simple at the end of the selected run, measured from its "
         "micro-batches (none where B is one micro-batch).",
         "",
@@ -61,10 +76,7 @@ def markdown(study, table, context):
         if selected is None:
             lines.append(f"| {cell.method.upper()} | {cell.batch_size} | - | not run yet | | | | | |")
             continue
-        fastest = entry.get("fastest")
-        steps = (
-            "not reached" if fastest is None else f"{fastest['steps_to_target']} ({fastest['config'].learning_rate:g})"
-        )
+        steps = _fastest(entry)
         edge = " (edge of grid)" if entry["on_edge"] else ""
         pending = "" if entry["complete"] else " (grid unfinished)"
         lines.append(

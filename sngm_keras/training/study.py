@@ -264,12 +264,21 @@ def _validation(summary):
     return f"{100 * summary['validation_accuracy']:.2f}%" if "validation_accuracy" in summary else "-"
 
 
+def _method(config):
+    """The table's method column: the optimizer and, for LARS, the variables it adapts."""
+    if config.optimizer != "lars":
+        return config.optimizer.upper()
+    return "LARS (pytorch-lars: all variables)" if config.pytorch_lars else "LARS (biases, BN excluded)"
+
+
+def _warmup(config):
+    """The table's warm-up column ("-" where the optimizer has none)."""
+    return "-" if config.optimizer != "lars" else ("Yes" if config.warmup_epochs else "No")
+
+
 def _table_row(entry):
     config, summary = entry["run"].config, entry["summary"]
-    warmup = "-" if config.optimizer != "lars" else ("Yes" if config.warmup_epochs else "No")
-    method = config.optimizer.upper()
-    if config.optimizer == "lars":
-        method += " (pytorch-lars: all variables)" if config.pytorch_lars else " (biases, BN excluded)"
+    warmup, method = _warmup(config), _method(config)
     power = f"{config.power:g}" if config.lr_schedule == "poly" else f"step {','.join(map(str, config.decay_epochs))}"
     minutes = summary["wall_seconds"] / 60
     return (
@@ -311,11 +320,30 @@ def results_markdown(study, runs, context):
     return "\n".join(lines)
 
 
+def _curve_label(config):
+    """A legend label that tells a model's table rows apart: the method as
+    the table names it (the pytorch-lars row runs at the rate selected for
+    the default LARS row, so the optimizer, batch size and rate alone would
+    not), shortened to fit a legend."""
+    method = config.optimizer.upper()
+    if config.optimizer == "lars" and config.pytorch_lars:
+        method += " (pytorch-lars)"
+    if _warmup(config) == "Yes":
+        method += ", warm-up"
+    return f"{method}, B={config.batch_size}, lr={config.learning_rate:g}"
+
+
 def curve_groups(runs):
+    """{panel title: {curve label: history rows}}, one curve per table row
+    (the row's selected rate); a label two rows share is followed by the
+    row's name (a scaled-down warm-up of 0 epochs leaves no other difference)."""
     best, _ = collect(runs)
     groups = {}
     for entry in best:
-        config = entry["run"].config
-        label = f"{config.optimizer.upper()}, B={config.batch_size}, lr={config.learning_rate:g}"
-        groups.setdefault(f"{config.model} on {config.dataset}", {})[label] = entry["history"]
+        run = entry["run"]
+        curves = groups.setdefault(f"{run.config.model} on {run.config.dataset}", {})
+        label = _curve_label(run.config)
+        if label in curves:
+            label = f"{label} [{run.row}]"
+        curves[label] = entry["history"]
     return groups
