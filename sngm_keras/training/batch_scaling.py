@@ -4,7 +4,8 @@ Parallelism on Neural Network Training", JMLR 2019) measure it.
 
 For every (method, batch size B) cell the study trains a log-spaced grid of
 initial learning rates, all for the same number of epochs (the same number
-of gradient computations C for every B), holding a validation split out of
+of gradient computations C for every B: each epoch ends with a smaller batch
+of whole micro-batches where B does not divide it), holding a validation split out of
 the training images. Two measures per cell:
 
 - the test accuracy of the run whose final *validation* accuracy is the
