@@ -133,8 +133,11 @@ def test_kill_and_resume_is_exact_with_deterministic(tmp_path):
     assert summary["started_utc"] == killed_state["started_utc"]  # the run's first start, kept across the resume
     for a, b in zip(final_weights(resumed), final_weights(straight)):
         np.testing.assert_array_equal(a, b)
-    # Resumed test accuracies are those of the uninterrupted run.
+    # Resumed test accuracies are those of the uninterrupted run, and so are
+    # the noise scale's averages, which the checkpoint carries across the kill.
     assert [r["test_accuracy"] for r in rows] == [r["test_accuracy"] for r in history(straight)]
+    for key in ("gradient_noise_scale", "gradient_sq_norm_ema", "gradient_variance_ema"):
+        assert [r[key] for r in rows] == [r[key] for r in history(straight)] and rows[-1][key] != ""
 
 
 def test_every_preset_is_a_valid_configuration(tmp_path):

@@ -100,6 +100,9 @@ class EpochRecorder(keras.callbacks.Callback):
                 "train_seconds": self.train_seconds,
                 "started_utc": self.started_utc,
             }
+            tracker = getattr(self.model, "noise_scale_tracker", None)
+            if tracker is not None:  # Keras saves no metric's state with the weights
+                state["noise_scale_state"] = [float(_value(v)) for v in tracker.variables]
             self.run_dir.save_checkpoint(self.model, state)
         self.run_dir.write_history(self.rows)
 

@@ -245,6 +245,16 @@ def _check_even_eval_batches(data, replicas):
             )
 
 
+def _restore_noise_scale(model, state):
+    """The noise scale's moving averages as the checkpoint left them, so a
+    resumed run averages over the steps before the resume too."""
+    tracker = getattr(model, "noise_scale_tracker", None)
+    saved = state.get("noise_scale_state")
+    if tracker is not None and saved is not None and len(saved) == len(tracker.variables):
+        for variable, value in zip(tracker.variables, saved):
+            variable.assign(value)
+
+
 def _fit(config, run_dir, state, start_epoch, model, data, steps, seen, extra_callbacks, tensorboard):
     """Resumes from `state`, fits to the last epoch (or --max_updates) and
     evaluates; returns (the epoch recorder, the history rows, the test
@@ -255,6 +265,7 @@ def _fit(config, run_dir, state, start_epoch, model, data, steps, seen, extra_ca
 
     if state:
         model.load_weights(run_dir.weights_path(state))
+        _restore_noise_scale(model, state)
         log.info("resumed from %s (epoch %d)", state["weights"], start_epoch)
     rows = [r for r in run_dir.read_history() if int(r["epoch"]) <= start_epoch]
     monitor = None
