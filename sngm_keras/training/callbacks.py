@@ -65,7 +65,11 @@ class EpochRecorder(keras.callbacks.Callback):
         now = time.perf_counter()
         train_time = (self._train_end or now) - self._epoch_start
         if self.validation is not None:
+            # Its evaluations within the epoch, and the one at its end when no
+            # test evaluation marked where training ended (it ran after that).
             train_time -= self.validation.epoch_seconds
+            if self._train_end is None:
+                train_time -= self.validation.end_seconds
         self.train_seconds += train_time
         self.wall_seconds += now - self._epoch_start
         optimizer = inner_optimizer(self.model.optimizer)
@@ -206,13 +210,14 @@ class ValidationMonitor(keras.callbacks.Callback):
         }
         self.rows.append(row)
         self.run_dir.write_validation(self.rows)
-        self.epoch_seconds += time.perf_counter() - started
+        self.last_seconds = time.perf_counter() - started
         return row
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self._batches = 0
         self.epoch_seconds = 0.0  # spent evaluating within the epoch's training
+        self.end_seconds = 0.0  # spent on the evaluation at the epoch's end
 
     def on_train_batch_end(self, batch, logs=None):
         self._updates += 1
@@ -221,10 +226,14 @@ class ValidationMonitor(keras.callbacks.Callback):
             steps = self.params.get("steps") if self.params else None
             if steps and self._batches == steps:
                 return  # the epoch's end evaluates it
+            self.last_seconds = 0.0
             self._evaluate(self._epoch + (self._batches / steps if steps else 0))
+            self.epoch_seconds += self.last_seconds
 
     def on_epoch_end(self, epoch, logs=None):
+        self.last_seconds = 0.0
         row = self._evaluate(epoch + 1)
+        self.end_seconds = self.last_seconds
         if logs is not None:
             logs["validation_loss"] = row["validation_loss"]
             logs["validation_accuracy"] = row["validation_accuracy"]
