@@ -455,3 +455,28 @@ def test_a_run_cut_by_max_updates_continues_exactly_when_rerun_without_it(tmp_pa
     assert [int(r["updates"]) for r in history(cut)] == [4, 8]
     for a, b in zip(final_weights(cut), final_weights(straight)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_mirrored_epoch_ends_with_whole_micro_batches_of_each_replica(tmp_path):
+    """Two replicas, micro-batches of 128: epochs are a multiple of 256
+    examples (4,352 of the 4,500 kept), four batches of 1024 and a last of
+    256, one micro-batch per replica."""
+    model_dir = str(tmp_path / "run")
+    result = app(
+        "--dataset=sample",
+        "--model=twoconv",
+        "--verbose=0",
+        "--batch_size=1024",
+        "--micro_batch_size=128",
+        "--validation_size=500",
+        "--epochs=1",
+        "--num_cpu_devices=2",
+        "--strategy=mirrored",
+        f"--model_dir={model_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.load(open(os.path.join(model_dir, "summary.json")))
+    assert summary["replicas"] == 2 and summary["updates"] == 5
+    assert summary["grad_per_n"] == pytest.approx(4352 / 4500)
+    assert summary["gradient_variance_ema"] > 0
