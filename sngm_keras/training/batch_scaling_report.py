@@ -64,7 +64,9 @@ def markdown(study, table, context):
         "accuracy, not for speed: a rate beyond it may reach the target sooner, so that count may be an "
         "overestimate. "
         "Noise scale: the gradient noise scale B_simple at the end of the selected run, measured from its "
-        "micro-batches (none where B is one micro-batch).",
+        "micro-batches (none where B is one micro-batch). Its moving averages weigh about the last 100 "
+        "updates, so the figure describes late training where a run makes many updates and nearly the whole "
+        "run where it makes few.",
         "",
         "| method | B | updates | selected rate | validation accuracy | test accuracy | steps to target "
         "(rate) | rates run | noise scale |",
