@@ -1,5 +1,6 @@
 """The run folder's claim: the same settings resume, other settings are refused."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -34,3 +35,31 @@ def test_numpy_scalars_are_kept_as_python_values(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["batch_size"] == 32
     with pytest.raises(ConfigError, match="--batch_size"):
         TrainConfig(batch_size=np.int64(2**40), model_dir=str(tmp_path / "big")).validate()
+
+
+def test_a_checkpoint_whose_optimizer_state_does_not_fit_is_refused(tmp_path):
+    """Keras skips, with a warning only, optimizer variables that do not fit
+    (a checkpoint of a version whose optimizer kept other variables): the
+    resume must stop instead of training on with its momentum and schedule reset."""
+    import glob
+
+    import h5py
+
+    from sngm_keras.training import ConfigError, TrainConfig, train
+
+    config = TrainConfig(
+        dataset="sample",
+        model="twoconv",
+        batch_size=500,
+        epochs=2,
+        max_updates=12,
+        verbose=0,
+        model_dir=str(tmp_path / "run"),
+    )
+    assert train(config)["updates"] == 12  # epoch 1 (10 updates) checkpointed, stopped inside epoch 2
+    (checkpoint,) = glob.glob(str(tmp_path / "run" / "checkpoints" / "*.weights.h5"))
+    with h5py.File(checkpoint, "r+") as saved:  # one variable more than SNGM keeps
+        variables = saved["optimizer"]["vars"]
+        variables.copy(variables["0"], str(len(variables)))
+    with pytest.raises(ConfigError, match=r"--model_dir: .*optimizer state \(after 10 updates\) does not fit"):
+        train(dataclasses.replace(config, max_updates=None))

@@ -245,6 +245,26 @@ def _check_even_eval_batches(data, replicas):
             )
 
 
+def _check_optimizer_restored(model, state, run_dir):
+    """Keras loads the weights but skips, with a warning only, an optimizer
+    state that does not fit the optimizer (one written by a version whose
+    optimizer keeps other variables): the run would go on with its momentum
+    and its schedule reset. Its update count tells."""
+    import keras
+
+    from sngm_keras.training.factory import inner_optimizer
+
+    optimizer = inner_optimizer(model.optimizer)
+    restored = int(keras.ops.convert_to_numpy(optimizer.iterations))
+    if "updates" in state and restored != state["updates"]:
+        raise ConfigError(
+            "model_dir",
+            f"{run_dir.path}: its checkpoint's optimizer state (after {state['updates']} updates) does not "
+            f"fit this version's {optimizer.name}, which keeps other variables; resume it with the version "
+            "that wrote it, or train it anew in another --model_dir",
+        )
+
+
 def _restore_noise_scale(model, state):
     """The noise scale's moving averages as the checkpoint left them, so a
     resumed run averages over the steps before the resume too."""
@@ -265,6 +285,7 @@ def _fit(config, run_dir, state, start_epoch, model, data, steps, seen, extra_ca
 
     if state:
         model.load_weights(run_dir.weights_path(state))
+        _check_optimizer_restored(model, state, run_dir)
         _restore_noise_scale(model, state)
         log.info("resumed from %s (epoch %d)", state["weights"], start_epoch)
     rows = [r for r in run_dir.read_history() if int(r["epoch"]) <= start_epoch]
