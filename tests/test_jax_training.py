@@ -150,8 +150,8 @@ def test_train_batches_depend_only_on_seed_and_epoch():
 @pytest.mark.slow
 def test_an_epochs_last_smaller_batch_on_jax(tmp_path):
     """B = 1024 as micro-batches of 128 on the 4,500 kept images: four
-    batches of 1024 and one of 384 an epoch (a second trace, of that shape),
-    the noise scale still reported after it."""
+    batches of 1024 and one of 384 (a second trace, of that shape), the
+    noise scale still reported after it."""
     model_dir = str(tmp_path / "run")
     result = run_jax(
         "--dataset=sample",
@@ -159,15 +159,15 @@ def test_an_epochs_last_smaller_batch_on_jax(tmp_path):
         "--batch_size=1024",
         "--micro_batch_size=128",
         "--validation_size=500",
-        "--epochs=2",
+        "--epochs=1",
         f"--model_dir={model_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     info = summary(model_dir)
-    assert info["updates"] == 10 and info["grad_per_n"] == pytest.approx(2 * 4480 / 4500)
+    assert info["updates"] == 5 and info["grad_per_n"] == pytest.approx(4480 / 4500)
     rows = history(model_dir)
-    assert [int(r["updates"]) for r in rows] == [5, 10]
-    assert all(float(r["gradient_variance_ema"]) > 0 for r in rows)
+    assert [int(r["updates"]) for r in rows] == [5]
+    assert float(rows[0]["gradient_variance_ema"]) > 0
     assert "noise scale not measured" not in result.stderr
 
 
