@@ -56,7 +56,14 @@ class PolynomialWarmup(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def step_decay(initial_learning_rate, steps_per_epoch, decay_epochs, factor=10.0):
-    """He et al.: `initial_learning_rate` divided by `factor` at each of `decay_epochs`."""
-    boundaries = [int(e * steps_per_epoch) for e in decay_epochs]
+    """He et al.: `initial_learning_rate` divided by `factor` at each of
+    `decay_epochs`, from the first update of that epoch on (PyTorch's
+    `MultiStepLR` stepped per epoch).
+
+    The optimizer evaluates the schedule at its update count before the
+    update, and `PiecewiseConstantDecay` switches only past a boundary: the
+    update after `e * steps_per_epoch` others is at step `e *
+    steps_per_epoch`, so each boundary sits one step earlier."""
+    boundaries = [int(e * steps_per_epoch) - 1 for e in decay_epochs]
     values = [float(initial_learning_rate) / factor**i for i in range(len(boundaries) + 1)]
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
