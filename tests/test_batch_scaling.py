@@ -91,7 +91,11 @@ def test_steps_to_target_at_a_rate_on_the_grids_edge_is_marked(tmp_path):
     for config, accuracy, steps in zip(study.grid(large), [0.5, 0.7, 0.6], [30, 15, 20]):
         _finish(config, accuracy, **common)  # the middle rate is selected and fastest
         _reach_target_after(config, steps)
-    text = report.markdown(study, study.results(), {})
+    table = study.results()
+    assert [report._on_edge(entry) for entry in table] == [True, False]  # hollow on panel (b), marked in the table
+    report.plot(study, table, str(tmp_path / "figure.png"))
+    assert (tmp_path / "figure.png").stat().st_size > 10_000
+    text = report.markdown(study, table, {})
     rows = {
         line.split(" | ")[1]: line.split(" | ")
         for line in text.split("## Every run")[0].splitlines()

@@ -36,8 +36,15 @@ def _fastest(entry):
     if fastest is None:
         return "not reached"
     rate = fastest["config"].learning_rate
-    edge = ", edge of grid" if rate in (min(entry["rates"]), max(entry["rates"])) else ""
+    edge = ", edge of grid" if _on_edge(entry) else ""
     return f"{fastest['steps_to_target']} ({rate:g}{edge})"
+
+
+def _on_edge(entry):
+    if not entry.get("fastest"):
+        return False
+    rate = entry["fastest"]["config"].learning_rate
+    return rate in (min(entry["rates"]), max(entry["rates"]))
 
 
 def markdown(study, table, context):
@@ -128,6 +135,9 @@ def plot(study, table, path):
         reached = [(e["cell"].batch_size, e["fastest"]["steps_to_target"]) for e in entries if e.get("fastest")]
         if reached:
             steps_ax.plot(*zip(*reached), "o-", color=line.get_color(), label=method.upper())
+            edges = [(e["cell"].batch_size, e["fastest"]["steps_to_target"]) for e in entries if _on_edge(e)]
+            if edges:  # reached at the grid's smallest or largest rate: perhaps fewer with a wider grid
+                steps_ax.plot(*zip(*edges), "o", mfc="white", color=line.get_color())
             b0, s0 = reached[0]
             ideal = [b for b in study.batch_sizes if b >= b0]
             steps_ax.plot(ideal, [s0 * b0 / b for b in ideal], ":", color=line.get_color(), alpha=0.6)
@@ -150,6 +160,7 @@ def plot(study, table, path):
         steps_ax.axvspan(low, high, color="grey", alpha=0.15, lw=0)
         steps_ax.axvline(middle, color="grey", linestyle="--", label=f"noise scale {middle:.0f} ({low:.0f}-{high:.0f})")
     steps_ax.plot([], [], "k:", alpha=0.6, label="perfect scaling")
+    steps_ax.plot([], [], "ko", mfc="white", label="at the grid's edge")
     for ax in (acc_ax, steps_ax):
         ax.set_xticks(study.batch_sizes, [str(b) for b in study.batch_sizes])
         ax.minorticks_off()
