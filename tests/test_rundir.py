@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from sngm_keras.training import ConfigError, TrainConfig
+from sngm_keras.training import ConfigError, TrainConfig, train
 from sngm_keras.training.rundir import RunDir
 
 
@@ -45,8 +45,6 @@ def test_a_checkpoint_whose_optimizer_state_does_not_fit_is_refused(tmp_path):
 
     import h5py
 
-    from sngm_keras.training import ConfigError, TrainConfig, train
-
     config = TrainConfig(
         dataset="sample",
         model="twoconv",
@@ -63,3 +61,42 @@ def test_a_checkpoint_whose_optimizer_state_does_not_fit_is_refused(tmp_path):
         variables.copy(variables["0"], str(len(variables)))
     with pytest.raises(ConfigError, match=r"--model_dir: .*optimizer state \(after 10 updates\) does not fit"):
         train(dataclasses.replace(config, max_updates=None))
+
+
+def test_a_checkpoint_of_another_epoch_layout_is_refused(tmp_path):
+    """B = 1024 as 8 x 128 on 4,500 images: epochs of 5 updates over 4,480
+    examples. A checkpoint of 4 whole batches an epoch (a version that
+    dropped the last partial batch), or of other examples per epoch (other
+    replicas), would put the rest of the schedule out of step: refused."""
+    import shutil
+
+    config = TrainConfig(
+        dataset="sample",
+        model="twoconv",
+        batch_size=1024,
+        micro_batch_size=128,
+        validation_size=500,
+        epochs=2,
+        max_updates=7,
+        verbose=0,
+        model_dir=str(tmp_path / "run"),
+    )
+    assert train(config)["updates"] == 7
+    state = json.load(open(tmp_path / "run" / "checkpoints" / "state.json"))
+    assert (state["epoch"], state["updates"], state["steps_per_epoch"], state["examples_per_epoch"]) == (1, 5, 5, 4480)
+    for name, edit, saved in [
+        (
+            "whole",
+            lambda s: {k: v for k, v in s.items() if "per_epoch" not in k} | {"updates": 4},
+            "4 updates over 4096",
+        ),
+        ("replicas", lambda s: s | {"examples_per_epoch": 4352}, "5 updates over 4352"),
+    ]:
+        shutil.copytree(tmp_path / "run", tmp_path / name)
+        with open(tmp_path / name / "checkpoints" / "state.json", "w") as f:
+            json.dump(edit(state), f)
+        moved = dataclasses.replace(config, max_updates=None, model_dir=str(tmp_path / name))
+        with pytest.raises(
+            ConfigError, match=f"trained with epochs of {saved} examples, this run's epochs would take 5 over 4480"
+        ):
+            train(moved)

@@ -93,8 +93,8 @@ def make_datasets(
       feed: ``"tf.data"`` or ``"pydataset"`` (see the module docstring).
       share: ``(p, P)``, PyDatasets only: process p of P takes its part of
         every batch (several JAX processes, each feeding its devices).
-      epoch_multiple: see above; it must divide ``batch_size``. ImageNet
-        (streamed) always uses whole batches and ignores it.
+      epoch_multiple: see above; it must divide ``batch_size`` (every feed,
+        ImageNet's streaming one too).
 
     Normalization: per channel ``(x / 255 - mean) / std`` with the standard
     statistics of CIFAR-10 (also for the sample), CIFAR-100 or ImageNet

@@ -100,6 +100,8 @@ class EpochRecorder(keras.callbacks.Callback):
             state = {
                 "epoch": epoch + 1,
                 "updates": updates,
+                "steps_per_epoch": steps,
+                "examples_per_epoch": self.examples_after(steps) if steps else None,
                 "wall_seconds": self.wall_seconds,
                 "train_seconds": self.train_seconds,
                 "started_utc": self.started_utc,

@@ -245,6 +245,26 @@ def _check_even_eval_batches(data, replicas):
             )
 
 
+def _check_epoch_layout(state, steps, examples, num_train, batch_size, run_dir):
+    """Refuses a resume whose epochs would hold other batches than the run's
+    first part did (other replicas, hence another epoch_multiple; or a
+    checkpoint of a version that dropped each epoch's last partial batch):
+    its schedule, counted in updates, would no longer fit."""
+    saved = state.get("steps_per_epoch"), state.get("examples_per_epoch")
+    if saved == (None, None):  # checkpoints before these fields: whole batches only, unless they fit this layout
+        whole = num_train // batch_size
+        if whole != steps and state.get("updates") == state["epoch"] * whole:
+            saved = whole, whole * batch_size
+    if saved != (None, None) and saved != (steps, examples):
+        raise ConfigError(
+            "model_dir",
+            f"{run_dir.path}: its checkpoint was trained with epochs of {saved[0]} updates over {saved[1]} "
+            f"examples, this run's epochs would take {steps} over {examples} (other replicas, or a checkpoint "
+            "of a version that dropped each epoch's last partial batch); resume it as it was trained, or train "
+            "it anew in another --model_dir",
+        )
+
+
 def _check_optimizer_restored(model, state, run_dir):
     """Keras loads the weights but skips, with a warning only, an optimizer
     state that does not fit the optimizer (one written by a version whose
@@ -285,6 +305,7 @@ def _fit(config, run_dir, state, start_epoch, model, data, steps, seen, extra_ca
 
     if state:
         model.load_weights(run_dir.weights_path(state))
+        _check_epoch_layout(state, steps, seen(steps), data.info.num_train, config.batch_size, run_dir)
         _check_optimizer_restored(model, state, run_dir)
         _restore_noise_scale(model, state)
         log.info("resumed from %s (epoch %d)", state["weights"], start_epoch)
