@@ -65,10 +65,18 @@ def _merge_micro(t):
 def train_step(model, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     b = model.micro_batch_size
-    batch = tf.shape(next(t for t in tree.flatten(x) if t is not None))[0]
+    first = next(t for t in tree.flatten(x) if t is not None)
+    batch = tf.shape(first)[0]
     # The batch's size may be known only when the step runs: a guard in the graph.
-    guard = tf.debugging.assert_equal(batch % b, 0, message=batch_split_message("the batch of each replica", b))
-    with tf.control_dependencies([guard]):  # before the split's reshape can fail less clearly
+    guards = [tf.debugging.assert_equal(batch % b, 0, message=batch_split_message("the batch of each replica", b))]
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if replicas > 1 and first.shape[0] is None:
+        # tf.distribute cuts a batch that does not split evenly into unequal
+        # (even empty) parts, which the check above alone can pass.
+        total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, batch)
+        message = batch_split_message("a batch", b, replicas) + " (its parts on the replicas differ)"
+        guards.append(tf.debugging.assert_equal(total, batch * replicas, message=message))
+    with tf.control_dependencies(guards):  # before the split's reshape can fail less clearly
         num_micro = batch // b
         xs, ys, sws = _split(x, b), _split(y, b), _split(sample_weight, b)
 

@@ -157,6 +157,31 @@ def test_a_last_smaller_batch_of_whole_micro_batches_trains_as_its_batches_do():
         bad.fit(tf.data.Dataset.from_tensor_slices(data(256)).batch(48), verbose=0)  # 5 x 48, then 16
 
 
+UNEVEN_REPLICAS = """
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 4)
+import keras, sngm_keras
+strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(4)])
+rng = np.random.default_rng(0)
+x, y = rng.normal(size=(22, 8)).astype("float32"), rng.integers(0, 3, 22).astype("int32")
+with strategy.scope():
+    net = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+    model = sngm_keras.MicroBatchModel(net, micro_batch_size=2)
+    model.compile(optimizer=sngm_keras.SNGM(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+try:  # batches of 16, then 6, which tf.distribute cuts into 2, 2, 2 and 0 rows
+    model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(16), verbose=0)
+except tf.errors.InvalidArgumentError as error:
+    print("REFUSED:", next(line for line in error.message.splitlines() if "assertion failed" in line))
+"""
+
+
+def test_a_batch_that_splits_unevenly_over_replicas_is_refused():
+    result = subprocess.run([sys.executable, "-c", UNEVEN_REPLICAS], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "a batch is not a multiple of micro_batch_size 2 x 4 replicas = 8 (its parts on the" in result.stdout
+
+
 def test_saves_and_loads(tmp_path):
     model, _ = train(MicroBatchModel(dense_model(), 8), sngm(), 64)
     model.save(tmp_path / "m.keras")
