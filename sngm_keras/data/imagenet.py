@@ -19,7 +19,7 @@ from sngm_keras import checks
 from . import constants as C
 from . import sources
 from .errors import as_data_errors
-from .info import DatasetInfo, check_batch, examples_per_epoch
+from .info import DatasetInfo, batches, check_batch, examples_per_epoch
 from .tf_setup import epoch_key, import_tf
 
 
@@ -79,7 +79,7 @@ def make_imagenet_datasets(
     num_train, num_test = count(probe, "train"), count(val_ds, "validation")
     check_batch(name, batch_size, num_train)
     used = examples_per_epoch(num_train, batch_size, epoch_multiple)
-    steps = -(-used // batch_size)
+    steps = batches(used, batch_size)
     whole = used % batch_size == 0
     class_names = tuple(builder.info.features["label"].names)
     info = DatasetInfo(

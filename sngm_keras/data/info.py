@@ -38,17 +38,22 @@ def examples_per_epoch(num_train: int, batch_size: int, epoch_multiple: int | No
     return num_train // multiple * multiple
 
 
+def batches(examples: int, batch_size: int) -> int:
+    """Batches of `batch_size` that hold `examples`, the last one possibly smaller."""
+    return -(-examples // batch_size)
+
+
 def steps_per_epoch(info: DatasetInfo, batch_size: int, epoch_multiple: int | None = None) -> int:
     """Batches per training epoch: `examples_per_epoch` in batches of
     `batch_size`, the last one possibly smaller."""
-    return -(-examples_per_epoch(info.num_train, batch_size, epoch_multiple) // batch_size)
+    return batches(examples_per_epoch(info.num_train, batch_size, epoch_multiple), batch_size)
 
 
 def examples_after(updates: int, batch_size: int, examples_per_epoch: int) -> int:
     """Training examples consumed by `updates` steps: every step of an epoch
     holds `batch_size` examples but its last, which holds the rest of
     `examples_per_epoch`."""
-    steps = -(-examples_per_epoch // batch_size)
+    steps = batches(examples_per_epoch, batch_size)
     return updates // steps * examples_per_epoch + updates % steps * batch_size
 
 

@@ -3,9 +3,10 @@
 TensorFlow is imported lazily, when the pipelines are built.
 
 Determinism: the order and the augmentation of epoch ``e`` depend only on
-``(seed, e)`` (and on ``batch_size`` and ``epoch_multiple``, which fix how
-many examples each epoch keeps), so a run resumed with ``start_epoch=e`` sees exactly the
-batches an uninterrupted run sees from epoch ``e`` on.  In-memory datasets
+``(seed, e)`` (and on ``batch_size`` and ``epoch_multiple``, which fix
+how many examples each epoch keeps), so a run resumed with
+``start_epoch=e`` sees exactly the batches an uninterrupted run sees from
+epoch ``e`` on.  In-memory datasets
 draw a fresh permutation per epoch with a stateless shuffle seeded by
 ``(seed, e)``, and crop offsets and flips per example from stateless random
 ops keyed by ``(seed, e, position in the epoch)``.  ImageNet: see
@@ -21,7 +22,7 @@ from . import sources
 from .arrays import ArraySplits
 from .errors import DataError
 from .in_memory import load_in_memory
-from .info import examples_per_epoch
+from .info import batches, examples_per_epoch
 from .tf_setup import epoch_key, import_tf
 
 
@@ -111,8 +112,8 @@ def in_memory_datasets(
     Each epoch: a permutation of the training set from a stateless shuffle
     keyed by (seed, epoch), its first ``examples_per_epoch`` indices cut
     into batches of ``batch_size`` (the last one smaller when
-    ``epoch_multiple`` keeps part of a batch); each batch is gathered from the in-memory tensor and augmented
-    in one vectorized step (pad, crop at per-example random offsets, flip),
+    ``epoch_multiple`` keeps part of a batch); each batch is gathered from
+    the in-memory tensor and augmented in one vectorized step (pad, crop at per-example random offsets, flip),
     the offsets and flips of example ``i`` of the epoch coming from a
     stateless uniform draw keyed by (seed, epoch) at row ``i``.
     """
@@ -120,7 +121,7 @@ def in_memory_datasets(
     height, width, channels = arrays.image_shape
     n = arrays.num_train
     used = examples_per_epoch(n, batch_size, epoch_multiple)
-    steps = -(-used // batch_size)
+    steps = batches(used, batch_size)
     whole = used % batch_size == 0
     crop_choices = 2 * pad + 1
 
@@ -136,11 +137,8 @@ def in_memory_datasets(
         draw = tf.random.stateless_uniform(
             [used], seed=aug_key, minval=0, maxval=2 * crop_choices * crop_choices, dtype=tf.int32
         )
-        if whole:
-            return tf.data.Dataset.from_tensor_slices(
-                (tf.reshape(perm, [steps, batch_size]), tf.reshape(draw, [steps, batch_size]))
-            )
-        return tf.data.Dataset.from_tensor_slices((perm, draw)).batch(batch_size)
+        # Whole batches keep a static batch dimension.
+        return tf.data.Dataset.from_tensor_slices((perm, draw)).batch(batch_size, drop_remainder=whole)
 
     rows = tf.range(height)
     cols = tf.range(width)

@@ -38,7 +38,7 @@ from . import constants as C
 from . import sources
 from .errors import DataError
 from .in_memory import load_in_memory
-from .info import examples_per_epoch
+from .info import batches, examples_per_epoch
 from .tf_setup import import_tf
 
 log = logging.getLogger("sngm_keras")
@@ -65,7 +65,7 @@ class TrainBatches(keras.utils.PyDataset):
         self.seed = int(seed)
         self.start_epoch, self.num_epochs = int(start_epoch), int(num_epochs)
         self.used = examples_per_epoch(len(x), self.batch_size, epoch_multiple)
-        self.steps = -(-self.used // self.batch_size)
+        self.steps = batches(self.used, self.batch_size)
         self.draws = None if pad is None else num_draws(pad)
         self._cached = (None, None, None)
 
@@ -110,7 +110,7 @@ class TestBatches(keras.utils.PyDataset):
 
     @property
     def num_batches(self):
-        return -(-len(self.x) // self.batch_size)
+        return batches(len(self.x), self.batch_size)
 
     def __len__(self):
         return self.num_batches

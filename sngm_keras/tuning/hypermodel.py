@@ -15,7 +15,7 @@ import keras_tuner
 import numpy as np
 
 from sngm_keras import checks
-from sngm_keras.data.info import examples_per_epoch
+from sngm_keras.data.info import batches, examples_per_epoch
 from sngm_keras.training.errors import ConfigError, as_config_errors
 from sngm_keras.tuning.space import HYPERPARAMETERS
 
@@ -115,7 +115,7 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
     def steps_per_epoch(self, batch_size, micro_batch_size=None):
         """Batches per epoch; with micro-batches the epoch keeps a last batch of
         whole micro-batches, as the training app does (`examples_per_epoch`)."""
-        return -(-examples_per_epoch(self.num_train, batch_size, micro_batch_size) // batch_size)
+        return batches(examples_per_epoch(self.num_train, batch_size, micro_batch_size), batch_size)
 
     def datasets(self, batch_size, start_epoch=0, num_epochs=None, micro_batch_size=None):
         """(train_ds, validation_ds): the training app's in-memory pipeline on the split."""
