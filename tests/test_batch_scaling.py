@@ -108,6 +108,37 @@ def test_steps_to_target_at_a_rate_on_the_grids_edge_is_marked(tmp_path):
     assert '"edge of grid" there marks a rate that is the smallest or largest of its grid' in text
 
 
+def test_the_rates_fitted_exponent_and_the_scaling_efficiency_from_steps_to_target(tmp_path):
+    study = scaling.Study(
+        str(tmp_path), methods=["msgd", "sngm"], batch_sizes=[128, 512, 2048], lr_factors=[0.5, 1, 2], max_extensions=0
+    )
+    common = dict(best_validation_accuracy=0.6, updates=700, wall_seconds=60.0)
+    picks = {128: 1, 512: 2, 2048: 0}  # the middle rate, the largest, the smallest
+    steps = {128: [600, 400, 500], 512: [300, 200, 100], 2048: [50, 60, 70]}
+    for cell in study.cells:
+        if cell.method == "sngm" and cell.batch_size == 2048:
+            continue  # not run yet
+        for index, config in enumerate(study.grid(cell)):
+            _finish(config, 0.7 if index == picks[cell.batch_size] else 0.6, **common)
+            if cell.method == "msgd":
+                _reach_target_after(config, steps[cell.batch_size][index])
+            else:
+                RunDir(config.model_dir).write_validation([{"updates": 700, "validation_accuracy": 0.59}])
+    table = study.results()
+    # Selected rates c, 8c, 8c at B = 128, 512, 2048 (c the rule's rate at 128): log2 points (0, 0), (2, 3), (4, 3).
+    assert scaling.rate_exponent(table, "msgd") == pytest.approx(0.75, rel=1e-4)  # rates kept to 6 digits
+    # SNGM: the middle rate at 128, the largest at 512 (twice the centre, which is twice 128's): log2 (0, 0), (2, 2).
+    assert scaling.rate_exponent(table, "sngm") == pytest.approx(1.0, rel=1e-4)
+    assert scaling.scaling_efficiency(table, "msgd") == pytest.approx({128: 1.0, 512: 1.0, 2048: 0.5})
+    assert scaling.scaling_efficiency(table, "sngm") == {128: None, 512: None}
+    text = report.markdown(study, table, {})
+    assert (
+        "- MSGD: k = 0.75 (grid centred on the linear rule, k = 1); still on its grid's edge at B = 512, 2048" in text
+    )
+    assert "| MSGD | 1.00 | 1.00 | 0.50 |" in text
+    assert "| SNGM | not reached | not reached | - |" in text
+
+
 def test_a_grid_whose_best_rate_is_on_its_edge_is_extended(tmp_path):
     study = scaling.Study(str(tmp_path), methods=["sngm"], batch_sizes=[512], max_extensions=2)
     cell = study.cells[0]

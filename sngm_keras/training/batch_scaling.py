@@ -254,11 +254,7 @@ def scaling_summary(table, methods, batch_sizes, tolerance=0.01):
     out = {}
     smallest = min(batch_sizes)
     for method in methods:
-        selected = {
-            e["cell"].batch_size: e["selected"]
-            for e in table
-            if e["cell"].method == method and e["selected"] is not None
-        }
+        selected = _selected_by_batch(table, method)
         if smallest not in selected:
             continue
         base = selected[smallest]["summary"]["test_accuracy"]
@@ -270,3 +266,39 @@ def scaling_summary(table, methods, batch_sizes, tolerance=0.01):
             largest = b
         out[method] = {"base_accuracy": base, "largest_batch_within": largest}
     return out
+
+
+def _selected_by_batch(table, method):
+    return {
+        e["cell"].batch_size: e["selected"] for e in table if e["cell"].method == method and e["selected"] is not None
+    }
+
+
+def rate_exponent(table, method):
+    """The exponent k of the least-squares fit rate = a * B**k through the
+    method's selected rates (log-log), or None with fewer than two batch
+    sizes; the scaling rules say k = 1 (linear) or 0.5 (square root)."""
+    points = [(math.log(b), math.log(s["config"].learning_rate)) for b, s in _selected_by_batch(table, method).items()]
+    if len(points) < 2:
+        return None
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
+
+
+def scaling_efficiency(table, method):
+    """{B: steps(B0) * B0 / (steps(B) * B)} over the method's cells, steps
+    the grid's fewest steps-to-target and B0 the smallest B that reached it:
+    1 on the perfect-scaling line (twice the batch, half the steps), 0.5
+    where B needs twice the examples B0 needed; None where B did not reach
+    the target (every B, when none reached it)."""
+    steps = {
+        e["cell"].batch_size: (e["fastest"]["steps_to_target"] if e.get("fastest") else None)
+        for e in table
+        if e["cell"].method == method and e["selected"] is not None
+    }
+    reached = sorted(b for b, s in steps.items() if s is not None)
+    if not reached:
+        return dict.fromkeys(sorted(steps))
+    base = reached[0] * steps[reached[0]]
+    return {b: (None if s is None else base / (b * s)) for b, s in sorted(steps.items())}

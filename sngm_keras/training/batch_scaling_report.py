@@ -3,7 +3,13 @@ against B, (b) steps-to-target against B with the perfect-scaling line."""
 
 import statistics
 
-from sngm_keras.training.batch_scaling import RULES, end_noise_scales, scaling_summary
+from sngm_keras.training.batch_scaling import (
+    RULES,
+    end_noise_scales,
+    rate_exponent,
+    scaling_efficiency,
+    scaling_summary,
+)
 
 
 def _percent(x):
@@ -100,6 +106,7 @@ def markdown(study, table, context):
         lines.append(
             f"- {method.upper()}: B = {held['largest_batch_within']} (smallest B: {_percent(held['base_accuracy'])})"
         )
+    lines += _rules_followed(study, table) + _efficiencies(study, table)
     lines += [
         "",
         "## Every run",
@@ -112,6 +119,51 @@ def markdown(study, table, context):
         for run in entry["runs"]:
             lines.append(_run_row(run, " (selected)" if run is entry["selected"] else ""))
     return "\n".join(lines) + "\n"
+
+
+def _rules_followed(study, table):
+    lines = ["", "Selected rates against B (least-squares fit of rate = a * B^k, log-log):", ""]
+    for method in study.methods:
+        k = rate_exponent(table, method)
+        if k is None:
+            continue
+        entries = [e for e in table if e["cell"].method == method and e["selected"] is not None]
+        edges = [str(e["cell"].batch_size) for e in entries if e["on_edge"]]
+        unfinished = [str(e["cell"].batch_size) for e in entries if not e["complete"]]
+        notes = "".join(
+            [
+                f"; still on its grid's edge at B = {', '.join(edges)}, so k is a bound" if edges else "",
+                f"; grids unfinished at B = {', '.join(unfinished)}" if unfinished else "",
+            ]
+        )
+        _, _, assumed, rule = RULES[method]
+        lines.append(f"- {method.upper()}: k = {k:.2f} (grid centred on the {rule} rule, k = {assumed:g}){notes}")
+    return lines
+
+
+def _efficiency(efficiency, batch_size):
+    if batch_size not in efficiency:
+        return "-"  # not run yet
+    value = efficiency[batch_size]
+    return "not reached" if value is None else f"{value:.2f}"
+
+
+def _efficiencies(study, table):
+    """Steps-to-target against the perfect-scaling line, per method and B."""
+    batch_sizes = sorted(study.batch_sizes)
+    lines = [
+        "",
+        "Scaling efficiency, steps(B0) * B0 / (steps(B) * B) with steps the steps to target and B0 the smallest "
+        "B that reached it: 1 on the perfect-scaling line, 0.5 where B needs twice B0's examples.",
+        "",
+        "| method | " + " | ".join(f"B = {b}" for b in batch_sizes) + " |",
+        "|---|" + "---|" * len(batch_sizes),
+    ]
+    for method in study.methods:
+        efficiency = scaling_efficiency(table, method)
+        cells = [_efficiency(efficiency, b) for b in batch_sizes]
+        lines.append(f"| {method.upper()} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(study, table, path):
