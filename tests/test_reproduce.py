@@ -49,7 +49,8 @@ def test_plans(tmp_path):
 def _finish(run, validation_accuracy):
     os.makedirs(run.config.model_dir, exist_ok=True)
     with open(os.path.join(run.config.model_dir, "summary.json"), "w") as f:
-        json.dump({"complete": True, "validation_accuracy": validation_accuracy, "test_accuracy": 0.5}, f)
+        summary = {"validation_accuracy": validation_accuracy, "test_accuracy": 0.5, "best_test_accuracy": 0.5}
+        json.dump({"complete": True, **summary, "updates": 10, "wall_seconds": 60.0}, f)
 
 
 def test_models_grid_rows_and_the_pytorch_lars_row_at_the_selected_rate(tmp_path):
@@ -114,6 +115,34 @@ def test_each_table_row_is_its_own_curve_even_at_the_same_optimizer_batch_and_ra
         f"LARS, warm-up, B=4096, lr={warm.config.learning_rate:g}": "2.0",
         "LARS, B=4096, lr=0.8 [lars_twin]": "3.5",
     }
+
+
+def test_the_table_puts_the_papers_accuracy_beside_each_row(tmp_path):
+    runs = studies.plan(
+        "table2", str(tmp_path), epochs_scale=0.125, lr_grid=[1, 2], models=["resnet20"], grid_rows=["sngm_b4096"]
+    )
+    for run in runs:
+        if run.rate_from is None:
+            _finish_with_history(run, 0.7 if run.config.learning_rate == 3.2 else 0.6, 1.0)
+    pytorch = next(r for r in studies.resolve_rates(runs) if r.row == "lars_pytorch_b4096")
+    _finish_with_history(pytorch, 0.6, 1.0)
+    text = studies.results_markdown("table2", studies.resolve_rates(runs), {})
+    best = text.split("## Every run")[0]
+    paper = {
+        line.split(" | ")[1] + " " + line.split(" | ")[3]: line.split(" | ")[9]
+        for line in best.splitlines()
+        if line.startswith("| resnet20 |")
+    }
+    assert paper == {
+        "MSGD 0.1": "91.63%",
+        "MSGD 0.4": "89.25%",
+        "LARS (biases, BN excluded) 0.8": "90.66%",
+        "LARS (biases, BN excluded) 2.4": "90.80%",
+        "LARS (pytorch-lars: all variables) 0.8": "90.66%",
+        "SNGM 3.2": "91.42%",  # selected on validation from 1.6 and 3.2
+    }
+    assert "| paper's test accuracy | updates |" in text
+    assert "paper's" not in studies.results_markdown("figure1_cpu", [], {})
 
 
 @pytest.mark.slow
