@@ -71,8 +71,8 @@ flags.DEFINE_integer(
 flags.DEFINE_float(
     "images_per_second",
     None,
-    "batch_scaling --dry_run: training speed assumed for the "
-    "estimate (default: measured from finished runs, else 2000).",
+    "--dry_run: training speed assumed for the time estimate (default: the median of the finished runs of "
+    "the same model; batch_scaling assumes 2000 before any).",
 )
 
 PASSED = ("data_dir", "download", "dataset", "max_updates", "strategy", "num_cpu_devices", "jit_compile", "verbose")
@@ -181,6 +181,7 @@ def main():
             f"epochs={c.epochs:<4d} {state}"
         )
     if FLAGS.dry_run:
+        _print_estimate([resolved or planned for planned, resolved in zip(runs, studies.resolve_rates(runs))])
         return
     started = time.time()
     for planned in runs:  # the rows with their own rates first, then those that take a selected rate
@@ -204,6 +205,50 @@ def main():
     if groups:
         plot_curves(groups, os.path.join(output_dir, "curves.png"))
     print(f"\nwrote {output_dir}/results.md and curves.png ({time.time() - started:.0f} s)")
+
+
+# Training and test images of the datasets whose size is known without loading them.
+SPLIT_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "imagenet2012": (1_281_167, 50_000)}
+
+
+def run_cost(config):
+    """A run's work in training images: its training examples plus its
+    evaluations (forward passes, about a third of a training step each);
+    None for a dataset whose size is not known before loading it."""
+    if config.dataset not in SPLIT_SIZES:
+        return None
+    train, test = SPLIT_SIZES[config.dataset]
+    evaluated = config.validations_per_epoch * config.validation_size + test / config.eval_every
+    return config.epochs * (train - config.validation_size + evaluated / 3)
+
+
+def _median_speed(summaries):
+    rates = sorted(s["examples_per_second"] for s in summaries if s and s.get("examples_per_second"))
+    return rates[len(rates) // 2] if rates else None
+
+
+def _print_estimate(runs):
+    """The time the runs left would take, per model, at --images_per_second
+    or the speed its finished runs measured (a run that takes another row's
+    rate costs the same at any rate)."""
+    from sngm_keras.training.rundir import RunDir
+
+    left, finished = {}, {}
+    for planned in runs:
+        summary = RunDir(planned.config.model_dir).finished_summary(planned.config.max_updates)
+        (finished if summary else left).setdefault(planned.group, []).append(summary or planned.config)
+    for model, configs in left.items():
+        speed = FLAGS.images_per_second or _median_speed(finished.get(model, []))
+        costs = [run_cost(c) for c in configs]
+        if speed is None or None in costs:
+            why = "its dataset's size is not known" if None in costs else "no finished run to measure its speed from"
+            print(f"estimate for {model}: none ({why}); give --images_per_second for one")
+            continue
+        source = "given" if FLAGS.images_per_second else "measured"
+        print(
+            f"estimate for {model}: {sum(costs) / speed / 3600:.1f} h for the {len(configs)} runs left at "
+            f"{speed:.0f} training images/s ({source})"
+        )
 
 
 def _batch_sizes():
@@ -261,12 +306,11 @@ def _print_plan(study):
     first = study.config(study.cells[0], 1.0)
     runs = [c for cell in study.cells for c in study.grid(cell)]
     done = [scaling.finished(c) for c in runs]
-    rates = [s["examples_per_second"] for s in done if s and s.get("examples_per_second")]
-    speed = FLAGS.images_per_second or (sorted(rates)[len(rates) // 2] if rates else 2000.0)
-    source = "given" if FLAGS.images_per_second else ("measured" if rates else "assumed")
+    measured = _median_speed(done)
+    speed = FLAGS.images_per_second or measured or 2000.0
+    source = "given" if FLAGS.images_per_second else ("measured" if measured else "assumed")
     left = sum(s is None for s in done)
-    # Training examples per run, plus evaluations (forward passes, about a third of a training step each).
-    num_train = 50_000 - first.validation_size if first.dataset in ("cifar10", "cifar100") else None
+    cost = run_cost(first)
     print(
         f"study batch_scaling: {len(study.cells)} cells x {len(study.lr_factors)} rates = {len(runs)} runs "
         f"({left} to run) into {study.output_dir}, plus up to {len(study.cells) * study.max_extensions} "
@@ -277,12 +321,10 @@ def _print_plan(study):
             f"  {os.path.basename(config.model_dir):28s} B={config.batch_size:<5d} lr={config.learning_rate:<9g} "
             f"epochs={config.epochs} {'finished' if summary else 'to run'}"
         )
-    if num_train:
-        evals = first.epochs * (first.validations_per_epoch * first.validation_size + 10_000) / 3
-        hours = left * (first.epochs * num_train + evals) / speed / 3600
+    if cost:
         print(
-            f"estimate: {hours:.1f} h for the {left} grid runs left at {speed:.0f} training images/s ({source}); "
-            f"each grid extension adds {(first.epochs * num_train + evals) / speed / 60:.0f} min"
+            f"estimate: {left * cost / speed / 3600:.1f} h for the {left} grid runs left at {speed:.0f} training "
+            f"images/s ({source}); each grid extension adds {cost / speed / 60:.0f} min"
         )
 
 

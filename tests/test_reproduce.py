@@ -145,6 +145,28 @@ def test_the_table_puts_the_papers_accuracy_beside_each_row(tmp_path):
     assert "paper's" not in studies.results_markdown("figure1_cpu", [], {})
 
 
+def test_dry_run_estimates_the_time_left_from_the_speed_of_finished_runs(tmp_path):
+    args = ["--study=table2", "--models=resnet20", "--epochs_scale=0.125", f"--output_dir={tmp_path}", "--dry_run"]
+    overrides = {"validation_size": 5000}  # as the app plans table2
+    runs = studies.plan("table2", str(tmp_path), epochs_scale=0.125, overrides=overrides, models=["resnet20"])
+    none = reproduce(*args)
+    assert none.returncode == 0, none.stderr[-2000:]
+    assert "estimate for resnet20: none (no finished run to measure its speed from)" in none.stdout
+    studies.claim_output(str(tmp_path), "table2", 0.125, None)
+    for row, speed in (("msgd_b128", 250.0), ("lars_b4096", 350.0)):
+        run = next(r for r in runs if r.row == row)
+        _finish(run, 0.6)
+        summary_path = os.path.join(run.config.model_dir, "summary.json")
+        summary = json.load(open(summary_path))
+        json.dump({**summary, "examples_per_second": speed}, open(summary_path, "w"))
+        json.dump(run.config.result_fields(), open(os.path.join(run.config.model_dir, "config.json"), "w"))
+    result = reproduce(*args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    # 4 runs left (the pytorch-lars row at the rate chosen for LARS), each 20 epochs of 45,000 training images
+    # and evaluations of 5,000 + 10,000 images at a third of the cost: 4 * 20 * 50,000 images at 350/s.
+    assert f"estimate for resnet20: {4 * 20 * 50_000 / 350 / 3600:.1f} h for the 4 runs left at 350" in result.stdout
+
+
 @pytest.mark.slow
 def test_tiny_study_writes_table_and_curves_and_resumes(tmp_path):
     out = str(tmp_path / "study")
