@@ -35,7 +35,10 @@ MICRO_BATCH_SIZE = 128
 # Four rates spaced by 2, symmetric about the rule's rate (which is not run itself).
 LR_FACTORS = tuple(2.0 ** (k - 1.5) for k in range(4))
 TARGET = 0.6
-MAX_EXTENSIONS = 4
+# The default B span 2^6 (128 to 8192): a rule whose exponent is off by one
+# over that span puts the optimum six grid steps of 2 beyond the grid's edge
+# (MSGD's rate may not grow with B at all at a fixed, short budget).
+MAX_EXTENSIONS = 6
 
 BASE = dict(
     dataset="cifar10",
