@@ -142,6 +142,7 @@ def test_the_table_puts_the_papers_accuracy_beside_each_row(tmp_path):
         "SNGM 3.2": "91.42%",  # selected on validation from 1.6 and 3.2
     }
     assert "| paper's test accuracy | updates |" in text
+    assert "- runs finished: 7 of 7; their wall time: 0.12 h" in text  # 60 s each
     assert "paper's" not in studies.results_markdown("figure1_cpu", [], {})
 
 

@@ -344,7 +344,8 @@ def results_markdown(study, runs, context):
     best, every = collect(runs)
     lines = [f"# Study `{study}`", ""]
     lines += [f"- {k}: {v}" for k, v in context.items()]
-    lines += [f"- runs finished: {len(every)} of {len(runs)}", ""]
+    wall = sum(e["summary"]["wall_seconds"] for e in every)
+    lines += [f"- runs finished: {len(every)} of {len(runs)}; their wall time: {wall / 3600:.2f} h", ""]
     lines += [
         "Test accuracy is measured after the last epoch; best test accuracy is the highest of the per-epoch "
         "evaluations (reported for reference, not used to pick anything).",
