@@ -15,7 +15,6 @@ beside them.
 
 import json
 import os
-import platform
 import random
 import statistics
 import time
@@ -24,12 +23,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
+from apps._bench_common import define_batch_flags, results_header
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "resnet20", "Network.")
-flags.DEFINE_string("dataset", "sample", "Dataset of the input pipeline (cifar10 with --data_dir for the real one).")
-flags.DEFINE_string("data_dir", None, "TFDS data_dir.")
-flags.DEFINE_integer("micro_batch_size", 128, "Micro-batch b, and the plain batch.", lower_bound=1)
-flags.DEFINE_integer("batch_size", 4096, "Effective batch B, a multiple of --micro_batch_size.", lower_bound=1)
+define_batch_flags()
 flags.DEFINE_integer(
     "updates", 2, "Large-batch updates per timed round (the plain models see as many examples).", lower_bound=1
 )
@@ -83,14 +80,7 @@ def main(argv):
             times[key].append(time.perf_counter() - start)
     examples = FLAGS.updates * big
     results = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "keras": keras.__version__,
-        "model": FLAGS.model,
-        "dataset": FLAGS.dataset,
-        "micro_batch_size": b,
-        "batch_size": big,
-        "updates_per_round": FLAGS.updates,
-        "repeats": FLAGS.repeats,
+        **results_header(keras=keras.__version__),
         "configs": {},
     }
     for key in models:

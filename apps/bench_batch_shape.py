@@ -14,7 +14,6 @@ of per-round ratios.
 
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -22,12 +21,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
+from apps._bench_common import define_batch_flags, results_header
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "resnet20", "Network.")
-flags.DEFINE_string("dataset", "sample", "Dataset of the input pipeline (cifar10 with --data_dir for the real one).")
-flags.DEFINE_string("data_dir", None, "TFDS data_dir.")
-flags.DEFINE_integer("micro_batch_size", 128, "Micro-batch b.", lower_bound=1)
-flags.DEFINE_integer("batch_size", 4096, "Effective batch B, a multiple of --micro_batch_size.", lower_bound=1)
+define_batch_flags()
 flags.DEFINE_integer("updates", 2, "Updates per timed round.", lower_bound=1)
 flags.DEFINE_integer("repeats", 5, "Timed rounds (medians reported).", lower_bound=1)
 flags.DEFINE_string("output", "bench_batch_shape.json", "JSON results.")
@@ -69,15 +66,7 @@ def main(argv):
     per_round = [t_static / t_unknown for t_static, t_unknown in zip(times["static"], times["unknown"])]
     examples = FLAGS.updates * big
     results = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "keras": keras.__version__,
-        "tensorflow": tf.__version__,
-        "model": FLAGS.model,
-        "dataset": FLAGS.dataset,
-        "micro_batch_size": b,
-        "batch_size": big,
-        "updates_per_round": FLAGS.updates,
-        "repeats": FLAGS.repeats,
+        **results_header(keras=keras.__version__, tensorflow=tf.__version__),
         "examples_per_second": {key: examples / statistics.median(t) for key, t in times.items()},
         "unknown_over_static": statistics.median(per_round),
         "per_round": [round(r, 4) for r in per_round],

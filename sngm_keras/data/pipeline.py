@@ -6,10 +6,10 @@ Determinism: the order and the augmentation of epoch ``e`` depend only on
 ``(seed, e)`` (and on ``batch_size`` and ``epoch_multiple``, which fix
 how many examples each epoch keeps), so a run resumed with
 ``start_epoch=e`` sees exactly the batches an uninterrupted run sees from
-epoch ``e`` on.  In-memory datasets
-draw a fresh permutation per epoch with a stateless shuffle seeded by
-``(seed, e)``, and crop offsets and flips per example from stateless random
-ops keyed by ``(seed, e, position in the epoch)``.  ImageNet: see
+epoch ``e`` on.  In-memory datasets draw a fresh permutation per epoch
+with a stateless shuffle seeded by ``(seed, e)``, and crop offsets and
+flips per example from stateless random ops keyed by
+``(seed, e, position in the epoch)``.  ImageNet: see
 `sngm_keras.data.imagenet`.
 """
 
@@ -113,8 +113,8 @@ def in_memory_datasets(
     keyed by (seed, epoch), its first ``examples_per_epoch`` indices cut
     into batches of ``batch_size`` (the last one smaller when
     ``epoch_multiple`` keeps part of a batch); each batch is gathered from
-    the in-memory tensor and augmented in one vectorized step (pad, crop at per-example random offsets, flip),
-    the offsets and flips of example ``i`` of the epoch coming from a
+    the in-memory tensor and augmented in one vectorized step (pad, crop at
+    per-example random offsets, flip), the offsets and flips of example ``i`` of the epoch coming from a
     stateless uniform draw keyed by (seed, epoch) at row ``i``.
     """
     tf = import_tf()
