@@ -235,8 +235,16 @@ def test_mistakes_end_in_one_line_and_write_nothing(tmp_path):
 def run_app(module, *args, env=None, wait=True):
     command = [sys.executable, "-m", module, *args]
     if not wait:
+        # A shell's background job (`pytest ... &`) ignores SIGINT, and a
+        # child inherits that: restored here so the Ctrl-C test means Ctrl-C.
         return subprocess.Popen(
-            command, cwd=ROOT, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            command,
+            cwd=ROOT,
+            env=env or ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     return subprocess.run(command, cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=300)
 
