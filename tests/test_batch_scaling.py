@@ -169,6 +169,67 @@ def test_extension_stops_at_its_limit_and_ties_pick_the_smaller_rate(tmp_path):
     assert study.next_config() is None
 
 
+def test_runs_that_learned_nothing_rank_last_and_a_grid_of_them_extends_below(tmp_path):
+    # MSGD at B = 8192 as measured: two runs diverged (no finite loss), two
+    # stalled above ln 10 = 2.3026; those predicting one class score its
+    # share of the validation split, more than the diverged run at 0.4.
+    study = scaling.Study(str(tmp_path), methods=["msgd"], batch_sizes=[8192], max_extensions=3)
+    cell = study.cells[0]
+    grid = study.grid(cell)
+    assert [c.learning_rate for c in grid] == pytest.approx([0.4, 0.8, 1.6, 3.2], rel=1e-3)
+    common = dict(best_validation_accuracy=0.1, updates=60, wall_seconds=60.0)
+    for config, accuracy, loss in zip(grid, [0.0956, 0.0932, 0.1006, 0.1006], [float("nan"), 2.3498, 2.3166, 2.36]):
+        _finish(config, accuracy, train_loss=loss, **common)
+    assert not any(scaling.learned(c, RunDir(c.model_dir).finished_summary(None)) for c in grid)
+    configs, on_edge = study.cell_configs(cell)
+    assert configs[0].learning_rate == pytest.approx(0.2, rel=1e-3) and not on_edge
+    assert study.next_config() == configs[0]
+    entry = study.results()[0]
+    assert not entry["learned"] and not entry["complete"]
+    # 0.2 learned (loss 2.0 < 0.99 ln 10 = 2.2796) with a lower validation accuracy than 1.6's one class:
+    # it is selected, and being the smallest rate, extended below once more.
+    _finish(configs[0], 0.0990, train_loss=2.0, **common)
+    entry = study.results()[0]
+    assert entry["learned"] and entry["selected"]["config"].learning_rate == pytest.approx(0.2, rel=1e-3)
+    configs, _ = study.cell_configs(cell)
+    assert configs[0].learning_rate == pytest.approx(0.1, rel=1e-3)
+    _finish(configs[0], 0.0980, train_loss=2.27, **common)  # learned, worse: 0.2 is now inside the grid
+    assert study.cell_configs(cell) == (configs, False) and study.next_config() is None
+    rows = report.markdown(study, study.results(), {}).split("## Every run")[1]
+    assert rows.count("(learned nothing)") == 4 and "| 0.2 (selected) |" in rows
+
+
+def test_a_grid_where_no_rate_learned_says_so_and_is_left_out_of_the_rates_fit(tmp_path):
+    study = scaling.Study(
+        str(tmp_path), methods=["msgd"], batch_sizes=[128, 512, 2048], lr_factors=[0.5, 1, 2], max_extensions=1
+    )
+    common = dict(best_validation_accuracy=0.5, updates=60, wall_seconds=60.0)
+    small, medium, large = study.cells
+    for cell in (small, medium):  # the centre rate learned best
+        for config, accuracy in zip(study.grid(cell), [0.4, 0.5, 0.3]):
+            _finish(config, accuracy, train_loss=1.0, **common)
+    for config, loss in zip(study.grid(large), [2.3026, float("nan"), 2.31]):
+        _finish(config, 0.1, train_loss=loss, **common)
+    _finish(study.cell_configs(large)[0][0], 0.1, train_loss=2.3027, **common)  # the extension below: no better
+    table = study.results()
+    assert [e["learned"] for e in table] == [True, True, False] and [e["on_edge"] for e in table] == [0, 0, 1]
+    # The linear rule's centres c and 4c at B = 128 and 512 were selected: k = 1; 2048 is left out.
+    assert scaling.rate_exponent(table, "msgd") == pytest.approx(1.0, rel=1e-4)
+    text = report.markdown(study, table, {})
+    assert "(edge of grid) (no rate learned) |" in text
+    assert "- MSGD: k = 1.00 (grid centred on the linear rule, k = 1); no rate learned at B = 2048, left out" in text
+
+
+def test_learned_compares_the_final_training_loss_with_ln_k(tmp_path):
+    config = scaling.Study(str(tmp_path), methods=["sngm"], batch_sizes=[128]).grid(scaling.Cell("sngm", 128))[0]
+    assert scaling.learned(config, {"train_loss": 2.27})  # 0.99 ln 10 = 2.2796 (cifar10, by its name)
+    assert not scaling.learned(config, {"train_loss": 2.29})
+    assert not scaling.learned(config, {"train_loss": float("inf")})
+    assert scaling.learned(config, {"train_loss": 4.5, "num_classes": 100})  # 0.99 ln 100 = 4.559
+    assert not scaling.learned(config, {"train_loss": 4.6, "num_classes": 100})
+    assert scaling.learned(config, {})  # no loss recorded: judged by its accuracy alone
+
+
 @pytest.mark.parametrize(
     "kwargs, flag",
     [

@@ -16,8 +16,15 @@ the training images. Two measures per cell:
 
 A grid whose best learning rate (by final validation accuracy; ties go to
 the smaller rate) lies on its edge is extended by one more rate beyond that
-edge, up to `max_extensions` times per cell. Extensions are derived from the
-finished runs alone, so a restarted study plans the same runs.
+edge, up to `max_extensions` times per cell. A run that learned nothing
+(see `learned`) ranks below every run that did, whatever its validation
+accuracy: a network that diverged or whose ReLUs all died predicts one
+class and scores that class's share of the validation split, which may
+beat the chance-level accuracy of another such run at a smaller rate. Where
+no run of a grid learned, the grid is extended below its smallest rate,
+since a rate too large is what makes a run diverge or die. Extensions are
+derived from the finished runs alone, so a restarted study plans the same
+runs.
 """
 
 import dataclasses
@@ -25,6 +32,7 @@ import math
 import os
 
 from sngm_keras import checks
+from sngm_keras.data.constants import NUM_CLASSES
 from sngm_keras.training.config import TrainConfig
 from sngm_keras.training.errors import as_config_errors
 from sngm_keras.training.rundir import RunDir
@@ -167,7 +175,10 @@ class Study:
             results = [finished(c) for c in configs]
             if any(r is None for r in results):
                 return configs, False
-            best = configs.index(select(configs, results))
+            if any(learned(c, r) for c, r in zip(configs, results)):
+                best = configs.index(select(configs, results))
+            else:
+                best = 0
             if 0 < best < len(configs) - 1:
                 return configs, False
             if len(factors) - len(self.lr_factors) == self.max_extensions:
@@ -205,6 +216,7 @@ class Study:
                 "selected": None,
                 "on_edge": on_edge,
                 "complete": len(done) == len(runs),
+                "learned": any(learned(c, s) for c, s in done),
             }
             for config, summary in done:
                 rows = RunDir(config.model_dir).read_validation()
@@ -225,10 +237,33 @@ def finished(config):
     return RunDir(config.model_dir).finished_summary(config.max_updates)
 
 
+# A run learned nothing where its final training loss is not below this
+# fraction of ln K, the loss of predicting K classes with equal probability.
+LEARNED_LOSS_FRACTION = 0.99
+
+
+def learned(config, summary):
+    """Whether the run learned anything: its final training loss finite and
+    below 99% of ln K (K classes). A network that diverged ends with no
+    finite loss; one whose ReLUs all died predicts the same for every image,
+    at best the class shares, whose loss is ln K where the classes are
+    balanced (MSGD's stalled runs in the batch-scaling study ended at 2.3026
+    to 2.35, ln 10 being 2.3026). A record without a training loss counts
+    as learned."""
+    loss = summary.get("train_loss")
+    if loss is None:
+        return True
+    if not math.isfinite(loss):
+        return False
+    classes = summary.get("num_classes") or NUM_CLASSES.get(config.dataset)
+    return classes is None or loss < LEARNED_LOSS_FRACTION * math.log(classes)
+
+
 def select(configs, summaries):
-    """The config whose run ended with the highest validation accuracy (ties: the smaller rate)."""
+    """The config whose run ended with the highest validation accuracy, runs
+    that learned anything before those that did not (ties: the smaller rate)."""
     pairs = sorted(zip(configs, summaries), key=lambda p: p[0].learning_rate)
-    return max(pairs, key=lambda p: p[1]["validation_accuracy"])[0]
+    return max(pairs, key=lambda p: (learned(*p), p[1]["validation_accuracy"]))[0]
 
 
 def steps_to_target(rows, target):
@@ -271,17 +306,21 @@ def scaling_summary(table, methods, batch_sizes, tolerance=0.01):
     return out
 
 
-def _selected_by_batch(table, method):
+def _selected_by_batch(table, method, learned_only=False):
     return {
-        e["cell"].batch_size: e["selected"] for e in table if e["cell"].method == method and e["selected"] is not None
+        e["cell"].batch_size: e["selected"]
+        for e in table
+        if e["cell"].method == method and e["selected"] is not None and (e["learned"] or not learned_only)
     }
 
 
 def rate_exponent(table, method):
     """The exponent k of the least-squares fit rate = a * B**k through the
     method's selected rates (log-log), or None with fewer than two batch
-    sizes; the scaling rules say k = 1 (linear) or 0.5 (square root)."""
-    points = [(math.log(b), math.log(s["config"].learning_rate)) for b, s in _selected_by_batch(table, method).items()]
+    sizes; the scaling rules say k = 1 (linear) or 0.5 (square root). A
+    cell where no rate learned has no best rate and is left out."""
+    selected = _selected_by_batch(table, method, learned_only=True)
+    points = [(math.log(b), math.log(s["config"].learning_rate)) for b, s in selected.items()]
     if len(points) < 2:
         return None
     mean_x = sum(x for x, _ in points) / len(points)

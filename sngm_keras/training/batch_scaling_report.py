@@ -6,6 +6,7 @@ import statistics
 from sngm_keras.training.batch_scaling import (
     RULES,
     end_noise_scales,
+    learned,
     rate_exponent,
     scaling_efficiency,
     scaling_summary,
@@ -70,8 +71,10 @@ def markdown(study, table, context):
         + f". Grid factors: {', '.join(f'{f:.3g}' for f in study.lr_factors)}; a grid whose best rate lies on "
         f"its edge is extended by a factor {study.spacing:g} beyond it, up to {study.max_extensions} times.",
         "",
-        f"Selected: the rate with the highest final validation accuracy (held-out training images); the test "
-        f"accuracy is that run's. Steps to {_percent(target)}: the fewest updates, over the grid, after which "
+        f"Selected: the rate with the highest final validation accuracy (held-out training images), runs that "
+        "learned nothing (final training loss not finite or not below 99% of ln K, K classes: diverged, or "
+        "predicting one class) ranked last; a grid where no rate learned is extended below its smallest rate. "
+        f"The test accuracy is that run's. Steps to {_percent(target)}: the fewest updates, over the grid, after which "
         "the validation accuracy first reached the target (it is evaluated several times per epoch); "
         '"edge of grid" there marks a rate that is the smallest or largest of its grid, which is extended for '
         "accuracy, not for speed: a rate beyond it may reach the target sooner, so that count may be an "
@@ -93,6 +96,7 @@ def markdown(study, table, context):
             continue
         steps = _fastest(entry)
         edge = " (edge of grid)" if entry["on_edge"] else ""
+        edge += "" if entry["learned"] else " (no rate learned)"
         pending = "" if entry["complete"] else " (grid unfinished)"
         lines.append(
             f"| {cell.method.upper()} | {cell.batch_size} | {selected['summary']['updates']} | "
@@ -117,7 +121,9 @@ def markdown(study, table, context):
     ]
     for entry in table:
         for run in entry["runs"]:
-            lines.append(_run_row(run, " (selected)" if run is entry["selected"] else ""))
+            marks = " (selected)" if run is entry["selected"] else ""
+            marks += "" if learned(run["config"], run["summary"]) else " (learned nothing)"
+            lines.append(_run_row(run, marks))
     return "\n".join(lines) + "\n"
 
 
@@ -128,12 +134,14 @@ def _rules_followed(study, table):
         if k is None:
             continue
         entries = [e for e in table if e["cell"].method == method and e["selected"] is not None]
-        edges = [str(e["cell"].batch_size) for e in entries if e["on_edge"]]
+        edges = [str(e["cell"].batch_size) for e in entries if e["on_edge"] and e["learned"]]
         unfinished = [str(e["cell"].batch_size) for e in entries if not e["complete"]]
+        unlearned = [str(e["cell"].batch_size) for e in entries if not e["learned"]]
         notes = "".join(
             [
                 f"; still on its grid's edge at B = {', '.join(edges)}, so k is a bound" if edges else "",
                 f"; grids unfinished at B = {', '.join(unfinished)}" if unfinished else "",
+                f"; no rate learned at B = {', '.join(unlearned)}, left out" if unlearned else "",
             ]
         )
         _, _, assumed, rule = RULES[method]

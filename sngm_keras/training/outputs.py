@@ -95,6 +95,7 @@ def _summary(config, model, recorder, rows, results, replicas, micro, info):
         "micro_batch_size": micro,
         "num_train": info.num_train,
         "num_test": info.num_test,
+        "num_classes": info.num_classes,
         "started_utc": recorder.started_utc,
         "finished_utc": utc_now(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
