@@ -126,7 +126,7 @@ def test_every_batch_size_of_one_micro_batch_trains_on_the_examples_of_an_epoch(
             verbose=0,
         )
     )
-    assert summary["updates"] == 2 * 5 and summary["num_train"] == 4500
+    assert summary["updates"] == 2 * 5 and summary["num_train"] == 4500 and summary["num_classes"] == 10
     assert summary["grad_per_n"] == pytest.approx(2 * 4480 / 4500)
     history = _rows(tmp_path / "run" / "history.csv")
     assert [float(r["grad_per_n"]) for r in history] == pytest.approx([4480 / 4500, 2 * 4480 / 4500], abs=1e-6)
