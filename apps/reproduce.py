@@ -184,7 +184,9 @@ def main():
         _print_estimate([resolved or planned for planned, resolved in zip(runs, studies.resolve_rates(runs))])
         return
     started = time.time()
-    for planned in runs:  # the rows with their own rates first, then those that take a selected rate
+    # The rows with their own rates first (the presets' rates before the
+    # grid's other factors), then those that take a selected rate.
+    for planned in studies.training_order(runs):
         if planned.rate_from is None and not studies.is_finished(planned) and not FLAGS.report_only:
             train_run(planned.run_id, planned.config, output_dir)
     runs = [r for r in studies.resolve_rates(runs) if r is not None]

@@ -91,6 +91,30 @@ def _finish_with_history(run, validation_accuracy, train_loss):
         f.write(f"epoch,grad_per_n,train_loss\n1,1.0,{train_loss}\n")
 
 
+def test_every_row_trains_at_the_papers_rate_before_the_grids_other_factors(tmp_path):
+    rows = ["msgd_b4096", "lars_b4096", "sngm_b4096"]
+    runs = studies.plan("table2", str(tmp_path), 0.125, [0.5, 1, 2], models=["resnet20"], grid_rows=rows)
+    order = [r.run_id.removeprefix("resnet20_") for r in studies.training_order(runs)]
+    assert order == [
+        "msgd_b128",
+        "msgd_b4096_lr0.4",  # the paper's rates: MSGD 0.4, LARS 0.8 and SNGM 1.6 at B = 4096
+        "lars_b4096_lr0.8",
+        "lars_warmup_b4096",
+        "sngm_b4096_lr1.6",
+        "msgd_b4096_lr0.2",
+        "msgd_b4096_lr0.8",
+        "lars_b4096_lr0.4",
+        "lars_b4096_lr1.6",
+        "sngm_b4096_lr0.8",
+        "sngm_b4096_lr3.2",
+        "lars_pytorch_b4096",  # at the rate selected for LARS: after the runs it is selected from
+    ]
+    # A grid without the factor 1 starts from the factors nearest it.
+    runs = studies.plan("table2", str(tmp_path), 0.125, [0.25, 0.5, 4], models=["resnet20"], grid_rows=["sngm_b4096"])
+    sngm = [r.lr_factor for r in studies.training_order(runs) if r.row == "sngm_b4096"]
+    assert sngm == [0.5, 0.25, 4]
+
+
 def test_each_table_row_is_its_own_curve_even_at_the_same_optimizer_batch_and_rate(tmp_path):
     runs = studies.plan(
         "table2", str(tmp_path), epochs_scale=0.125, lr_grid=[1], models=["resnet20"], grid_rows=["lars_b4096"]

@@ -8,6 +8,7 @@ and grid), one `runs/<run id>/` model_dir per run, `results.md` and
 
 import dataclasses
 import json
+import math
 import os
 
 from sngm_keras import checks
@@ -70,6 +71,7 @@ class PlannedRun:
     row: str  # one method and batch size
     config: TrainConfig
     rate_from: str | None = None  # see RATE_FROM; config holds the preset's rate until resolved
+    lr_factor: float | None = None  # the --lr_grid factor of the preset's rate; None where not swept
 
 
 def scaled(config, epochs_scale):
@@ -137,8 +139,19 @@ def plan(study, output_dir, epochs_scale=1.0, lr_grid=None, overrides=None, mode
                 config = dataclasses.replace(config, learning_rate=base.learning_rate * factor)
                 run_id = f"{run_id}_lr{config.learning_rate:g}"
             config = dataclasses.replace(config, model_dir=os.path.join(output_dir, "runs", run_id))
-            runs.append(PlannedRun(run_id, group, row, config))
+            runs.append(PlannedRun(run_id, group, row, config, lr_factor=factor))
     return runs
+
+
+def training_order(runs):
+    """`runs` in the order to train them: every row at its preset's rate (or
+    the grid's factor nearest it) first, then the factors further from it,
+    each in the study's row order, and last the rows that take another row's
+    selected rate; so a study stopped early already compares every method,
+    at the paper's rates."""
+    return sorted(
+        runs, key=lambda r: (r.rate_from is not None, 0.0 if r.lr_factor is None else abs(math.log(r.lr_factor)))
+    )
 
 
 def resolve_rates(runs):
