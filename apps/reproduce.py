@@ -305,28 +305,36 @@ def batch_scaling(output_dir, grid, overrides):
 
 
 def _print_plan(study):
+    """The grid runs, the extensions the finished runs already call for, and
+    the time the runs left take."""
     first = study.config(study.cells[0], 1.0)
-    runs = [c for cell in study.cells for c in study.grid(cell)]
-    done = [scaling.finished(c) for c in runs]
+    runs, extensions = [], 0
+    for cell in study.cells:
+        grid = {c.model_dir for c in study.grid(cell)}
+        configs, _ = study.cell_configs(cell)
+        runs += [(c, c.model_dir not in grid) for c in configs]
+        extensions += len(configs) - len(grid)
+    done = [scaling.finished(c) for c, _ in runs]
     measured = _median_speed(done)
     speed = FLAGS.images_per_second or measured or 2000.0
     source = "given" if FLAGS.images_per_second else ("measured" if measured else "assumed")
     left = sum(s is None for s in done)
     cost = run_cost(first)
+    grid_runs = len(study.cells) * len(study.lr_factors)
     print(
-        f"study batch_scaling: {len(study.cells)} cells x {len(study.lr_factors)} rates = {len(runs)} runs "
-        f"({left} to run) into {study.output_dir}, plus up to {len(study.cells) * study.max_extensions} "
-        "grid extensions"
+        f"study batch_scaling: {len(study.cells)} cells x {len(study.lr_factors)} rates = {grid_runs} runs and "
+        f"{extensions} grid extensions so far ({left} to run) into {study.output_dir}, plus up to "
+        f"{len(study.cells) * study.max_extensions - extensions} more extensions"
     )
-    for config, summary in zip(runs, done):
+    for (config, extension), summary in zip(runs, done):
         print(
             f"  {os.path.basename(config.model_dir):28s} B={config.batch_size:<5d} lr={config.learning_rate:<9g} "
-            f"epochs={config.epochs} {'finished' if summary else 'to run'}"
+            f"epochs={config.epochs} {'finished' if summary else 'to run'}{' (extension)' if extension else ''}"
         )
     if cost:
         print(
-            f"estimate: {left * cost / speed / 3600:.1f} h for the {left} grid runs left at {speed:.0f} training "
-            f"images/s ({source}); each grid extension adds {cost / speed / 60:.0f} min"
+            f"estimate: {left * cost / speed / 3600:.1f} h for the {left} runs left at {speed:.0f} training "
+            f"images/s ({source}); each further grid extension adds {cost / speed / 60:.0f} min"
         )
 
 

@@ -11,6 +11,7 @@ import pytest
 from sngm_keras.training import ConfigError
 from sngm_keras.training import batch_scaling as scaling
 from sngm_keras.training import batch_scaling_report as report
+from sngm_keras.training import study as studies
 from sngm_keras.training.rundir import RunDir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -276,6 +277,43 @@ def test_the_app_refuses_bad_input_in_one_line_writing_nothing(tmp_path, args, f
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {flag}") and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_dry_run_lists_the_extensions_the_finished_runs_call_for(tmp_path):
+    out = tmp_path / "study"
+    study = scaling.Study(
+        str(out), methods=["sngm"], batch_sizes=[128, 512], lr_factors=[1, 2], overrides={"dataset": "sample"}
+    )
+    studies.claim_settings(str(out), study.settings())
+    small, _ = study.cells
+    for config, accuracy in zip(study.grid(small), [0.5, 0.6]):  # best at the top edge: extended above
+        _finish(config, accuracy, train_loss=1.0, examples_per_second=1000.0)
+        with open(os.path.join(config.model_dir, "config.json"), "w") as f:
+            json.dump(config.result_fields(), f)
+    result = reproduce(
+        "--dataset=sample",
+        "--methods=sngm",
+        "--batch_sizes=128,512",
+        "--lr_grid=1,2",
+        f"--output_dir={out}",
+        "--dry_run",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(
+        "study batch_scaling: 2 cells x 2 rates = 4 runs and 1 grid extensions so far (3 to run)"
+    )
+    assert lines[0].endswith("plus up to 11 more extensions")  # 6 per cell by default
+    extension = study.cell_configs(small)[0][-1]
+    assert extension.learning_rate == pytest.approx(4 * scaling.centre_rate("sngm", 128), rel=1e-5)
+    assert [line.split("epochs=10 ")[1] for line in lines[1:]] == [
+        "finished",
+        "finished",
+        "to run (extension)",
+        "to run",
+        "to run",
+    ]
+    assert os.path.basename(extension.model_dir) in lines[3]
 
 
 @pytest.mark.slow
