@@ -178,7 +178,7 @@ def test_runs_that_learned_nothing_rank_last_and_a_grid_of_them_extends_below(tm
     cell = study.cells[0]
     grid = study.grid(cell)
     assert [c.learning_rate for c in grid] == pytest.approx([0.4, 0.8, 1.6, 3.2], rel=1e-3)
-    common = dict(best_validation_accuracy=0.1, updates=60, wall_seconds=60.0)
+    common = dict(best_validation_accuracy=0.1, updates=60, wall_seconds=60.0, gradient_noise_scale=25.0)
     for config, accuracy, loss in zip(grid, [0.0956, 0.0932, 0.1006, 0.1006], [float("nan"), 2.3498, 2.3166, 2.36]):
         _finish(config, accuracy, train_loss=loss, **common)
     assert not any(scaling.learned(c, RunDir(c.model_dir).finished_summary(None)) for c in grid)
@@ -187,11 +187,13 @@ def test_runs_that_learned_nothing_rank_last_and_a_grid_of_them_extends_below(tm
     assert study.next_config() == configs[0]
     entry = study.results()[0]
     assert not entry["learned"] and not entry["complete"]
+    assert scaling.end_noise_scales([entry]) == []  # a run that learned nothing measures nothing of use
     # 0.2 learned (loss 2.0 < 0.99 ln 10 = 2.2796) with a lower validation accuracy than 1.6's one class:
     # it is selected, and being the smallest rate, extended below once more.
     _finish(configs[0], 0.0990, train_loss=2.0, **common)
     entry = study.results()[0]
     assert entry["learned"] and entry["selected"]["config"].learning_rate == pytest.approx(0.2, rel=1e-3)
+    assert scaling.end_noise_scales([entry]) == [("msgd", 8192, 25.0)]
     configs, _ = study.cell_configs(cell)
     assert configs[0].learning_rate == pytest.approx(0.1, rel=1e-3)
     _finish(configs[0], 0.0980, train_loss=2.27, **common)  # learned, worse: 0.2 is now inside the grid

@@ -277,10 +277,10 @@ def steps_to_target(rows, target):
 def end_noise_scales(table):
     """[(method, B, B_simple)]: the gradient noise scale at the end of each
     cell's selected run, where it was measured (micro-batches below B) and
-    is finite."""
+    is finite, and the run learned something (see `learned`)."""
     out = []
     for entry in table:
-        selected = entry["selected"]
+        selected = entry["selected"] if entry["learned"] else None
         scale = None if selected is None else selected["summary"].get("gradient_noise_scale")
         if scale is not None and math.isfinite(scale) and scale > 0:
             out.append((entry["cell"].method, entry["cell"].batch_size, scale))

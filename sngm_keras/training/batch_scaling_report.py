@@ -192,6 +192,11 @@ def plot(study, table, path):
         (line,) = acc_ax.plot(
             sizes, [100 * e["selected"]["summary"]["test_accuracy"] for e in entries], "o-", label=method.upper()
         )
+        unlearned = [
+            (e["cell"].batch_size, 100 * e["selected"]["summary"]["test_accuracy"]) for e in entries if not e["learned"]
+        ]
+        if unlearned:
+            acc_ax.plot(*zip(*unlearned), "o", mfc="white", color=line.get_color())
         reached = [(e["cell"].batch_size, e["fastest"]["steps_to_target"]) for e in entries if e.get("fastest")]
         if reached:
             steps_ax.plot(*zip(*reached), "o-", color=line.get_color(), label=method.upper())
@@ -219,6 +224,8 @@ def plot(study, table, path):
         low, middle, high = min(scales), statistics.median(scales), max(scales)
         steps_ax.axvspan(low, high, color="grey", alpha=0.15, lw=0)
         steps_ax.axvline(middle, color="grey", linestyle="--", label=f"noise scale {middle:.0f} ({low:.0f}-{high:.0f})")
+    if not all(e["learned"] for e in table if e["selected"] is not None):
+        acc_ax.plot([], [], "ko", mfc="white", label="no rate learned")
     steps_ax.plot([], [], "k:", alpha=0.6, label="perfect scaling")
     steps_ax.plot([], [], "ko", mfc="white", label="at the grid's edge")
     for ax in (acc_ax, steps_ax):
