@@ -308,12 +308,11 @@ def _print_plan(study):
     """The grid runs, the extensions the finished runs already call for, and
     the time the runs left take."""
     first = study.config(study.cells[0], 1.0)
-    runs, extensions = [], 0
+    runs = []  # (config, whether it extends its grid)
     for cell in study.cells:
         grid = {c.model_dir for c in study.grid(cell)}
-        configs, _ = study.cell_configs(cell)
-        runs += [(c, c.model_dir not in grid) for c in configs]
-        extensions += len(configs) - len(grid)
+        runs += [(c, c.model_dir not in grid) for c in study.cell_configs(cell)[0]]
+    extensions = sum(extension for _, extension in runs)
     done = [scaling.finished(c) for c, _ in runs]
     measured = _median_speed(done)
     speed = FLAGS.images_per_second or measured or 2000.0

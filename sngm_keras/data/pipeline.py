@@ -114,8 +114,9 @@ def in_memory_datasets(
     into batches of ``batch_size`` (the last one smaller when
     ``epoch_multiple`` keeps part of a batch); each batch is gathered from
     the in-memory tensor and augmented in one vectorized step (pad, crop at
-    per-example random offsets, flip), the offsets and flips of example ``i`` of the epoch coming from a
-    stateless uniform draw keyed by (seed, epoch) at row ``i``.
+    per-example random offsets, flip), the offsets and flips of example
+    ``i`` of the epoch coming from a stateless uniform draw keyed by
+    (seed, epoch) at row ``i``.
     """
     tf = import_tf()
     height, width, channels = arrays.image_shape
