@@ -45,7 +45,12 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_bool("dry_run", False, "Print the plan (and for batch_scaling a time estimate) and stop.")
 flags.DEFINE_bool("report_only", False, "Write results.md and the figure from the runs finished so far; train nothing.")
-flags.DEFINE_list("models", None, "Table studies: train only the rows of these models (e.g. resnet20).")
+flags.DEFINE_list(
+    "models",
+    None,
+    "Table studies: train only the rows of these models (e.g. resnet20); "
+    "batch_scaling: the one network to study (default twoconv).",
+)
 flags.DEFINE_list(
     "lr_grid_rows",
     None,
@@ -260,11 +265,26 @@ def _batch_sizes():
         fail(f"--batch_sizes: must be a list of positive integers, got {','.join(FLAGS.batch_sizes)}")
 
 
+ASSUMED_TWOCONV_SPEED = 2000.0  # training images/s
+
+
+def _one_model(models):
+    from sngm_keras.models import MODEL_NAMES
+
+    if len(models) != 1:
+        fail(f"--models: batch_scaling studies one network at a time, got {','.join(models) or 'none'}")
+    if models[0] not in MODEL_NAMES:
+        fail(f"--models: unknown model {models[0]!r}; choose one of {', '.join(MODEL_NAMES)}")
+    return models[0]
+
+
 def batch_scaling(output_dir, grid, overrides):
     from sngm_keras.training import batch_scaling_report as report
 
     if FLAGS.epochs is not None:
         overrides["epochs"] = FLAGS.epochs
+    if FLAGS.models is not None:
+        overrides["model"] = _one_model(FLAGS.models)
     try:
         study = scaling.Study(
             output_dir,
@@ -297,7 +317,7 @@ def batch_scaling(output_dir, grid, overrides):
         train_run(os.path.basename(config.model_dir), config, output_dir)
     table = study.results()
     first = study.config(study.cells[0], 1.0)
-    context = dict(_context(overrides, first.dataset), epochs=first.epochs)
+    context = dict(_context(overrides, first.dataset), model=first.model, epochs=first.epochs)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(report.markdown(study, table, context))
     report.plot(study, table, os.path.join(output_dir, "batch_scaling.png"))
@@ -315,13 +335,16 @@ def _print_plan(study):
     extensions = sum(extension for _, extension in runs)
     done = [scaling.finished(c) for c, _ in runs]
     measured = _median_speed(done)
-    speed = FLAGS.images_per_second or measured or 2000.0
+    # The default network's speed on a 2-core CPU; no guess for another network.
+    assumed = ASSUMED_TWOCONV_SPEED if first.model == "twoconv" else None
+    speed = FLAGS.images_per_second or measured or assumed
     source = "given" if FLAGS.images_per_second else ("measured" if measured else "assumed")
     left = sum(s is None for s in done)
     cost = run_cost(first)
     grid_runs = len(study.cells) * len(study.lr_factors)
     print(
-        f"study batch_scaling: {len(study.cells)} cells x {len(study.lr_factors)} rates = {grid_runs} runs and "
+        f"study batch_scaling ({first.model} on {first.dataset}): {len(study.cells)} cells x "
+        f"{len(study.lr_factors)} rates = {grid_runs} runs and "
         f"{extensions} grid extensions so far ({left} to run) into {study.output_dir}, plus up to "
         f"{len(study.cells) * study.max_extensions - extensions} more extensions"
     )
@@ -330,7 +353,9 @@ def _print_plan(study):
             f"  {os.path.basename(config.model_dir):28s} B={config.batch_size:<5d} lr={config.learning_rate:<9g} "
             f"epochs={config.epochs} {'finished' if summary else 'to run'}{' (extension)' if extension else ''}"
         )
-    if cost:
+    if cost and not speed:
+        print(f"estimate: none until a run has finished (no speed known for {first.model}); give --images_per_second")
+    elif cost:
         print(
             f"estimate: {left * cost / speed / 3600:.1f} h for the {left} runs left at {speed:.0f} training "
             f"images/s ({source}); each further grid extension adds {cost / speed / 60:.0f} min"

@@ -272,6 +272,8 @@ def reproduce(*args):
     [
         (["--methods=msgd,adam"], "--methods"),
         (["--lr_grid="], "--lr_grid"),
+        (["--models=resnet20,twoconv"], "--models"),
+        (["--models=resnet21"], "--models"),
     ],
 )
 def test_the_app_refuses_bad_input_in_one_line_writing_nothing(tmp_path, args, flag):
@@ -305,7 +307,7 @@ def test_dry_run_lists_the_extensions_the_finished_runs_call_for(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith(
-        "study batch_scaling: 2 cells x 2 rates = 4 runs and 1 grid extensions so far (3 to run)"
+        "study batch_scaling (twoconv on sample): 2 cells x 2 rates = 4 runs and 1 grid extensions so far (3 to run)"
     )
     assert lines[0].endswith("plus up to 11 more extensions")  # 6 per cell by default
     extension = study.cell_configs(small)[0][-1]
@@ -318,6 +320,30 @@ def test_dry_run_lists_the_extensions_the_finished_runs_call_for(tmp_path):
         "to run",
     ]
     assert os.path.basename(extension.model_dir) in lines[3]
+
+
+def test_models_picks_the_network_and_a_study_folder_keeps_its_own(tmp_path):
+    out = tmp_path / "study"
+    # cifar10's size is known without its files, so the plan has an estimate; nothing is read.
+    args = ["--dataset=cifar10", "--methods=sngm", "--batch_sizes=128,512", "--lr_grid=1", f"--output_dir={out}"]
+    result = reproduce(*args, "--models=resnet20", "--dry_run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("study batch_scaling (resnet20 on cifar10): 2 cells x 1 rates = 2 runs")
+    # No finished run and no speed given: no guess from the default network's speed.
+    assert (
+        lines[-1] == "estimate: none until a run has finished (no speed known for resnet20); give --images_per_second"
+    )
+    assert not out.exists()
+
+    study = scaling.Study(
+        str(out), methods=["sngm"], batch_sizes=[128, 512], lr_factors=[1], overrides={"dataset": "sample"}
+    )
+    studies.claim_settings(str(out), study.settings())  # a two-conv study holds the folder
+    refused = reproduce(*args, "--models=resnet20", "--dry_run")
+    assert refused.returncode == 2
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --output_dir") and "model" in last and "Traceback" not in refused.stderr
 
 
 @pytest.mark.slow
