@@ -102,6 +102,23 @@ def _sigterm_ends_child(process):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def export(ready, then, output_dir):
+    """Prints the apps.train command of every run in `ready` ((run_id,
+    config) pairs), one a line on stdout, its flagfile written; says on
+    stderr what follows them (`then`, or None when nothing waits for them)."""
+    for run_id, config in ready:
+        print(f"python -m apps.train --flagfile={write_flagfile(run_id, config, output_dir)}")
+    if not ready and then is None:
+        print("no run left to train; --report_only writes the results", file=sys.stderr)
+        return
+    after = f"; once they have finished, rerun with --export_commands for {then}" if then else ""
+    print(
+        f"{len(ready)} runs ready to train, one process each, anywhere the output folder is shared{after}; "
+        "--report_only then writes the results",
+        file=sys.stderr,
+    )
+
+
 def run_child(command):
     """Runs `command`, its stderr shown as it comes; returns its exit code
     and its last non-empty stderr line. The child ends with this process
@@ -121,16 +138,23 @@ def run_child(command):
     return process.returncode, last
 
 
-def train(run_id, config, output_dir):
-    """Trains (or resumes) one run through apps.train, with its flagfile beside it."""
+def write_flagfile(run_id, config, output_dir):
+    """Writes the run's flagfile, output_dir/runs/<run_id>.flags; returns its path."""
     from sngm_keras.training.flagfile import flagfile_text
-    from sngm_keras.training.rundir import RunDir
 
     flagfile = os.path.join(output_dir, "runs", f"{run_id}.flags")
     note_new(output_dir, os.path.dirname(flagfile), flagfile)
     os.makedirs(os.path.dirname(flagfile), exist_ok=True)
     with open(flagfile, "w") as f:
         f.write(flagfile_text(config))
+    return flagfile
+
+
+def train(run_id, config, output_dir):
+    """Trains (or resumes) one run through apps.train, with its flagfile beside it."""
+    from sngm_keras.training.rundir import RunDir
+
+    flagfile = write_flagfile(run_id, config, output_dir)
     print(f"\n== {run_id}", flush=True)
     returncode, last = run_child([sys.executable, "-m", "apps.train", f"--flagfile={flagfile}"])
     if returncode == 2:  # refused before it wrote anything

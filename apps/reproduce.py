@@ -8,7 +8,8 @@ its table (results.md) and curves (curves.png).
 
 Each run goes through `python -m apps.train` with a flagfile kept beside it.
 Finished runs are skipped and an interrupted one resumes from its last
-checkpoint, so rerunning the command continues the study.
+checkpoint, so rerunning the command continues the study. `--export_commands`
+prints those apps.train commands instead, to run elsewhere or side by side.
 """
 
 import os
@@ -19,7 +20,7 @@ import time
 from absl import flags
 
 from apps._cli import fail, run
-from apps._study_runs import note_new
+from apps._study_runs import export, note_new
 from apps._study_runs import train as train_run
 from sngm_keras.training import batch_scaling as scaling
 from sngm_keras.training import study as studies
@@ -45,6 +46,12 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_bool("dry_run", False, "Print the plan (and for batch_scaling a time estimate) and stop.")
 flags.DEFINE_bool("report_only", False, "Write results.md and the figure from the runs finished so far; train nothing.")
+flags.DEFINE_bool(
+    "export_commands",
+    False,
+    "Train nothing: write the flagfile and print the apps.train command of every run that can start now, one a "
+    "line, to run elsewhere or in parallel (one per GPU, a cluster job array); --report_only then collects them.",
+)
 flags.DEFINE_list(
     "models",
     None,
@@ -143,6 +150,8 @@ def _grid():
 def main():
     if FLAGS.study is None:
         fail("--study: required; choose one of " + ", ".join(STUDY_NAMES))
+    if FLAGS.export_commands and (FLAGS.dry_run or FLAGS.report_only):
+        fail("--export_commands: trains nothing itself; use it without --dry_run and --report_only")
     grid = _grid()
     output_dir = FLAGS.output_dir or os.path.join("runs", FLAGS.study)
     overrides = {name: FLAGS[name].value for name in PASSED if FLAGS[name].value is not None}
@@ -175,6 +184,13 @@ def main():
             studies.claim_output(output_dir, FLAGS.study, FLAGS.epochs_scale, grid)
     except ConfigError as error:
         fail(_message(error))
+    if FLAGS.export_commands:
+        resolved = studies.resolve_rates(runs)
+        ready = [r for r in studies.training_order(runs) if r.rate_from is None]
+        ready += [r for r in resolved if r is not None and r.rate_from is not None]
+        ready = [(r.run_id, r.config) for r in ready if not studies.is_finished(r)]
+        waiting = sum(r is None for r in resolved)
+        return export(ready, f"the {waiting} runs that take a selected rate" if waiting else None, output_dir)
 
     print(f"study {FLAGS.study}: {len(runs)} runs into {output_dir}")
     for planned, resolved in zip(runs, studies.resolve_rates(runs)):
@@ -309,6 +325,10 @@ def batch_scaling(output_dir, grid, overrides):
             studies.claim_settings(output_dir, study.settings())
         except ConfigError as error:
             fail(_message(error))
+    if FLAGS.export_commands:
+        ready = [(os.path.basename(c.model_dir), c) for c in study.pending_configs()]
+        # Which grids are extended depends on the runs still to train.
+        return export(ready, "the grid extensions they call for" if ready else None, output_dir)
     _print_plan(study)
     if FLAGS.dry_run:
         return

@@ -346,6 +346,34 @@ def test_models_picks_the_network_and_a_study_folder_keeps_its_own(tmp_path):
     assert last.startswith("error: --output_dir") and "model" in last and "Traceback" not in refused.stderr
 
 
+def test_export_commands_lists_the_grid_then_the_extensions_its_runs_call_for(tmp_path):
+    out = tmp_path / "study"
+    args = ["--dataset=sample", "--methods=sngm", "--batch_sizes=128,512", "--lr_grid=1,2", f"--output_dir={out}"]
+    study = scaling.Study(
+        str(out), methods=["sngm"], batch_sizes=[128, 512], lr_factors=[1, 2], overrides={"dataset": "sample"}
+    )
+    small, large = study.cells
+    first = reproduce(*args, "--export_commands")
+    assert first.returncode == 0, first.stderr[-2000:]
+    grid = study.grid(small) + study.grid(large)
+    expected = [f"python -m apps.train --flagfile={out}/runs/{os.path.basename(c.model_dir)}.flags" for c in grid]
+    assert first.stdout.splitlines() == expected
+    assert "4 runs ready" in first.stderr and "grid extensions" in first.stderr
+
+    for config, accuracy in zip(study.grid(small), [0.5, 0.6]):  # best at the top edge: extended above
+        _finish(config, accuracy, train_loss=1.0)
+        with open(os.path.join(config.model_dir, "config.json"), "w") as f:
+            json.dump(config.result_fields(), f)
+    again = reproduce(*args, "--export_commands")
+    assert again.returncode == 0, again.stderr[-2000:]
+    extension = study.cell_configs(small)[0][-1]
+    assert extension.learning_rate == pytest.approx(4 * scaling.centre_rate("sngm", 128), rel=1e-5)
+    assert again.stdout.splitlines() == [
+        f"python -m apps.train --flagfile={out}/runs/{os.path.basename(extension.model_dir)}.flags",
+        *expected[2:],
+    ]
+
+
 @pytest.mark.slow
 def test_tiny_study_selects_on_validation_writes_table_and_figure_and_resumes(tmp_path):
     out = tmp_path / "study"

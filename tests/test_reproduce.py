@@ -235,3 +235,67 @@ def test_bad_input(tmp_path, args, flag):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {flag}")
+
+
+def _finish_recorded(run, validation_accuracy):
+    _finish(run, validation_accuracy)
+    with open(os.path.join(run.config.model_dir, "config.json"), "w") as f:
+        json.dump(run.config.result_fields(), f)
+
+
+def _commands(result):
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.splitlines()
+
+
+def test_export_commands_lists_the_runs_that_can_start_and_then_those_that_waited(tmp_path):
+    from sngm_keras.training.flagfile import flagfile_text
+
+    out = str(tmp_path / "study")
+    args = [
+        "--study=table2",
+        "--models=resnet20",
+        "--dataset=sample",
+        "--validation_size=500",
+        "--epochs_scale=0.125",
+        "--lr_grid=0.5,1",
+        "--lr_grid_rows=lars_b4096",
+        f"--output_dir={out}",
+        "--export_commands",
+    ]
+    runs = studies.plan(
+        "table2",
+        out,
+        epochs_scale=0.125,
+        lr_grid=[0.5, 1],
+        overrides={"dataset": "sample", "validation_size": 500},
+        models=["resnet20"],
+        grid_rows=["lars_b4096"],
+    )
+    first = reproduce(*args)
+    lines = _commands(first)
+    ready = [r for r in studies.training_order(runs) if r.rate_from is None]
+    assert len(ready) == 6  # msgd_b128, msgd_b4096, two LARS rates, LARS warm-up, SNGM; pytorch-lars waits
+    assert lines == [f"python -m apps.train --flagfile={out}/runs/{r.run_id}.flags" for r in ready]
+    for run in ready:
+        with open(os.path.join(out, "runs", f"{run.run_id}.flags")) as f:
+            assert f.read() == flagfile_text(run.config)
+    assert "6 runs ready" in first.stderr and "the 1 runs that take a selected rate" in first.stderr
+    assert os.path.exists(os.path.join(out, "study.json")) and not any(os.path.isdir(r.config.model_dir) for r in ready)
+
+    lars = [r for r in runs if r.row == "lars_b4096"]
+    for run, accuracy in zip(lars, [0.6, 0.5]):  # the smaller rate wins
+        _finish_recorded(run, accuracy)
+    lines = _commands(reproduce(*args))
+    assert len(lines) == 5 and lines[-1].endswith(
+        f"runs/resnet20_lars_pytorch_b4096_lr{lars[0].config.learning_rate:g}.flags"
+    )
+
+    for run in studies.resolve_rates(runs):
+        if not studies.is_finished(run):
+            _finish_recorded(run, 0.5)
+    done = reproduce(*args)
+    assert _commands(done) == [] and "no run left to train" in done.stderr
+
+    refused = reproduce(*args, "--dry_run")
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith("error: --export_commands")

@@ -188,6 +188,13 @@ class Study:
             else:
                 factors.append(factors[-1] * self.spacing)
 
+    def pending_configs(self):
+        """Every run that may be trained now, independently of the others:
+        the unfinished runs of each cell's grid, or of its extensions once
+        the grid has finished (which extensions follow depends on them)."""
+        cells = sorted(self.cells, key=lambda c: c.batch_size)
+        return [c for cell in cells for c in self.cell_configs(cell)[0] if finished(c) is None]
+
     def next_config(self):
         """The next run to train: the initial grids first, smallest B first and
         every method at each B (so a study cut short still compares the
