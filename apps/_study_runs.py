@@ -13,6 +13,7 @@ anything else, SIGKILL included (`PR_SET_PDEATHSIG`).
 import contextlib
 import ctypes
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -104,19 +105,36 @@ def _sigterm_ends_child(process):
 
 def export(ready, then, output_dir):
     """Prints the apps.train command of every run in `ready` ((run_id,
-    config) pairs), one a line on stdout, its flagfile written; says on
-    stderr what follows them (`then`, or None when nothing waits for them)."""
+    config) pairs; a folder listed twice, as a repeated grid factor gives,
+    once), one a line on stdout, its flagfile written; says on stderr what
+    follows them (`then`, or None when nothing waits for them)."""
+    from sngm_keras.training.rundir import RunDir
+
+    first = {}
+    for run in ready:
+        first.setdefault(run[1].model_dir, run)
+    ready = list(first.values())
     for run_id, config in ready:
-        print(f"python -m apps.train --flagfile={write_flagfile(run_id, config, output_dir)}")
+        print(f"python -m apps.train --flagfile={shlex.quote(write_flagfile(run_id, config, output_dir))}")
     if not ready and then is None:
         print("no run left to train; --report_only writes the results", file=sys.stderr)
         return
-    after = f"; once they have finished, rerun with --export_commands for {then}" if then else ""
-    print(
-        f"{len(ready)} runs ready to train, one process each, anywhere the output folder is shared{after}; "
-        "--report_only then writes the results",
-        file=sys.stderr,
-    )
+    started = sum(RunDir(config.model_dir).has_progress() for _, config in ready)
+    lines = [f"{len(ready)} {_runs(len(ready))} ready to train, one process each, from any folder"]
+    if started:
+        lines.append(f"{started} of them started before and resume: make sure no process still trains {_them(started)}")
+    if then:
+        lines.append(f"once they have finished, rerun with --export_commands for {then}")
+    lines.append("--report_only then writes the results")
+    print("; ".join(lines), file=sys.stderr)
+
+
+def _runs(n):
+    return "run" if n == 1 else "runs"
+
+
+def _them(n):
+    return "it" if n == 1 else "them"
 
 
 def run_child(command):

@@ -84,7 +84,7 @@ flags.DEFINE_float(
     "images_per_second",
     None,
     "--dry_run: training speed assumed for the time estimate (default: the median of the finished runs of "
-    "the same model; batch_scaling assumes 2000 before any).",
+    "the same model; batch_scaling on the two-conv network assumes 2000 before any).",
 )
 
 PASSED = ("data_dir", "download", "dataset", "max_updates", "strategy", "num_cpu_devices", "jit_compile", "verbose")
@@ -154,6 +154,8 @@ def main():
         fail("--export_commands: trains nothing itself; use it without --dry_run and --report_only")
     grid = _grid()
     output_dir = FLAGS.output_dir or os.path.join("runs", FLAGS.study)
+    if FLAGS.export_commands:  # the commands and their flagfiles hold no path relative to this folder
+        output_dir = os.path.abspath(output_dir)
     overrides = {name: FLAGS[name].value for name in PASSED if FLAGS[name].value is not None}
     if FLAGS.validation_size is not None:
         overrides["validation_size"] = FLAGS.validation_size
@@ -190,7 +192,8 @@ def main():
         ready += [r for r in resolved if r is not None and r.rate_from is not None]
         ready = [(r.run_id, r.config) for r in ready if not studies.is_finished(r)]
         waiting = sum(r is None for r in resolved)
-        return export(ready, f"the {waiting} runs that take a selected rate" if waiting else None, output_dir)
+        then = f"the {waiting} {'run' if waiting == 1 else 'runs'} that take a selected rate" if waiting else None
+        return export(ready, then, output_dir)
 
     print(f"study {FLAGS.study}: {len(runs)} runs into {output_dir}")
     for planned, resolved in zip(runs, studies.resolve_rates(runs)):
@@ -328,7 +331,10 @@ def batch_scaling(output_dir, grid, overrides):
     if FLAGS.export_commands:
         ready = [(os.path.basename(c.model_dir), c) for c in study.pending_configs()]
         # Which grids are extended depends on the runs still to train.
-        return export(ready, "the grid extensions they call for" if ready else None, output_dir)
+        extensible = any(
+            len(study.cell_configs(c)[0]) < len(study.lr_factors) + study.max_extensions for c in study.cells
+        )
+        return export(ready, "the grid extensions they may call for" if ready and extensible else None, output_dir)
     _print_plan(study)
     if FLAGS.dry_run:
         return

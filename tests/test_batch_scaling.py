@@ -373,6 +373,29 @@ def test_export_commands_lists_the_grid_then_the_extensions_its_runs_call_for(tm
         *expected[2:],
     ]
 
+    # Without extensions left, nothing follows the grid; a finished study lists nothing.
+    single = [f"--output_dir={tmp_path / 'single'}", "--batch_sizes=128", "--lr_grid=1,1", "--max_extensions=0"]
+    one = reproduce("--dataset=sample", "--methods=sngm", *single, "--export_commands")
+    assert one.returncode == 0, one.stderr[-2000:]
+    [command] = one.stdout.splitlines()  # the repeated factor's run once
+    assert "1 run ready" in one.stderr and "rerun" not in one.stderr
+    (config,) = {
+        c.model_dir: c
+        for c in scaling.Study(
+            str(tmp_path / "single"),
+            methods=["sngm"],
+            batch_sizes=[128],
+            lr_factors=[1, 1],
+            max_extensions=0,
+            overrides={"dataset": "sample"},
+        ).grid(scaling.Cell("sngm", 128))
+    }.values()
+    _finish(config, 0.5, train_loss=1.0)
+    with open(os.path.join(config.model_dir, "config.json"), "w") as f:
+        json.dump(config.result_fields(), f)
+    done = reproduce("--dataset=sample", "--methods=sngm", *single, "--export_commands")
+    assert done.returncode == 0 and done.stdout == "" and "no run left to train" in done.stderr
+
 
 @pytest.mark.slow
 def test_tiny_study_selects_on_validation_writes_table_and_figure_and_resumes(tmp_path):
@@ -392,6 +415,7 @@ def test_tiny_study_selects_on_validation_writes_table_and_figure_and_resumes(tm
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count("\n== ") == 4
     results = (out / "results.md").read_text()
+    assert "\n- model: twoconv\n" in results
     # 4500 training images kept; each epoch uses 4480 (35 micro-batches of 128) at either B: 8 x 512, then 384
     assert "| SNGM | 128 | 35 |" in results and "| SNGM | 512 | 9 |" in results
     assert results.count("(selected)") == 2

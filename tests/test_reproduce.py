@@ -258,9 +258,9 @@ def test_export_commands_lists_the_runs_that_can_start_and_then_those_that_waite
         "--dataset=sample",
         "--validation_size=500",
         "--epochs_scale=0.125",
-        "--lr_grid=0.5,1",
+        "--lr_grid=0.5,1,1",  # a repeated factor: its run is listed once
         "--lr_grid_rows=lars_b4096",
-        f"--output_dir={out}",
+        f"--output_dir={os.path.relpath(out, ROOT)}",  # relative to the folder reproduce runs in
         "--export_commands",
     ]
     runs = studies.plan(
@@ -276,17 +276,25 @@ def test_export_commands_lists_the_runs_that_can_start_and_then_those_that_waite
     lines = _commands(first)
     ready = [r for r in studies.training_order(runs) if r.rate_from is None]
     assert len(ready) == 6  # msgd_b128, msgd_b4096, two LARS rates, LARS warm-up, SNGM; pytorch-lars waits
+    # Absolute paths, in the commands and in the flagfiles: they run from any folder.
     assert lines == [f"python -m apps.train --flagfile={out}/runs/{r.run_id}.flags" for r in ready]
     for run in ready:
         with open(os.path.join(out, "runs", f"{run.run_id}.flags")) as f:
             assert f.read() == flagfile_text(run.config)
-    assert "6 runs ready" in first.stderr and "the 1 runs that take a selected rate" in first.stderr
+    assert "6 runs ready" in first.stderr and "the 1 run that take" in first.stderr and "started" not in first.stderr
     assert os.path.exists(os.path.join(out, "study.json")) and not any(os.path.isdir(r.config.model_dir) for r in ready)
 
     lars = [r for r in runs if r.row == "lars_b4096"]
     for run, accuracy in zip(lars, [0.6, 0.5]):  # the smaller rate wins
         _finish_recorded(run, accuracy)
-    lines = _commands(reproduce(*args))
+    interrupted = ready[0].config.model_dir  # stopped after an epoch: listed, to resume, with a warning
+    os.makedirs(os.path.join(interrupted, "checkpoints"))
+    open(os.path.join(interrupted, "checkpoints", "state.json"), "w").close()
+    with open(os.path.join(interrupted, "config.json"), "w") as f:
+        json.dump(ready[0].config.result_fields(), f)
+    second = reproduce(*args)
+    lines = _commands(second)
+    assert "1 of them started before and resume: make sure no process still trains it" in second.stderr
     assert len(lines) == 5 and lines[-1].endswith(
         f"runs/resnet20_lars_pytorch_b4096_lr{lars[0].config.learning_rate:g}.flags"
     )
