@@ -192,7 +192,9 @@ def main():
         ready += [r for r in resolved if r is not None and r.rate_from is not None]
         ready = [(r.run_id, r.config) for r in ready if not studies.is_finished(r)]
         waiting = sum(r is None for r in resolved)
-        then = f"the {waiting} {'run' if waiting == 1 else 'runs'} that take a selected rate" if waiting else None
+        then = {0: None, 1: "the run that takes a selected rate"}.get(
+            waiting, f"the {waiting} runs that take a selected rate"
+        )
         return export(ready, then, output_dir)
 
     print(f"study {FLAGS.study}: {len(runs)} runs into {output_dir}")

@@ -281,7 +281,11 @@ def test_export_commands_lists_the_runs_that_can_start_and_then_those_that_waite
     for run in ready:
         with open(os.path.join(out, "runs", f"{run.run_id}.flags")) as f:
             assert f.read() == flagfile_text(run.config)
-    assert "6 runs ready" in first.stderr and "the 1 run that take" in first.stderr and "started" not in first.stderr
+    assert (
+        "6 runs ready" in first.stderr
+        and "rerun with --export_commands for the run that takes a selected rate;" in first.stderr
+        and "started" not in first.stderr
+    )
     assert os.path.exists(os.path.join(out, "study.json")) and not any(os.path.isdir(r.config.model_dir) for r in ready)
 
     lars = [r for r in runs if r.row == "lars_b4096"]
