@@ -59,6 +59,12 @@ flags.DEFINE_list(
     "batch_scaling: the one network to study (default twoconv).",
 )
 flags.DEFINE_list(
+    "rows",
+    None,
+    "Table studies: train only these rows of each model (e.g. msgd_b128,msgd_b4096), "
+    "for instance to repeat some at another --epochs_scale (default: all rows).",
+)
+flags.DEFINE_list(
     "lr_grid_rows",
     None,
     "Table studies: the rows --lr_grid sweeps (e.g. msgd_b4096,sngm_b4096); "
@@ -172,6 +178,7 @@ def main():
             overrides,
             models=FLAGS.models,
             grid_rows=FLAGS.lr_grid_rows,
+            rows=FLAGS.rows,
         )
     except ConfigError as error:
         fail(_message(error))
@@ -225,6 +232,8 @@ def main():
         lr_grid=grid,
         lr_grid_rows=FLAGS.lr_grid_rows or "all",
     )
+    if FLAGS.rows:
+        context["rows"] = ",".join(FLAGS.rows)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(studies.results_markdown(FLAGS.study, runs, context))
     from sngm_keras.training.curves import plot_curves
@@ -302,6 +311,9 @@ def _one_model(models):
 def batch_scaling(output_dir, grid, overrides):
     from sngm_keras.training import batch_scaling_report as report
 
+    for name in ("rows", "lr_grid_rows"):
+        if FLAGS[name].value is not None:
+            fail(f"--{name}: table studies only; batch_scaling takes --methods and --batch_sizes")
     if FLAGS.epochs is not None:
         overrides["epochs"] = FLAGS.epochs
     if FLAGS.models is not None:

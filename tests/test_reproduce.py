@@ -85,6 +85,37 @@ def test_models_grid_rows_and_the_pytorch_lars_row_at_the_selected_rate(tmp_path
         studies.plan("table2", str(tmp_path), grid_rows=["sngm_b8192"])
 
 
+def test_rows_keep_the_named_rows_of_each_model(tmp_path):
+    runs = studies.plan(
+        "table2",
+        str(tmp_path),
+        epochs_scale=0.25,
+        lr_grid=[0.5, 1],
+        rows=["msgd_b4096", "sngm_b4096"],
+        grid_rows=["sngm_b4096"],
+    )
+    assert sorted(r.run_id for r in runs) == [
+        "resnet20_msgd_b4096",
+        "resnet20_sngm_b4096_lr0.8",
+        "resnet20_sngm_b4096_lr1.6",
+        "resnet56_msgd_b4096",
+        "resnet56_sngm_b4096_lr0.65",
+        "resnet56_sngm_b4096_lr1.3",
+    ]
+    assert all(r.config.epochs == 40 for r in runs)
+    assert [r.run_id for r in studies.plan("table2", str(tmp_path), models=["resnet20"], rows=["msgd_b128"])] == [
+        "resnet20_msgd_b128"
+    ]
+    pytorch = studies.plan("table2", str(tmp_path), models=["resnet20"], rows=["lars_b4096", "lars_pytorch_b4096"])
+    assert [(r.row, r.rate_from) for r in pytorch] == [("lars_b4096", None), ("lars_pytorch_b4096", "lars_b4096")]
+    with pytest.raises(ConfigError, match="--rows: study table2 has no row 'sngm_b8192'"):
+        studies.plan("table2", str(tmp_path), rows=["sngm_b8192"])
+    with pytest.raises(ConfigError, match="--rows: lars_pytorch_b4096 trains at the rate selected for lars_b4096"):
+        studies.plan("table2", str(tmp_path), rows=["lars_pytorch_b4096"])
+    with pytest.raises(ConfigError, match="--lr_grid_rows: sngm_b4096 is not one of --rows"):
+        studies.plan("table2", str(tmp_path), rows=["msgd_b128"], grid_rows=["sngm_b4096"])
+
+
 def _finish_with_history(run, validation_accuracy, train_loss):
     _finish(run, validation_accuracy)
     with open(os.path.join(run.config.model_dir, "history.csv"), "w") as f:

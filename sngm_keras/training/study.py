@@ -96,34 +96,30 @@ def check_study_args(study, epochs_scale, lr_grid):
         checks.check_values("lr_grid", lr_grid, checks.check_positive, unique=False)
 
 
-def plan(study, output_dir, epochs_scale=1.0, lr_grid=None, overrides=None, models=None, grid_rows=None):
+def plan(study, output_dir, epochs_scale=1.0, lr_grid=None, overrides=None, models=None, grid_rows=None, rows=None):
     """The runs of `study`, each a validated TrainConfig under output_dir/runs.
 
     `lr_grid`: factors applied to each row's initial learning rate; each
     method is then reported at its best factor (by validation accuracy when
     the runs hold a validation split out, `validation_size`), as the paper
     reports each method at its tuned learning rate; `grid_rows`: the rows
-    swept (default all), the others run at their preset's rate. `models`:
-    keep only the rows of these models. Rows of `RATE_FROM` run once, at
-    the rate selected for their source row (`resolve_rates`)."""
+    swept (default all), the others run at their preset's rate. `models`
+    and `rows` (e.g. `msgd_b4096`): keep only the rows of these models, and
+    only these rows of each. Rows of `RATE_FROM` run once, at the rate
+    selected for their source row (`resolve_rates`)."""
     check_study_args(study, epochs_scale, lr_grid)
     groups = {preset.split("_", 2)[1] for preset in STUDIES[study]}
-    rows = {preset.split("_", 2)[2] for preset in STUDIES[study]}
+    names = {preset.split("_", 2)[2] for preset in STUDIES[study]}
     for model in models or ():
         if model not in groups:
             raise ConfigError(
                 "models", f"study {study} has no rows for {model!r}; choose from {', '.join(sorted(groups))}"
             )
-    for row in grid_rows or ():
-        if row not in rows - set(RATE_FROM):
-            raise ConfigError(
-                "lr_grid_rows",
-                f"study {study} has no swept row {row!r}; choose from {', '.join(sorted(rows - set(RATE_FROM)))}",
-            )
+    _check_rows(study, names, rows, grid_rows)
     runs = []
     for preset in STUDIES[study]:
         row = preset.split("_", 2)[2]
-        if models and preset.split("_", 2)[1] not in models:
+        if (models and preset.split("_", 2)[1] not in models) or (rows and row not in rows):
             continue
         base = scaled(TrainConfig.from_preset(preset, **(overrides or {})), epochs_scale)
         group = base.model
@@ -141,6 +137,22 @@ def plan(study, output_dir, epochs_scale=1.0, lr_grid=None, overrides=None, mode
             config = dataclasses.replace(config, model_dir=os.path.join(output_dir, "runs", run_id))
             runs.append(PlannedRun(run_id, group, row, config, lr_factor=factor))
     return runs
+
+
+def _check_rows(study, names, rows, grid_rows):
+    for row in rows or ():
+        if row not in names:
+            raise ConfigError("rows", f"study {study} has no row {row!r}; choose from {', '.join(sorted(names))}")
+        if row in RATE_FROM and RATE_FROM[row] not in rows:
+            raise ConfigError("rows", f"{row} trains at the rate selected for {RATE_FROM[row]}; add {RATE_FROM[row]}")
+    swept = names - set(RATE_FROM)
+    for row in grid_rows or ():
+        if row not in swept:
+            raise ConfigError(
+                "lr_grid_rows", f"study {study} has no swept row {row!r}; choose from {', '.join(sorted(swept))}"
+            )
+        if rows and row not in rows:
+            raise ConfigError("lr_grid_rows", f"{row} is not one of --rows ({','.join(rows)})")
 
 
 def training_order(runs):
