@@ -282,8 +282,9 @@ def _print_estimate(runs):
             print(f"estimate for {model}: none ({why}); give --images_per_second for one")
             continue
         source = "given" if FLAGS.images_per_second else "measured"
+        what = "the run left" if len(configs) == 1 else f"the {len(configs)} runs left"
         print(
-            f"estimate for {model}: {sum(costs) / speed / 3600:.1f} h for the {len(configs)} runs left at "
+            f"estimate for {model}: {sum(costs) / speed / 3600:.1f} h for {what} at "
             f"{speed:.0f} training images/s ({source})"
         )
 

@@ -221,6 +221,13 @@ def test_dry_run_estimates_the_time_left_from_the_speed_of_finished_runs(tmp_pat
     # 4 runs left (the pytorch-lars row at the rate chosen for LARS), each 20 epochs of 45,000 training images
     # and evaluations of 5,000 + 10,000 images at a third of the cost: 4 * 20 * 50,000 images at 350/s.
     assert f"estimate for resnet20: {4 * 20 * 50_000 / 350 / 3600:.1f} h for the 4 runs left at 350" in result.stdout
+    rows = reproduce(*args, "--rows=msgd_b128,sngm_b4096")
+    assert rows.returncode == 0, rows.stderr[-2000:]
+    listed = [line.split()[0] for line in rows.stdout.splitlines() if line.startswith("  resnet20_")]
+    assert listed == ["resnet20_msgd_b128", "resnet20_sngm_b4096"]
+    assert "study table2: 2 runs into" in rows.stdout
+    # the speed of the finished runs among the rows (msgd_b128's 250), the one run left
+    assert f"estimate for resnet20: {20 * 50_000 / 250 / 3600:.1f} h for the run left at 250" in rows.stdout
 
 
 @pytest.mark.slow
