@@ -68,7 +68,7 @@ flags.DEFINE_list(
     "lr_grid_rows",
     None,
     "Table studies: the rows --lr_grid sweeps (e.g. msgd_b4096,sngm_b4096); "
-    "the others run at their preset's rate (default: all rows).",
+    "the others run at their preset's rate (default: every row trained).",
 )
 flags.DEFINE_integer(
     "validation_size",
@@ -204,7 +204,7 @@ def main():
         )
         return export(ready, then, output_dir)
 
-    print(f"study {FLAGS.study}: {len(runs)} runs into {output_dir}")
+    print(f"study {FLAGS.study}: {_runs(len(runs))} into {output_dir}")
     for planned, resolved in zip(runs, studies.resolve_rates(runs)):
         c = (resolved or planned).config
         state = "finished" if resolved and studies.is_finished(resolved) else "to run"
@@ -230,7 +230,7 @@ def main():
         _context(overrides, runs[0].config.dataset),
         epochs_scale=FLAGS.epochs_scale,
         lr_grid=grid,
-        lr_grid_rows=FLAGS.lr_grid_rows or "all",
+        lr_grid_rows=",".join(FLAGS.lr_grid_rows or FLAGS.rows or ["all"]),
     )
     if FLAGS.rows:
         context["rows"] = ",".join(FLAGS.rows)
@@ -259,6 +259,14 @@ def run_cost(config):
     return config.epochs * (train - config.validation_size + evaluated / 3)
 
 
+def _runs(count):
+    return "1 run" if count == 1 else f"{count} runs"
+
+
+def _left(count):
+    return "the run left" if count == 1 else f"the {count} runs left"
+
+
 def _median_speed(summaries):
     rates = sorted(s["examples_per_second"] for s in summaries if s and s.get("examples_per_second"))
     return rates[len(rates) // 2] if rates else None
@@ -282,9 +290,8 @@ def _print_estimate(runs):
             print(f"estimate for {model}: none ({why}); give --images_per_second for one")
             continue
         source = "given" if FLAGS.images_per_second else "measured"
-        what = "the run left" if len(configs) == 1 else f"the {len(configs)} runs left"
         print(
-            f"estimate for {model}: {sum(costs) / speed / 3600:.1f} h for {what} at "
+            f"estimate for {model}: {sum(costs) / speed / 3600:.1f} h for {_left(len(configs))} at "
             f"{speed:.0f} training images/s ({source})"
         )
 
@@ -398,7 +405,7 @@ def _print_plan(study):
         print(f"estimate: none until a run has finished (no speed known for {first.model}); give --images_per_second")
     elif cost:
         print(
-            f"estimate: {left * cost / speed / 3600:.1f} h for the {left} runs left at {speed:.0f} training "
+            f"estimate: {left * cost / speed / 3600:.1f} h for {_left(left)} at {speed:.0f} training "
             f"images/s ({source}); each further grid extension adds {cost / speed / 60:.0f} min"
         )
 

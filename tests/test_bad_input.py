@@ -136,6 +136,7 @@ CASES = [
     ("reproduce", ["--output_dir={tmp}/a_file"], "--output_dir:", "a_file"),
     ("reproduce", ["--study=table2", "--models=resnet99"], "--models:", None),
     ("reproduce", ["--study=table2", "--rows=sngm_b8192"], "--rows:", None),
+    ("reproduce", ["--study=table2", "--rows="], "--rows:", None),
     ("reproduce", ["--study=table2", "--rows=lars_pytorch_b4096"], "--rows:", None),
     ("reproduce", ["--study=table2", "--rows=msgd_b128", "--lr_grid_rows=sngm_b4096"], "--lr_grid_rows:", None),
     ("reproduce", ["--study=batch_scaling", "--rows=msgd_b128"], "--rows:", None),

@@ -114,6 +114,9 @@ def test_rows_keep_the_named_rows_of_each_model(tmp_path):
         studies.plan("table2", str(tmp_path), rows=["lars_pytorch_b4096"])
     with pytest.raises(ConfigError, match="--lr_grid_rows: sngm_b4096 is not one of --rows"):
         studies.plan("table2", str(tmp_path), rows=["msgd_b128"], grid_rows=["sngm_b4096"])
+    for name in ("models", "rows"):
+        with pytest.raises(ConfigError, match=f"--{name}: name at least one"):
+            studies.plan("table2", str(tmp_path), **{name: []})
 
 
 def _finish_with_history(run, validation_accuracy, train_loss):
@@ -226,6 +229,8 @@ def test_dry_run_estimates_the_time_left_from_the_speed_of_finished_runs(tmp_pat
     listed = [line.split()[0] for line in rows.stdout.splitlines() if line.startswith("  resnet20_")]
     assert listed == ["resnet20_msgd_b128", "resnet20_sngm_b4096"]
     assert "study table2: 2 runs into" in rows.stdout
+    one = reproduce(*args, "--rows=sngm_b4096")
+    assert one.returncode == 0 and "study table2: 1 run into" in one.stdout, one.stdout
     # the speed of the finished runs among the rows (msgd_b128's 250), the one run left
     assert f"estimate for resnet20: {20 * 50_000 / 250 / 3600:.1f} h for the run left at 250" in rows.stdout
 

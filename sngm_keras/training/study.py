@@ -110,6 +110,9 @@ def plan(study, output_dir, epochs_scale=1.0, lr_grid=None, overrides=None, mode
     check_study_args(study, epochs_scale, lr_grid)
     groups = {preset.split("_", 2)[1] for preset in STUDIES[study]}
     names = {preset.split("_", 2)[2] for preset in STUDIES[study]}
+    for name, values in (("models", models), ("rows", rows)):
+        if values is not None and not values:
+            raise ConfigError(name, "name at least one, or leave the flag out for all")
     for model in models or ():
         if model not in groups:
             raise ConfigError(
