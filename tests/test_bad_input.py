@@ -1,4 +1,4 @@
-"""User mistakes across apps.train, apps.tune and apps.reproduce: each ends in one line
+"""User mistakes across apps.train, apps.tune, apps.reproduce and apps.pytorch_reference: each ends in one line
 naming the flag or input as typed, exit code 2, no traceback, and leaves the
 output folder as it was. The cases run in-process (tests/app_driver.py, one
 process per app), a few that must start their own process after them."""
@@ -35,6 +35,7 @@ REPRODUCE_BASE = [
     "--verbose=0",
     "--output_dir={out}",
 ]
+PYTORCH_REFERENCE_BASE = ["--data={tmp}/two", "--updates=1"]
 TUNE_BASE = [
     "--dataset=sample",
     "--model=twoconv",
@@ -144,6 +145,13 @@ CASES = [
     ("reproduce", ["--study=batch_scaling", "--methods=adam"], "--methods:", None),
     ("reproduce", ["--study=batch_scaling", "--batch_sizes=100,x"], "--batch_sizes:", None),
     ("reproduce", ["stray"], "unexpected arguments", None),
+    ("pytorch_reference", ["--data={tmp}/one"], "--data: needs 2+ class folders", "one_class"),
+    ("pytorch_reference", ["--data=/no/such/folder"], "--data:", None),
+    ("pytorch_reference", ["--micro_batch_size=100"], "--micro_batch_size:", "two_classes"),
+    ("pytorch_reference", ["--learning_rate=0"], "--learning_rate:", "two_classes"),
+    ("pytorch_reference", ["--momentum=1"], "--momentum:", "two_classes"),
+    ("pytorch_reference", ["--optimizer=adam"], "flag --optimizer=adam", "two_classes"),
+    ("pytorch_reference", ["--output={tmp}/two/train/cat/0.png"], "--output:", "two_classes"),
 ]
 # Commands that are right: a dry run writes nothing either.
 DRY_RUNS = [
@@ -217,7 +225,12 @@ def check_refused(result, expected, what):
 
 def test_mistakes_end_in_one_line_and_write_nothing(tmp_path):
     assert len(CASES) >= 40
-    bases = {"train": TRAIN_BASE, "tune": TUNE_BASE, "reproduce": REPRODUCE_BASE}
+    bases = {
+        "train": TRAIN_BASE,
+        "tune": TUNE_BASE,
+        "reproduce": REPRODUCE_BASE,
+        "pytorch_reference": PYTORCH_REFERENCE_BASE,
+    }
     by_app = {app: [] for app in bases}
     cases = CASES + [("reproduce", args, None, None) for args in DRY_RUNS]
     for i, (app, args, expected, kind) in enumerate(cases):
