@@ -222,7 +222,9 @@ def main():
     for planned in studies.training_order(runs):
         if planned.rate_from is None and not studies.is_finished(planned) and not FLAGS.report_only:
             train_run(planned.run_id, planned.config, output_dir)
-    runs = [r for r in studies.resolve_rates(runs) if r is not None]
+    resolved = studies.resolve_rates(runs)
+    waiting = sum(r is None for r in resolved)
+    runs = [r for r in resolved if r is not None]
     for planned in runs:
         if not studies.is_finished(planned) and not FLAGS.report_only:
             train_run(planned.run_id, planned.config, output_dir)
@@ -235,7 +237,7 @@ def main():
     if FLAGS.rows:
         context["rows"] = ",".join(FLAGS.rows)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
-        f.write(studies.results_markdown(FLAGS.study, runs, context))
+        f.write(studies.results_markdown(FLAGS.study, runs, context, waiting))
     from sngm_keras.training.curves import plot_curves
 
     groups = studies.curve_groups(runs)

@@ -202,6 +202,23 @@ def test_the_table_puts_the_papers_accuracy_beside_each_row(tmp_path):
     assert "| paper's test accuracy | updates |" in text
     assert "- runs finished: 7 of 7; their wall time: 0.12 h" in text  # 60 s each
     assert "paper's" not in studies.results_markdown("figure1_cpu", [], {})
+    assert "Grids not finished" not in text
+
+
+def test_a_report_before_the_end_names_the_unfinished_grids_and_the_waiting_runs(tmp_path):
+    rows = ["msgd_b4096", "lars_b4096", "sngm_b4096"]
+    runs = studies.plan("table2", str(tmp_path), 0.125, [0.5, 1, 2], models=["resnet20"], grid_rows=rows)
+    for run_id in ("resnet20_msgd_b128", "resnet20_msgd_b4096_lr0.4", "resnet20_sngm_b4096_lr1.6"):
+        _finish_with_history(next(r for r in runs if r.run_id == run_id), 0.6, 1.0)
+    resolved = studies.resolve_rates(runs)
+    waiting = sum(r is None for r in resolved)
+    assert waiting == 1  # the pytorch-lars row waits for the LARS grid
+    text = studies.results_markdown("table2", [r for r in resolved if r is not None], {}, waiting)
+    assert "- runs finished: 3 of 12 (1 waits for a rate selected on another row);" in text
+    assert (
+        "Grids not finished (each rate above chosen among its finished runs only): "
+        "resnet20 msgd_b4096 (1 of 3 rates), resnet20 sngm_b4096 (1 of 3 rates)\n" in text
+    )
 
 
 def test_dry_run_estimates_the_time_left_from_the_speed_of_finished_runs(tmp_path):

@@ -368,12 +368,18 @@ def _header(study):
     return "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns)
 
 
-def results_markdown(study, runs, context):
+def results_markdown(study, runs, context, waiting=0):
+    """The study's results.md; `waiting`: runs not in `runs` yet because
+    they take the rate selected for a row whose grid has not finished."""
     best, every = collect(runs)
     lines = [f"# Study `{study}`", ""]
     lines += [f"- {k}: {v}" for k, v in context.items()]
     wall = sum(e["summary"]["wall_seconds"] for e in every)
-    lines += [f"- runs finished: {len(every)} of {len(runs)}; their wall time: {wall / 3600:.2f} h", ""]
+    waits = f" ({waiting} {'waits' if waiting == 1 else 'wait'} for a rate selected on another row)" if waiting else ""
+    lines += [
+        f"- runs finished: {len(every)} of {len(runs) + waiting}{waits}; their wall time: {wall / 3600:.2f} h",
+        "",
+    ]
     lines += [
         "Test accuracy is measured after the last epoch; best test accuracy is the highest of the per-epoch "
         "evaluations (reported for reference, not used to pick anything).",
@@ -395,9 +401,25 @@ def results_markdown(study, runs, context):
         ]
     header, row = _header(study), lambda e: _table_row(e, study)
     lines += [header] + [row(e) for e in best] + [""]
+    unfinished = _unfinished_grids(runs, every)
+    if unfinished:
+        lines += ["Grids not finished (each rate above chosen among its finished runs only): " + unfinished, ""]
     if grid:
         lines += ["## Every run of the learning-rate grid", "", header] + [row(e) for e in every] + [""]
     return "\n".join(lines)
+
+
+def _unfinished_grids(runs, every):
+    """'resnet20 msgd_b4096 (1 of 3 rates), ...' for the rows with a run
+    finished and one not yet (rows with none finished are not in the table)."""
+    finished = {id(e["run"]) for e in every}
+    counts = {}
+    for run in runs:
+        done, total = counts.get((run.group, run.row), (0, 0))
+        counts[(run.group, run.row)] = (done + (id(run) in finished), total + 1)
+    return ", ".join(
+        f"{group} {row} ({done} of {total} rates)" for (group, row), (done, total) in counts.items() if 0 < done < total
+    )
 
 
 def _curve_label(config):
