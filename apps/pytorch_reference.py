@@ -20,6 +20,7 @@ reads).
 
 import json
 import os
+import platform
 import time
 
 from absl import flags
@@ -236,7 +237,10 @@ def main():
         print(json.dumps(log[-1]), flush=True)
     flag_values = {name: FLAGS[name].value for name in FLAG_NAMES}
     with open(FLAGS.output, "w") as f:
-        json.dump(dict(flags=flag_values, torch=torch.__version__, log=log), f, indent=1)
+        machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
+        finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        record = dict(flags=flag_values, torch=torch.__version__, machine=machine, finished_utc=finished, log=log)
+        json.dump(record, f, indent=1)
 
 
 if __name__ == "__main__":
