@@ -120,7 +120,7 @@ def export(ready, then, output_dir):
         print("no run left to train; --report_only writes the results", file=sys.stderr)
         return
     started = sum(RunDir(config.model_dir).has_progress() for _, config in ready)
-    lines = [f"{len(ready)} {_runs(len(ready))} ready to train, one process each, from any folder"]
+    lines = [f"{counted(len(ready), 'run')} ready to train, one process each, from any folder"]
     if started:
         lines.append(f"{started} of them started before and resume: make sure no process still trains {_them(started)}")
     if then:
@@ -129,8 +129,9 @@ def export(ready, then, output_dir):
     print("; ".join(lines), file=sys.stderr)
 
 
-def _runs(n):
-    return "run" if n == 1 else "runs"
+def counted(n, noun):
+    """'1 run', '3 runs'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _them(n):

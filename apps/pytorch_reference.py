@@ -51,44 +51,31 @@ FLAG_NAMES = (
     "seed",
 )
 
-# CIFAR-10's per-channel mean and standard deviation, as the app normalizes.
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2470, 0.2435, 0.2616)
-
 
 def check_flags():
     if FLAGS.data is None:
         fail("--data: required, an image folder with train/<class>/ and test/<class>/")
-    for split in ("train", "test"):
-        if not os.path.isdir(os.path.join(FLAGS.data, split)):
-            fail(f"--data: {os.path.join(FLAGS.data, split)} is not a folder")
+    if not os.path.isdir(FLAGS.data):
+        fail(f"--data: {FLAGS.data} is not a folder")
     if FLAGS.batch_size % FLAGS.micro_batch_size:
         fail(f"--micro_batch_size: {FLAGS.micro_batch_size} does not divide --batch_size={FLAGS.batch_size}")
     if FLAGS.learning_rate <= 0:
         fail(f"--learning_rate: must be > 0, got {FLAGS.learning_rate}")
     if not 0 <= FLAGS.momentum < 1:
         fail(f"--momentum: must be in [0, 1), got {FLAGS.momentum}")
-    classes = sorted(os.listdir(os.path.join(FLAGS.data, "train")))
-    missing = [c for c in classes if not os.path.isdir(os.path.join(FLAGS.data, "test", c))]
-    if len(classes) < 2 or missing:
-        fail(f"--data: needs 2+ class folders in train/, each also in test/ (missing: {', '.join(missing) or 'none'})")
     if os.path.exists(FLAGS.output):
         fail(f"--output: {FLAGS.output} exists; choose another name")
 
 
-def load_split(root, split, classes):
-    import numpy as np
-    from PIL import Image
+def load_folder():
+    """The folder as `apps.train --dataset=` reads it (classes sorted, files
+    sorted in each), a layout or image mistake as one line."""
+    from sngm_keras.data import DataError, load_arrays
 
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        folder = os.path.join(root, split, name)
-        for file in sorted(os.listdir(folder)):
-            images.append(np.asarray(Image.open(os.path.join(folder, file)).convert("RGB")))
-            labels.append(label)
-    if not images or any(image.shape != images[0].shape for image in images):
-        fail(f"--data: {os.path.join(root, split)} needs images, all of one size")
-    return np.stack(images), np.array(labels, np.int64)
+    try:
+        return load_arrays(FLAGS.data)
+    except DataError as error:
+        fail(f"--data: {error}")
 
 
 def build_resnet20(torch, num_classes):
@@ -155,21 +142,24 @@ def sngm_class(torch):
 
 def main():
     check_flags()
+    arrays = load_folder()  # before torch, so that its mistakes show without it
     try:
         import torch
     except ImportError:
         fail("PyTorch is not installed: pip install torch")
     import numpy as np
 
+    from sngm_keras.data.constants import CIFAR10_MEAN, CIFAR10_STD
+
     F = torch.nn.functional
-    classes = sorted(os.listdir(os.path.join(FLAGS.data, "train")))
-    x, y = load_split(FLAGS.data, "train", classes)
-    x_test, y_test = load_split(FLAGS.data, "test", classes)
+    x, y = arrays.x_train, arrays.y_train.astype(np.int64)
+    x_test, y_test = arrays.x_test, arrays.y_test.astype(np.int64)
     torch.manual_seed(FLAGS.seed)
     rng = np.random.default_rng(FLAGS.seed)
     keep = rng.permutation(len(x))[: FLAGS.train_size]
     x, y = x[keep], y[keep]
-    mean, std = np.array(MEAN, np.float32), np.array(STD, np.float32)
+    # CIFAR-10's standard statistics, as the app normalizes TFDS cifar10.
+    mean, std = np.array(CIFAR10_MEAN, np.float32), np.array(CIFAR10_STD, np.float32)
 
     def tensor(images):
         return torch.from_numpy(np.ascontiguousarray(((images / np.float32(255) - mean) / std).transpose(0, 3, 1, 2)))
@@ -183,7 +173,7 @@ def main():
         out[flip] = out[flip, :, ::-1]
         return out
 
-    model = build_resnet20(torch, len(classes))
+    model = build_resnet20(torch, arrays.num_classes)
     params = list(model.parameters())
     hyper = dict(lr=FLAGS.learning_rate, momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay)
     optimizer = torch.optim.SGD(params, **hyper) if FLAGS.optimizer == "msgd" else sngm_class(torch)(params, **hyper)

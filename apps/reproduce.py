@@ -20,7 +20,7 @@ import time
 from absl import flags
 
 from apps._cli import fail, run
-from apps._study_runs import export, note_new
+from apps._study_runs import counted, export, note_new
 from apps._study_runs import train as train_run
 from sngm_keras.training import batch_scaling as scaling
 from sngm_keras.training import study as studies
@@ -204,7 +204,7 @@ def main():
         )
         return export(ready, then, output_dir)
 
-    print(f"study {FLAGS.study}: {_runs(len(runs))} into {output_dir}")
+    print(f"study {FLAGS.study}: {counted(len(runs), 'run')} into {output_dir}")
     for planned, resolved in zip(runs, studies.resolve_rates(runs)):
         c = (resolved or planned).config
         state = "finished" if resolved and studies.is_finished(resolved) else "to run"
@@ -259,10 +259,6 @@ def run_cost(config):
     train, test = SPLIT_SIZES[config.dataset]
     evaluated = config.validations_per_epoch * config.validation_size + test / config.eval_every
     return config.epochs * (train - config.validation_size + evaluated / 3)
-
-
-def _runs(count):
-    return "1 run" if count == 1 else f"{count} runs"
 
 
 def _left(count):

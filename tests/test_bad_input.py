@@ -145,7 +145,7 @@ CASES = [
     ("reproduce", ["--study=batch_scaling", "--methods=adam"], "--methods:", None),
     ("reproduce", ["--study=batch_scaling", "--batch_sizes=100,x"], "--batch_sizes:", None),
     ("reproduce", ["stray"], "unexpected arguments", None),
-    ("pytorch_reference", ["--data={tmp}/one"], "--data: needs 2+ class folders", "one_class"),
+    ("pytorch_reference", ["--data={tmp}/one"], "--data: {tmp}/one has one class folder", "one_class"),
     ("pytorch_reference", ["--data=/no/such/folder"], "--data:", None),
     ("pytorch_reference", ["--micro_batch_size=100"], "--micro_batch_size:", "two_classes"),
     ("pytorch_reference", ["--learning_rate=0"], "--learning_rate:", "two_classes"),

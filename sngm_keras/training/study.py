@@ -412,11 +412,11 @@ def results_markdown(study, runs, context, waiting=0):
 def _unfinished_grids(runs, every):
     """'resnet20 msgd_b4096 (1 of 3 rates), ...' for the rows with a run
     finished and one not yet (rows with none finished are not in the table)."""
-    finished = {id(e["run"]) for e in every}
+    finished = {e["run"].run_id for e in every}
     counts = {}
     for run in runs:
         done, total = counts.get((run.group, run.row), (0, 0))
-        counts[(run.group, run.row)] = (done + (id(run) in finished), total + 1)
+        counts[(run.group, run.row)] = (done + (run.run_id in finished), total + 1)
     return ", ".join(
         f"{group} {row} ({done} of {total} rates)" for (group, row), (done, total) in counts.items() if 0 < done < total
     )
