@@ -143,6 +143,8 @@ def sngm_class(torch):
 def main():
     check_flags()
     arrays = load_folder()  # before torch, so that its mistakes show without it
+    from sngm_keras.training.provenance import git_commit, package_version, utc_now
+
     try:
         import torch
     except ImportError:
@@ -225,11 +227,16 @@ def main():
             )
         )
         print(json.dumps(log[-1]), flush=True)
-    flag_values = {name: FLAGS[name].value for name in FLAG_NAMES}
+    record = dict(
+        flags={name: FLAGS[name].value for name in FLAG_NAMES},
+        torch=torch.__version__,
+        sngm_keras=package_version(),
+        git=git_commit(),
+        machine=f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+        finished_utc=utc_now(),
+        log=log,
+    )
     with open(FLAGS.output, "w") as f:
-        machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
-        finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        record = dict(flags=flag_values, torch=torch.__version__, machine=machine, finished_utc=finished, log=log)
         json.dump(record, f, indent=1)
 
 
