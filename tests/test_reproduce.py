@@ -203,6 +203,11 @@ def test_the_table_puts_the_papers_accuracy_beside_each_row(tmp_path):
     assert "- runs finished: 7 of 7; their wall time: 0.12 h" in text  # 60 s each
     assert "paper's" not in studies.results_markdown("figure1_cpu", [], {})
     assert "Grids not finished" not in text
+    # Only SNGM was swept, and its best rate is the grid's largest.
+    assert (
+        "Chosen at an edge of the grid, so a rate beyond it might do better: "
+        "resnet20 sngm_b4096 (3.2, the largest of 1.6, 3.2)\n" in text
+    )
 
 
 def test_a_report_before_the_end_names_the_unfinished_grids_and_the_waiting_runs(tmp_path):
@@ -219,6 +224,11 @@ def test_a_report_before_the_end_names_the_unfinished_grids_and_the_waiting_runs
         "Grids not finished (each rate above chosen among its finished runs only): "
         "resnet20 msgd_b4096 (1 of 3 rates), resnet20 sngm_b4096 (1 of 3 rates)\n" in text
     )
+    assert "Chosen at an edge" not in text  # each chosen rate the middle of its grid
+    _finish_with_history(next(r for r in runs if r.run_id == "resnet20_msgd_b4096_lr0.2"), 0.65, 1.0)
+    text = studies.results_markdown("table2", [r for r in resolved if r is not None], {}, waiting)
+    edge = "a rate beyond it might do better: resnet20 msgd_b4096 (0.2, the smallest of 0.2, 0.4, 0.8)"
+    assert edge + "\n" in text
 
 
 def test_dry_run_estimates_the_time_left_from_the_speed_of_finished_runs(tmp_path):

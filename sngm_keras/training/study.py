@@ -404,6 +404,9 @@ def results_markdown(study, runs, context, waiting=0):
     unfinished = _unfinished_grids(runs, every)
     if unfinished:
         lines += ["Grids not finished (each rate above chosen among its finished runs only): " + unfinished, ""]
+    on_edge = _on_edge(runs, best)
+    if on_edge:
+        lines += ["Chosen at an edge of the grid, so a rate beyond it might do better: " + on_edge, ""]
     if grid:
         lines += ["## Every run of the learning-rate grid", "", header] + [row(e) for e in every] + [""]
     return "\n".join(lines)
@@ -420,6 +423,23 @@ def _unfinished_grids(runs, every):
     return ", ".join(
         f"{group} {row} ({done} of {total} rates)" for (group, row), (done, total) in counts.items() if 0 < done < total
     )
+
+
+def _on_edge(runs, best):
+    """'resnet20 sngm_b4096 (0.8, the smallest of 0.8, 1.6, 3.2), ...' for
+    the rows whose chosen rate is the smallest or largest their grid plans."""
+    rates = {}
+    for run in runs:
+        rates.setdefault((run.group, run.row), set()).add(run.config.learning_rate)
+    found = []
+    for entry in best:
+        run = entry["run"]
+        grid = sorted(rates[(run.group, run.row)])
+        rate = run.config.learning_rate
+        if len(grid) > 1 and rate in (grid[0], grid[-1]):
+            end = "smallest" if rate == grid[0] else "largest"
+            found.append(f"{run.group} {run.row} ({rate:g}, the {end} of {', '.join(f'{r:g}' for r in grid)})")
+    return ", ".join(found)
 
 
 def _curve_label(config):
