@@ -83,8 +83,10 @@ flags.DEFINE_integer("epochs", None, "batch_scaling: the epoch budget of every r
 flags.DEFINE_float("target_accuracy", scaling.TARGET, "batch_scaling: validation accuracy of steps-to-target.")
 flags.DEFINE_integer(
     "max_extensions",
-    scaling.MAX_EXTENSIONS,
-    "batch_scaling: how often a grid whose best rate is on its edge is extended.",
+    None,
+    "How often a learning-rate grid whose chosen rate is on its edge is extended by one rate beyond it "
+    f"(default: {scaling.MAX_EXTENSIONS} for batch_scaling; 0 for table studies, their grid as given).",
+    lower_bound=0,
 )
 flags.DEFINE_float(
     "images_per_second",
@@ -193,7 +195,9 @@ def main():
             studies.claim_output(output_dir, FLAGS.study, FLAGS.epochs_scale, grid)
     except ConfigError as error:
         fail(_message(error))
+    extensions = FLAGS.max_extensions or 0
     if FLAGS.export_commands:
+        runs = studies.extend_grids(runs, extensions)
         resolved = studies.resolve_rates(runs)
         ready = [r for r in studies.training_order(runs) if r.rate_from is None]
         ready += [r for r in resolved if r is not None and r.rate_from is not None]
@@ -202,8 +206,11 @@ def main():
         then = {0: None, 1: "the run that takes a selected rate"}.get(
             waiting, f"the {waiting} runs that take a selected rate"
         )
+        if extensions and ready:
+            then = "the grid extensions they may call for" + (f" and {then}" if then else "")
         return export(ready, then, output_dir)
 
+    runs = studies.extend_grids(runs, extensions)
     print(f"study {FLAGS.study}: {counted(len(runs), 'run')} into {output_dir}")
     for planned, resolved in zip(runs, studies.resolve_rates(runs)):
         c = (resolved or planned).config
@@ -211,17 +218,27 @@ def main():
         rate = f"lr={c.learning_rate:<8g}" if resolved else f"lr=that selected for {planned.rate_from}"
         print(
             f"  {(resolved or planned).run_id:40s} {c.optimizer:5s} B={c.batch_size:<5d} {rate} "
-            f"epochs={c.epochs:<4d} {state}"
+            f"epochs={c.epochs:<4d} {state}{' (extension)' if planned.extends_grid else ''}"
         )
     if FLAGS.dry_run:
         _print_estimate([resolved or planned for planned, resolved in zip(runs, studies.resolve_rates(runs))])
         return
     started = time.time()
     # The rows with their own rates first (the presets' rates before the
-    # grid's other factors), then those that take a selected rate.
-    for planned in studies.training_order(runs):
-        if planned.rate_from is None and not studies.is_finished(planned) and not FLAGS.report_only:
-            train_run(planned.run_id, planned.config, output_dir)
+    # grid's other factors, then the extensions those call for), then those
+    # that take a selected rate.
+    trained = set()  # each at most once: apps.train may end a run early (see its summary)
+    while not FLAGS.report_only:
+        left = [
+            r
+            for r in studies.training_order(runs)
+            if r.rate_from is None and r.run_id not in trained and not studies.is_finished(r)
+        ]
+        if not left:
+            break
+        train_run(left[0].run_id, left[0].config, output_dir)
+        trained.add(left[0].run_id)
+        runs = studies.extend_grids(runs, extensions)
     resolved = studies.resolve_rates(runs)
     waiting = sum(r is None for r in resolved)
     runs = [r for r in resolved if r is not None]
@@ -234,6 +251,8 @@ def main():
         lr_grid=grid,
         lr_grid_rows=",".join(FLAGS.lr_grid_rows or FLAGS.rows or ["all"]),
     )
+    if extensions:
+        context["max_extensions"] = extensions
     if FLAGS.rows:
         context["rows"] = ",".join(FLAGS.rows)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
@@ -331,7 +350,7 @@ def batch_scaling(output_dir, grid, overrides):
             batch_sizes=_batch_sizes(),
             lr_factors=scaling.LR_FACTORS if grid is None else grid,
             target=FLAGS.target_accuracy,
-            max_extensions=FLAGS.max_extensions,
+            max_extensions=scaling.MAX_EXTENSIONS if FLAGS.max_extensions is None else FLAGS.max_extensions,
             overrides=overrides,
         )
         if not study.config(study.cells[0], 1.0).validation_size:

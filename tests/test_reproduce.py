@@ -231,6 +231,90 @@ def test_a_report_before_the_end_names_the_unfinished_grids_and_the_waiting_runs
     assert edge + "\n" in text
 
 
+def test_a_grid_chosen_at_its_edge_is_extended_beyond_it(tmp_path):
+    rows = ["msgd_b4096", "lars_b4096", "sngm_b4096"]
+    runs = studies.plan(
+        "table2",
+        str(tmp_path),
+        0.125,
+        [0.5, 1, 2],
+        models=["resnet20"],
+        rows=[*rows, "lars_pytorch_b4096"],
+        grid_rows=rows,
+    )
+    by_id = {r.run_id: r for r in runs}
+    for run_id, accuracy in (
+        ("resnet20_sngm_b4096_lr0.8", 0.7),  # the smallest rate wins
+        ("resnet20_sngm_b4096_lr1.6", 0.6),
+        ("resnet20_msgd_b4096_lr0.2", 0.5),  # the middle one wins
+        ("resnet20_msgd_b4096_lr0.4", 0.6),
+        ("resnet20_msgd_b4096_lr0.8", 0.4),
+        ("resnet20_lars_b4096_lr0.4", 0.5),  # the largest wins
+        ("resnet20_lars_b4096_lr0.8", 0.6),
+        ("resnet20_lars_b4096_lr1.6", 0.7),
+    ):
+        _finish(by_id[run_id], accuracy)
+    # SNGM's grid has not finished: only LARS's (chosen at its largest rate) is extended.
+    assert [r.run_id for r in studies.extend_grids(runs, 2) if r not in runs] == ["resnet20_lars_b4096_lr3.2"]
+    _finish(by_id["resnet20_sngm_b4096_lr3.2"], 0.5)
+    assert studies.extend_grids(runs, 0) == runs
+    extended = studies.extend_grids(runs, 2)
+    added = {r.run_id: r for r in extended if r not in runs}
+    assert sorted(added) == ["resnet20_lars_b4096_lr3.2", "resnet20_sngm_b4096_lr0.4"]
+    sngm = added["resnet20_sngm_b4096_lr0.4"]
+    assert (sngm.lr_factor, sngm.config.learning_rate, sngm.extends_grid) == (0.25, 0.4, True)
+    assert sngm.config.model_dir == os.path.join(str(tmp_path), "runs", "resnet20_sngm_b4096_lr0.4")
+    assert (added["resnet20_lars_b4096_lr3.2"].lr_factor, added["resnet20_lars_b4096_lr3.2"].config.learning_rate) == (
+        4,
+        3.2,
+    )
+    # Each extension beside its row; the pytorch-lars row waits for LARS's.
+    assert [r.run_id for r in extended if r.row == "lars_b4096"][-1] == "resnet20_lars_b4096_lr3.2"
+    assert extended.index(sngm) == len(extended) - 1
+    assert studies.resolve_rates(extended)[extended.index(by_id["resnet20_lars_pytorch_b4096"])] is None
+    # A finished extension that wins again calls for the next one, up to max_extensions per row.
+    _finish(sngm, 0.8)
+    _finish(added["resnet20_lars_b4096_lr3.2"], 0.65)  # below 1.6: LARS's grid is settled at 1.6
+    assert [r.run_id for r in studies.extend_grids(runs, 1) if r not in runs] == list(added)
+    twice = [r for r in studies.extend_grids(runs, 3) if r not in runs]
+    assert [(r.run_id, r.lr_factor) for r in twice][-1] == ("resnet20_sngm_b4096_lr0.2", 0.125)
+    pytorch = next(r for r in studies.resolve_rates(studies.extend_grids(runs, 1)) if r and r.rate_from)
+    assert pytorch.config.learning_rate == 1.6
+    text = studies.results_markdown("table2", studies.extend_grids(runs, 1), {}, 1)
+    assert "resnet20 sngm_b4096 (0.4, the smallest of 0.4, 0.8, 1.6, 3.2)" in text
+    assert "resnet20 lars_b4096" not in text.split("Chosen at an edge")[1].split("\n")[0]
+
+
+def test_dry_run_lists_the_grid_extensions_the_finished_runs_call_for(tmp_path):
+    runs = studies.plan(
+        "table2",
+        str(tmp_path),
+        0.125,
+        [0.5, 1],
+        overrides={"validation_size": 5000},
+        models=["resnet20"],
+        rows=["sngm_b4096"],
+    )
+    studies.claim_output(str(tmp_path), "table2", 0.125, [0.5, 1])
+    for run, accuracy in zip(runs, (0.7, 0.6)):
+        _finish_recorded(run, accuracy)
+    args = ["--study=table2", "--models=resnet20", "--rows=sngm_b4096", "--epochs_scale=0.125", "--lr_grid=0.5,1"]
+    result = reproduce(*args, f"--output_dir={tmp_path}", "--dry_run", "--max_extensions=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    listed = [
+        (line.split()[0], line.split(" epochs=")[1].split()[1:])
+        for line in result.stdout.splitlines()
+        if line.startswith("  resnet20_")
+    ]
+    assert listed == [
+        ("resnet20_sngm_b4096_lr0.8", ["finished"]),
+        ("resnet20_sngm_b4096_lr1.6", ["finished"]),
+        ("resnet20_sngm_b4096_lr0.4", ["to", "run", "(extension)"]),
+    ]
+    plain = reproduce(*args, f"--output_dir={tmp_path}", "--dry_run")
+    assert "study table2: 2 runs into" in plain.stdout and "extension" not in plain.stdout
+
+
 def test_dry_run_estimates_the_time_left_from_the_speed_of_finished_runs(tmp_path):
     args = ["--study=table2", "--models=resnet20", "--epochs_scale=0.125", f"--output_dir={tmp_path}", "--dry_run"]
     overrides = {"validation_size": 5000}  # as the app plans table2
@@ -296,6 +380,20 @@ def test_tiny_study_writes_table_and_curves_and_resumes(tmp_path):
     assert other.stderr.strip().splitlines()[-1].startswith("error: --output_dir:")
     rescaled = reproduce(*[a for a in args if not a.startswith("--epochs_scale")], "--epochs_scale=0.2")
     assert rescaled.returncode == 2 and "epochs_scale=0.1" in rescaled.stderr
+
+
+@pytest.mark.slow
+def test_a_study_trains_the_extension_its_grid_calls_for(tmp_path):
+    out = str(tmp_path / "study")
+    args = ["--study=figure1_cpu", "--dataset=sample", "--rows=sngm_b4096", "--lr_grid=1,2", "--max_updates=2"]
+    result = reproduce(*args, "--max_extensions=1", "--verbose=0", f"--output_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Of two rates the chosen one is on an edge: one more beyond it, then no more.
+    trained = [line[3:] for line in result.stdout.splitlines() if line.startswith("== ")]
+    assert trained[:2] == ["twoconv_sngm_b4096_lr0.8", "twoconv_sngm_b4096_lr1.6"]
+    assert trained[2:] in (["twoconv_sngm_b4096_lr0.4"], ["twoconv_sngm_b4096_lr3.2"])
+    results = open(os.path.join(out, "results.md")).read()
+    assert "runs finished: 3 of 3" in results and "- max_extensions: 1" in results
 
 
 # Other mistakes: tests/test_bad_input.py.

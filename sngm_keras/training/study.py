@@ -72,6 +72,7 @@ class PlannedRun:
     config: TrainConfig
     rate_from: str | None = None  # see RATE_FROM; config holds the preset's rate until resolved
     lr_factor: float | None = None  # the --lr_grid factor of the preset's rate; None where not swept
+    extends_grid: bool = False  # a rate beyond the grid's edge (`extend_grids`)
 
 
 def scaled(config, epochs_scale):
@@ -167,6 +168,48 @@ def training_order(runs):
     return sorted(
         runs, key=lambda r: (r.rate_from is not None, 0.0 if r.lr_factor is None else abs(math.log(r.lr_factor)))
     )
+
+
+def extend_grids(runs, max_extensions):
+    """`runs` plus the rates beyond the grid that the finished runs call
+    for: once every run of a swept row has finished and its chosen rate
+    (`collect`) is the smallest or largest of them, one more rate beyond
+    that edge, as far from it as its neighbour is (by ratio), up to
+    `max_extensions` per row. Derived from the finished runs alone, so a
+    restarted study plans the same runs."""
+    runs = list(runs)
+    while max_extensions:
+        added = False
+        for key in dict.fromkeys((r.group, r.row) for r in runs if r.lr_factor is not None):
+            row = sorted((r for r in runs if (r.group, r.row) == key), key=lambda r: r.lr_factor)
+            if (
+                len(row) < 2
+                or sum(r.extends_grid for r in row) >= max_extensions
+                or not all(is_finished(r) for r in row)
+            ):
+                continue
+            chosen = collect(row)[0][0]["run"].run_id
+            if chosen == row[0].run_id:
+                factor = row[0].lr_factor ** 2 / row[1].lr_factor
+            elif chosen == row[-1].run_id:
+                factor = row[-1].lr_factor ** 2 / row[-2].lr_factor
+            else:
+                continue
+            runs.insert(max(runs.index(r) for r in row) + 1, _at_factor(row[0], factor))
+            added = True
+        if not added:
+            break
+    return runs
+
+
+def _at_factor(run, factor):
+    """`run`, a run of a swept row, at another factor of its preset's rate."""
+    rate = run.config.learning_rate / run.lr_factor * factor
+    run_id = f"{run.group}_{run.row}_lr{rate:g}"
+    config = dataclasses.replace(
+        run.config, learning_rate=rate, model_dir=os.path.join(os.path.dirname(run.config.model_dir), run_id)
+    )
+    return dataclasses.replace(run, run_id=run_id, config=config, lr_factor=factor, extends_grid=True)
 
 
 def resolve_rates(runs):
