@@ -189,15 +189,21 @@ def main():
     except ConfigError as error:
         fail(_message(error))
     _check_runs([r.config for r in runs])
+    max_extensions = _max_extensions(runs, output_dir)
     try:
         if not FLAGS.dry_run:
             note_new(output_dir, os.path.join(output_dir, "study.json"))
-            studies.claim_output(output_dir, FLAGS.study, FLAGS.epochs_scale, grid)
+            studies.claim_output(output_dir, FLAGS.study, FLAGS.epochs_scale, grid, FLAGS.max_extensions)
     except ConfigError as error:
         fail(_message(error))
-    extensions = FLAGS.max_extensions or 0
+
+    def extend(runs):
+        extended = studies.extend_grids(runs, max_extensions)
+        _check_runs([r.config for r in extended if r not in runs])
+        return extended
+
     if FLAGS.export_commands:
-        runs = studies.extend_grids(runs, extensions)
+        runs = extend(runs)
         resolved = studies.resolve_rates(runs)
         ready = [r for r in studies.training_order(runs) if r.rate_from is None]
         ready += [r for r in resolved if r is not None and r.rate_from is not None]
@@ -206,11 +212,11 @@ def main():
         then = {0: None, 1: "the run that takes a selected rate"}.get(
             waiting, f"the {waiting} runs that take a selected rate"
         )
-        if extensions and ready:
+        if ready and _extensible(runs, max_extensions):
             then = "the grid extensions they may call for" + (f" and {then}" if then else "")
         return export(ready, then, output_dir)
 
-    runs = studies.extend_grids(runs, extensions)
+    runs = extend(runs)
     print(f"study {FLAGS.study}: {counted(len(runs), 'run')} into {output_dir}")
     for planned, resolved in zip(runs, studies.resolve_rates(runs)):
         c = (resolved or planned).config
@@ -222,6 +228,8 @@ def main():
         )
     if FLAGS.dry_run:
         _print_estimate([resolved or planned for planned, resolved in zip(runs, studies.resolve_rates(runs))])
+        if _extensible(runs, max_extensions):
+            print(f"plus up to {counted(_extensible(runs, max_extensions), 'grid extension')} as the grids finish")
         return
     started = time.time()
     # The rows with their own rates first (the presets' rates before the
@@ -238,7 +246,7 @@ def main():
             break
         train_run(left[0].run_id, left[0].config, output_dir)
         trained.add(left[0].run_id)
-        runs = studies.extend_grids(runs, extensions)
+        runs = extend(runs)
     resolved = studies.resolve_rates(runs)
     waiting = sum(r is None for r in resolved)
     runs = [r for r in resolved if r is not None]
@@ -251,8 +259,8 @@ def main():
         lr_grid=grid,
         lr_grid_rows=",".join(FLAGS.lr_grid_rows or FLAGS.rows or ["all"]),
     )
-    if extensions:
-        context["max_extensions"] = extensions
+    if max_extensions:
+        context["max_extensions"] = max_extensions
     if FLAGS.rows:
         context["rows"] = ",".join(FLAGS.rows)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
@@ -263,6 +271,25 @@ def main():
     if groups:
         plot_curves(groups, os.path.join(output_dir, "curves.png"))
     print(f"\nwrote {output_dir}/results.md and curves.png ({time.time() - started:.0f} s)")
+
+
+def _max_extensions(runs, output_dir):
+    """--max_extensions, or the value a previous invocation recorded; a
+    mistake when no row is swept over two rates or more."""
+    given = FLAGS.max_extensions
+    if given and not any(len({r.lr_factor for r in runs if r.row == run.row}) > 1 for run in runs if run.lr_factor):
+        fail("--max_extensions: no row is swept over two rates or more (--lr_grid, --lr_grid_rows)")
+    return studies.recorded_max_extensions(output_dir) if given is None else given
+
+
+def _extensible(runs, max_extensions):
+    """How many more grid extensions the unfinished rows may still call for."""
+    count = 0
+    for key in dict.fromkeys((r.group, r.row) for r in runs if r.lr_factor is not None):
+        row = [r for r in runs if (r.group, r.row) == key]
+        if len({r.lr_factor for r in row}) > 1 and not all(studies.is_finished(r) for r in row):
+            count += max_extensions - sum(r.extends_grid for r in row)
+    return count
 
 
 # Training and test images of the datasets whose size is known without loading them.

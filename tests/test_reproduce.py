@@ -280,9 +280,43 @@ def test_a_grid_chosen_at_its_edge_is_extended_beyond_it(tmp_path):
     assert [(r.run_id, r.lr_factor) for r in twice][-1] == ("resnet20_sngm_b4096_lr0.2", 0.125)
     pytorch = next(r for r in studies.resolve_rates(studies.extend_grids(runs, 1)) if r and r.rate_from)
     assert pytorch.config.learning_rate == 1.6
-    text = studies.results_markdown("table2", studies.extend_grids(runs, 1), {}, 1)
+    resolved = studies.resolve_rates(studies.extend_grids(runs, 1))
+    text = studies.results_markdown("table2", [r for r in resolved if r], {}, resolved.count(None))
+    assert "- runs finished: 11 of 12;" in text  # 3 + 3 + 3 rates, 2 extensions; pytorch-lars at 1.6 left
     assert "resnet20 sngm_b4096 (0.4, the smallest of 0.4, 0.8, 1.6, 3.2)" in text
     assert "resnet20 lars_b4096" not in text.split("Chosen at an edge")[1].split("\n")[0]
+
+
+def test_grid_extensions_follow_the_reports_choice_and_plans_rates(tmp_path):
+    def row(grid, accuracies, folder):
+        runs = studies.plan("table2", str(tmp_path / folder), 0.125, grid, models=["resnet20"], rows=["msgd_b4096"])
+        for run, accuracy in zip(runs, accuracies):
+            _finish(run, accuracy)
+        return runs
+
+    # A repeated factor is one rate: of 0.5 and 1, 1 wins, and the next rate beyond it is 2.
+    repeated = row([0.5, 1, 1], [0.5, 0.6, 0.6], "repeated")
+    added = [r for r in studies.extend_grids(repeated, 3) if r not in repeated]
+    assert [(r.lr_factor, r.config.learning_rate) for r in added] == [(2.0, 0.8)]
+    # A tie goes to the rate listed first in the grid, as the report chooses: 1 (inside), no extension.
+    tie = row([1, 0.5, 2], [0.6, 0.6, 0.5], "tie")
+    assert studies.extend_grids(tie, 3) == tie
+    assert studies.collect(tie)[0][0]["run"].lr_factor == 1
+    # A decade grid: the rate is what plan gives for the factor a user would type (0.01 x 0.4).
+    decade = row([0.1, 1, 10], [0.7, 0.6, 0.5], "decade")
+    (ext,) = [r for r in studies.extend_grids(decade, 1) if r not in decade]
+    widened = studies.plan("table2", str(tmp_path / "decade"), 0.125, [0.01, 0.1, 1, 10], models=["resnet20"])
+    twin = next(r for r in widened if r.row == "msgd_b4096" and r.lr_factor == 0.01)
+    assert (ext.lr_factor, ext.run_id, ext.config) == (0.01, twin.run_id, twin.config)
+
+
+def test_the_study_folder_remembers_max_extensions(tmp_path):
+    assert studies.recorded_max_extensions(str(tmp_path)) == 0
+    studies.claim_output(str(tmp_path), "table2", 0.125, [0.5, 1, 2], 1)
+    studies.claim_output(str(tmp_path), "table2", 0.125, [0.5, 1, 2])  # not given: kept
+    assert studies.recorded_max_extensions(str(tmp_path)) == 1
+    recorded = json.load(open(tmp_path / "study.json"))
+    assert recorded == {"study": "table2", "epochs_scale": 0.125, "lr_grids": [[0.5, 1, 2]], "max_extensions": 1}
 
 
 def test_dry_run_lists_the_grid_extensions_the_finished_runs_call_for(tmp_path):
@@ -311,8 +345,15 @@ def test_dry_run_lists_the_grid_extensions_the_finished_runs_call_for(tmp_path):
         ("resnet20_sngm_b4096_lr1.6", ["finished"]),
         ("resnet20_sngm_b4096_lr0.4", ["to", "run", "(extension)"]),
     ]
+    assert "plus up to" not in result.stdout  # the row's one extension is planned already
     plain = reproduce(*args, f"--output_dir={tmp_path}", "--dry_run")
     assert "study table2: 2 runs into" in plain.stdout and "extension" not in plain.stdout
+    exported = reproduce(*args, f"--output_dir={tmp_path}", "--export_commands", "--max_extensions=2")
+    assert _commands(exported) == [f"python -m apps.train --flagfile={tmp_path}/runs/resnet20_sngm_b4096_lr0.4.flags"]
+    assert "rerun with --export_commands for the grid extensions they may call for;" in exported.stderr
+    # Recorded by the export: a dry run without the flag plans the extension and counts the one more it may need.
+    again = reproduce(*args, f"--output_dir={tmp_path}", "--dry_run")
+    assert "to run (extension)" in again.stdout and "plus up to 1 grid extension as the grids finish" in again.stdout
 
 
 def test_dry_run_estimates_the_time_left_from_the_speed_of_finished_runs(tmp_path):

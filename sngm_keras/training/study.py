@@ -73,6 +73,7 @@ class PlannedRun:
     rate_from: str | None = None  # see RATE_FROM; config holds the preset's rate until resolved
     lr_factor: float | None = None  # the --lr_grid factor of the preset's rate; None where not swept
     extends_grid: bool = False  # a rate beyond the grid's edge (`extend_grids`)
+    preset_rate: float | None = None  # the rate lr_factor multiplies
 
 
 def scaled(config, epochs_scale):
@@ -139,7 +140,7 @@ def plan(study, output_dir, epochs_scale=1.0, lr_grid=None, overrides=None, mode
                 config = dataclasses.replace(config, learning_rate=base.learning_rate * factor)
                 run_id = f"{run_id}_lr{config.learning_rate:g}"
             config = dataclasses.replace(config, model_dir=os.path.join(output_dir, "runs", run_id))
-            runs.append(PlannedRun(run_id, group, row, config, lr_factor=factor))
+            runs.append(PlannedRun(run_id, group, row, config, lr_factor=factor, preset_rate=base.learning_rate))
     return runs
 
 
@@ -173,38 +174,41 @@ def training_order(runs):
 def extend_grids(runs, max_extensions):
     """`runs` plus the rates beyond the grid that the finished runs call
     for: once every run of a swept row has finished and its chosen rate
-    (`collect`) is the smallest or largest of them, one more rate beyond
-    that edge, as far from it as its neighbour is (by ratio), up to
-    `max_extensions` per row. Derived from the finished runs alone, so a
-    restarted study plans the same runs."""
+    (`collect`, as the report chooses) is the smallest or largest of them,
+    one more rate beyond that edge, as far from it as its neighbour is (by
+    ratio), up to `max_extensions` per row. Derived from the finished runs
+    alone, so a restarted study plans the same runs."""
     runs = list(runs)
     while max_extensions:
         added = False
         for key in dict.fromkeys((r.group, r.row) for r in runs if r.lr_factor is not None):
-            row = sorted((r for r in runs if (r.group, r.row) == key), key=lambda r: r.lr_factor)
-            if (
-                len(row) < 2
-                or sum(r.extends_grid for r in row) >= max_extensions
-                or not all(is_finished(r) for r in row)
-            ):
+            row = [r for r in runs if (r.group, r.row) == key]
+            if sum(r.extends_grid for r in row) >= max_extensions or not all(is_finished(r) for r in row):
                 continue
-            chosen = collect(row)[0][0]["run"].run_id
-            if chosen == row[0].run_id:
-                factor = row[0].lr_factor ** 2 / row[1].lr_factor
-            elif chosen == row[-1].run_id:
-                factor = row[-1].lr_factor ** 2 / row[-2].lr_factor
-            else:
-                continue
-            runs.insert(max(runs.index(r) for r in row) + 1, _at_factor(row[0], factor))
-            added = True
+            factor = _beyond_edge(sorted({r.lr_factor for r in row}), collect(row)[0][0]["run"].lr_factor)
+            if factor is not None:
+                runs.insert(max(runs.index(r) for r in row) + 1, _at_factor(row[0], factor))
+                added = True
         if not added:
             break
     return runs
 
 
+def _beyond_edge(factors, chosen):
+    """The factor one step beyond the edge of `factors` (distinct, sorted)
+    that `chosen` lies on, rounded as a user would type it; None when
+    `chosen` is inside the grid or the grid has one factor."""
+    if len(factors) < 2 or factors[0] < chosen < factors[-1]:
+        return None
+    factor = factors[0] ** 2 / factors[1] if chosen == factors[0] else factors[-1] ** 2 / factors[-2]
+    return float(f"{factor:.6g}")
+
+
 def _at_factor(run, factor):
-    """`run`, a run of a swept row, at another factor of its preset's rate."""
-    rate = run.config.learning_rate / run.lr_factor * factor
+    """`run`, a run of a swept row, at another factor of its preset's rate
+    (computed as `plan` computes it, so a grid widened to that factor
+    later names the same run)."""
+    rate = run.preset_rate * factor
     run_id = f"{run.group}_{run.row}_lr{rate:g}"
     config = dataclasses.replace(
         run.config, learning_rate=rate, model_dir=os.path.join(os.path.dirname(run.config.model_dir), run_id)
@@ -276,24 +280,32 @@ def _check_unclaimed(output_dir):
         )
 
 
-def claim_output(output_dir, study, epochs_scale, lr_grid):
+def claim_output(output_dir, study, epochs_scale, lr_grid, max_extensions=None):
     """Records the study in output_dir/study.json, or checks it is the same
     study at the same scale. The learning-rate grid may change between
     invocations (to widen a sweep): runs of learning rates still in the grid
-    are reused, and the table reports the current grid only."""
+    are reused, and the table reports the current grid only.
+    `max_extensions`, when given, is recorded for the invocations that do
+    not give it (`recorded_max_extensions`)."""
     check_output(output_dir, study, epochs_scale)
     path = os.path.join(output_dir, "study.json")
     try:
         os.makedirs(output_dir, exist_ok=True)
-        if os.path.exists(path):
-            recorded = read_json(path)
-            grids = recorded.get("lr_grids", [])
-            if lr_grid not in grids:
-                write_atomic(path, json.dumps(dict(recorded, lr_grids=grids + [lr_grid]), indent=2))
-            return
-        write_atomic(path, json.dumps({"study": study, "epochs_scale": epochs_scale, "lr_grids": [lr_grid]}, indent=2))
+        recorded = read_json(path) if os.path.exists(path) else {"study": study, "epochs_scale": epochs_scale}
+        grids = recorded.get("lr_grids", [])
+        updated = dict(recorded, lr_grids=grids if lr_grid in grids else grids + [lr_grid])
+        if max_extensions is not None:
+            updated["max_extensions"] = max_extensions
+        if updated != recorded:
+            write_atomic(path, json.dumps(updated, indent=2))
     except OSError as error:
         raise ConfigError("output_dir", f"{output_dir} is not writable ({error.strerror or error})") from None
+
+
+def recorded_max_extensions(output_dir):
+    """The `max_extensions` last given to the study in output_dir, else 0."""
+    path = os.path.join(output_dir, "study.json")
+    return read_json(path).get("max_extensions", 0) if os.path.exists(path) else 0
 
 
 def check_settings(output_dir, settings):
