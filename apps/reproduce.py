@@ -228,8 +228,8 @@ def main():
         )
     if FLAGS.dry_run:
         _print_estimate([resolved or planned for planned, resolved in zip(runs, studies.resolve_rates(runs))])
-        if _extensible(runs, max_extensions):
-            print(f"plus up to {counted(_extensible(runs, max_extensions), 'grid extension')} as the grids finish")
+        if more := _extensible(runs, max_extensions):
+            print(f"plus up to {counted(more, 'grid extension')} as the grids finish")
         return
     started = time.time()
     # The rows with their own rates first (the presets' rates before the
@@ -277,19 +277,18 @@ def _max_extensions(runs, output_dir):
     """--max_extensions, or the value a previous invocation recorded; a
     mistake when no row is swept over two rates or more."""
     given = FLAGS.max_extensions
-    if given and not any(len({r.lr_factor for r in runs if r.row == run.row}) > 1 for run in runs if run.lr_factor):
+    if given and not any(len({r.lr_factor for r in row}) > 1 for row in studies.swept_rows(runs)):
         fail("--max_extensions: no row is swept over two rates or more (--lr_grid, --lr_grid_rows)")
     return studies.recorded_max_extensions(output_dir) if given is None else given
 
 
 def _extensible(runs, max_extensions):
     """How many more grid extensions the unfinished rows may still call for."""
-    count = 0
-    for key in dict.fromkeys((r.group, r.row) for r in runs if r.lr_factor is not None):
-        row = [r for r in runs if (r.group, r.row) == key]
-        if len({r.lr_factor for r in row}) > 1 and not all(studies.is_finished(r) for r in row):
-            count += max_extensions - sum(r.extends_grid for r in row)
-    return count
+    return sum(
+        max_extensions - sum(r.extends_grid for r in row)
+        for row in studies.swept_rows(runs)
+        if len({r.lr_factor for r in row}) > 1 and not all(studies.is_finished(r) for r in row)
+    )
 
 
 # Training and test images of the datasets whose size is known without loading them.

@@ -181,8 +181,7 @@ def extend_grids(runs, max_extensions):
     runs = list(runs)
     while max_extensions:
         added = False
-        for key in dict.fromkeys((r.group, r.row) for r in runs if r.lr_factor is not None):
-            row = [r for r in runs if (r.group, r.row) == key]
+        for row in swept_rows(runs):
             if sum(r.extends_grid for r in row) >= max_extensions or not all(is_finished(r) for r in row):
                 continue
             factor = _beyond_edge(sorted({r.lr_factor for r in row}), collect(row)[0][0]["run"].lr_factor)
@@ -192,6 +191,12 @@ def extend_grids(runs, max_extensions):
         if not added:
             break
     return runs
+
+
+def swept_rows(runs):
+    """The runs of each row swept by a learning-rate grid, one list a row."""
+    keys = dict.fromkeys((r.group, r.row) for r in runs if r.lr_factor is not None)
+    return [[r for r in runs if (r.group, r.row) == key] for key in keys]
 
 
 def _beyond_edge(factors, chosen):
@@ -208,12 +213,16 @@ def _at_factor(run, factor):
     """`run`, a run of a swept row, at another factor of its preset's rate
     (computed as `plan` computes it, so a grid widened to that factor
     later names the same run)."""
-    rate = run.preset_rate * factor
+    return dataclasses.replace(_at_rate(run, run.preset_rate * factor), lr_factor=factor, extends_grid=True)
+
+
+def _at_rate(run, rate):
+    """`run` at learning rate `rate`, its run id and folder named by it."""
     run_id = f"{run.group}_{run.row}_lr{rate:g}"
     config = dataclasses.replace(
         run.config, learning_rate=rate, model_dir=os.path.join(os.path.dirname(run.config.model_dir), run_id)
     )
-    return dataclasses.replace(run, run_id=run_id, config=config, lr_factor=factor, extends_grid=True)
+    return dataclasses.replace(run, run_id=run_id, config=config)
 
 
 def resolve_rates(runs):
@@ -231,12 +240,7 @@ def resolve_rates(runs):
         if not sources or not all(is_finished(r) for r in sources):
             resolved.append(None)
             continue
-        rate = selected[(run.group, run.rate_from)]
-        run_id = f"{run.group}_{run.row}_lr{rate:g}"
-        config = dataclasses.replace(
-            run.config, learning_rate=rate, model_dir=os.path.join(os.path.dirname(run.config.model_dir), run_id)
-        )
-        resolved.append(dataclasses.replace(run, run_id=run_id, config=config))
+        resolved.append(_at_rate(run, selected[(run.group, run.rate_from)]))
     return resolved
 
 
