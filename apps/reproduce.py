@@ -277,7 +277,7 @@ def _max_extensions(runs, output_dir):
     """--max_extensions, or the value a previous invocation recorded; a
     mistake when no row is swept over two rates or more."""
     given = FLAGS.max_extensions
-    if given and not any(len({r.lr_factor for r in row}) > 1 for row in studies.swept_rows(runs)):
+    if given and not studies.swept_rows(runs):
         fail("--max_extensions: no row is swept over two rates or more (--lr_grid, --lr_grid_rows)")
     return studies.recorded_max_extensions(output_dir) if given is None else given
 
@@ -287,7 +287,7 @@ def _extensible(runs, max_extensions):
     return sum(
         max_extensions - sum(r.extends_grid for r in row)
         for row in studies.swept_rows(runs)
-        if len({r.lr_factor for r in row}) > 1 and not all(studies.is_finished(r) for r in row)
+        if not all(studies.is_finished(r) for r in row)
     )
 
 

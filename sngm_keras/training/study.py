@@ -194,16 +194,18 @@ def extend_grids(runs, max_extensions):
 
 
 def swept_rows(runs):
-    """The runs of each row swept by a learning-rate grid, one list a row."""
+    """The runs of each row swept over two learning rates or more, one list
+    a row (a grid of one factor has no edge to extend or report)."""
     keys = dict.fromkeys((r.group, r.row) for r in runs if r.lr_factor is not None)
-    return [[r for r in runs if (r.group, r.row) == key] for key in keys]
+    rows = [[r for r in runs if (r.group, r.row) == key] for key in keys]
+    return [row for row in rows if len({r.lr_factor for r in row}) > 1]
 
 
 def _beyond_edge(factors, chosen):
     """The factor one step beyond the edge of `factors` (distinct, sorted)
     that `chosen` lies on, rounded as a user would type it; None when
-    `chosen` is inside the grid or the grid has one factor."""
-    if len(factors) < 2 or factors[0] < chosen < factors[-1]:
+    `chosen` is inside the grid."""
+    if factors[0] < chosen < factors[-1]:
         return None
     factor = factors[0] ** 2 / factors[1] if chosen == factors[0] else factors[-1] ** 2 / factors[-2]
     return float(f"{factor:.6g}")
@@ -487,15 +489,13 @@ def _unfinished_grids(runs, every):
 def _on_edge(runs, best):
     """'resnet20 sngm_b4096 (0.8, the smallest of 0.8, 1.6, 3.2), ...' for
     the rows whose chosen rate is the smallest or largest their grid plans."""
-    rates = {}
-    for run in runs:
-        rates.setdefault((run.group, run.row), set()).add(run.config.learning_rate)
+    grids = {(row[0].group, row[0].row): sorted({r.config.learning_rate for r in row}) for row in swept_rows(runs)}
     found = []
     for entry in best:
         run = entry["run"]
-        grid = sorted(rates[(run.group, run.row)])
+        grid = grids.get((run.group, run.row))
         rate = run.config.learning_rate
-        if len(grid) > 1 and rate in (grid[0], grid[-1]):
+        if grid and rate in (grid[0], grid[-1]):
             end = "smallest" if rate == grid[0] else "largest"
             found.append(f"{run.group} {run.row} ({rate:g}, the {end} of {', '.join(f'{r:g}' for r in grid)})")
     return ", ".join(found)
