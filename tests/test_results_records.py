@@ -1,0 +1,112 @@
+"""The measured figures in docs/ agree with the run records committed beside
+them, and each selected rate is the one the records' validation accuracy
+picks (never the test accuracy)."""
+
+import collections
+import glob
+import json
+import os
+import re
+
+import pytest
+
+DOCS = os.path.join(os.path.dirname(__file__), os.pardir, "docs")
+
+
+def _records(folder):
+    """{run name: (config, summary)} of the finished runs in docs/<folder>/runs."""
+    records = {}
+    for path in sorted(glob.glob(os.path.join(DOCS, folder, "runs", "*", "summary.json"))):
+        run_dir = os.path.dirname(path)
+        with open(path) as f:
+            summary = json.load(f)
+        with open(os.path.join(run_dir, "config.json")) as f:
+            config = json.load(f)
+        records[os.path.basename(run_dir)] = (config, summary)
+    return records
+
+
+def _percent(fraction):
+    return f"{100 * fraction:.2f}%"
+
+
+def _section(path, heading):
+    with open(path) as f:
+        text = f.read()
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end >= 0 else None]
+
+
+def _row(run):
+    """table2's row of a run: its name without the model and the rate."""
+    return re.sub(r"^resnet20_|_lr[0-9.]+$", "", run)
+
+
+@pytest.fixture(scope="module")
+def table2():
+    records = _records("table2")
+    assert len(records) == 15
+    return records, _section(os.path.join(DOCS, "RESULTS.md"), "Table 2 at CPU scale (ResNet-20, 20 epochs)")
+
+
+def test_table2_every_run_appears_with_its_test_and_validation_accuracy(table2):
+    records, section = table2
+    for run, (_, summary) in records.items():
+        test, validation = _percent(summary["test_accuracy"]), _percent(summary["validation_accuracy"])
+        assert f"{test} ({validation})" in section or f"**{test}** ({validation})" in section, run
+
+
+def test_table2_chosen_rates_are_the_validation_best(table2):
+    records, section = table2
+    by_row = collections.defaultdict(list)
+    for run, (config, summary) in records.items():
+        by_row[_row(run)].append((summary["validation_accuracy"], config["learning_rate"], summary))
+    chosen = {}
+    for row, runs in by_row.items():
+        validation, rate, summary = max(runs, key=lambda r: r[0])
+        chosen[row] = rate
+        bold = f"**{_percent(summary['test_accuracy'])}** ({_percent(validation)})"
+        assert bold in section, row
+        line = f"| {_percent(validation)} | **{_percent(summary['test_accuracy'])}** |"
+        assert line in section, row
+    assert chosen == {
+        "msgd_b128": 0.1,
+        "msgd_b4096": 0.1,
+        "lars_b4096": 3.2,
+        "lars_warmup_b4096": 2.4,
+        "lars_pytorch_b4096": 3.2,
+        "sngm_b4096": 0.8,
+    }
+    # The pytorch-lars row is not swept: it takes the rate chosen for LARS.
+    assert chosen["lars_pytorch_b4096"] == chosen["lars_b4096"]
+
+
+def test_table2_wall_time_and_run_count(table2):
+    records, section = table2
+    hours = sum(summary["wall_seconds"] for _, summary in records.values()) / 3600
+    minutes = [summary["wall_seconds"] / 60 for _, summary in records.values()]
+    match = re.search(r"Wall time: (\d+)–(\d+) minutes a run .*?([\d.]+)\s+hours for the (\d+) runs", section, re.S)
+    assert match, "wall-time line"
+    low, high, stated_hours, count = match.groups()
+    assert (int(low), int(high)) == (round(min(minutes)), round(max(minutes)))
+    assert float(stated_hours) == round(hours, 1)
+    assert int(count) == len(records)
+
+
+def test_batch_scaling_table_is_the_validation_selection():
+    records = _records("batch_scaling")
+    by_cell = collections.defaultdict(list)
+    for config, summary in records.values():
+        by_cell[(config["optimizer"], config["batch_size"])].append((summary["validation_accuracy"], config, summary))
+    table = re.findall(
+        r"^\| (MSGD|LARS|SNGM) \| (\d+) \| \d+ \| ([\d.]+) \| ([\d.]+%) \| ([\d.]+%) \|",
+        _section(os.path.join(DOCS, "BATCH_SCALING.md"), "Results"),
+        re.M,
+    )
+    assert len(table) == 12
+    for method, batch, rate, validation, test in table:
+        best_validation, config, summary = max(by_cell[(method.lower(), int(batch))], key=lambda r: r[0])
+        assert float(rate) == config["learning_rate"], (method, batch)
+        assert validation == _percent(best_validation), (method, batch)
+        assert test == _percent(summary["test_accuracy"]), (method, batch)
