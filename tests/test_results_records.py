@@ -75,11 +75,9 @@ def test_table2_chosen_rates_are_the_validation_best(table2):
         "msgd_b4096": 0.1,
         "lars_b4096": 3.2,
         "lars_warmup_b4096": 2.4,
-        "lars_pytorch_b4096": 3.2,
+        "lars_pytorch_b4096": 3.2,  # not swept: the rate chosen for LARS
         "sngm_b4096": 0.8,
     }
-    # The pytorch-lars row is not swept: it takes the rate chosen for LARS.
-    assert chosen["lars_pytorch_b4096"] == chosen["lars_b4096"]
 
 
 def test_table2_wall_time_and_run_count(table2):
