@@ -108,3 +108,14 @@ def test_batch_scaling_table_is_the_validation_selection():
         assert float(rate) == config["learning_rate"], (method, batch)
         assert validation == _percent(best_validation), (method, batch)
         assert test == _percent(summary["test_accuracy"]), (method, batch)
+
+
+def test_table2_forty_epoch_runs_appear_with_their_test_and_validation_accuracy(table2):
+    _, section = table2
+    records = _records(os.path.join("table2", "40_epochs"))
+    assert set(records) <= {"resnet20_msgd_b128", "resnet20_sngm_b4096_lr0.8"}
+    assert "resnet20_msgd_b128" in records
+    for run, (config, summary) in records.items():
+        assert summary["epochs_completed"] == 40 and config["epochs"] == 40, run
+        test, validation = _percent(summary["test_accuracy"]), _percent(summary["validation_accuracy"])
+        assert f"{test} ({validation}" in section, run
