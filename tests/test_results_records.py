@@ -3,10 +3,13 @@ them, and each selected rate is the one the records' validation accuracy
 picks (never the test accuracy)."""
 
 import collections
+import csv
 import glob
 import json
+import math
 import os
 import re
+import statistics
 
 import pytest
 
@@ -122,3 +125,63 @@ def test_table2_forty_epoch_runs_appear_with_their_test_and_validation_accuracy(
     for epochs, records in ((20, twenty), (40, forty)):
         gap = 100 * (records[msgd][1]["test_accuracy"] - records[sngm][1]["test_accuracy"])
         assert f"{gap:.2f} points at {epochs} epochs" in " ".join(section.split()), epochs
+
+
+def _batch_scaling_text():
+    with open(os.path.join(DOCS, "BATCH_SCALING.md")) as f:
+        return " ".join(f.read().split())
+
+
+def test_batch_scaling_wall_time_figures():
+    records = _records("batch_scaling")
+    cells = {(config["optimizer"], config["batch_size"]) for config, _ in records.values()}
+    default_runs = 4 * len(cells)  # four rates per (method, B) before any extension
+    wall = [summary["wall_seconds"] for _, summary in records.values()]
+    median_minutes = statistics.median(wall) / 60
+    text = _batch_scaling_text()
+    assert f"median of all {len(records)} records {median_minutes:.1f} minutes" in text
+    assert f"median record's {median_minutes:.1f} minutes a run" in text
+    default_hours = re.findall(rf"{default_runs} runs(?: of the default grid)? take about ([\d.]+) hours", text)
+    assert len(default_hours) == 2 and set(default_hours) == {f"{default_runs * median_minutes / 60:.1f}"}
+    extensions = len(records) - default_runs
+    assert f"the {extensions} extensions about {extensions * median_minutes / 60:.1f} more" in text
+    assert f"wall times add up to {sum(wall) / 3600:.1f} hours" in text
+
+
+def test_batch_scaling_msgd_b8192_tie_without_the_learned_nothing_rule():
+    records = _records("batch_scaling")
+    (_, stalled), (_, diverged), (_, smaller) = (records[f"msgd_b8192_lr{rate}"] for rate in ("1.6", "3.2", "0.4"))
+    assert stalled["validation_accuracy"] == diverged["validation_accuracy"]
+    assert math.isfinite(stalled["train_loss"]) and not math.isfinite(diverged["train_loss"])
+    text = _batch_scaling_text()
+    assert f"share of the validation split ({_percent(stalled['validation_accuracy'])})" in text
+    assert f"the diverged run at 0.4 ({_percent(smaller['validation_accuracy'])})" in text
+    assert f"the diverged run at 3.2 tied it at {_percent(diverged['validation_accuracy'])}" in text
+
+
+def _history(folder, run):
+    with open(os.path.join(DOCS, folder, "runs", run, "history.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_table2_schedule_caveat_and_update_counts(table2):
+    records, section = table2
+    text = " ".join(section.split())
+    # MSGD's step schedule is flat over the last 5 (20 epochs) and 10 (40 epochs) epochs, at a hundredth of its rate.
+    for folder, epochs, flat in (("table2", 20, 5), (os.path.join("table2", "40_epochs"), 40, 10)):
+        rows = _history(folder, "resnet20_msgd_b128")
+        assert len(rows) == epochs
+        first = float(rows[0]["learning_rate"])
+        assert [float(r["learning_rate"]) for r in rows[-flat - 1 :]] == pytest.approx([first / 100] * (flat + 1))
+    sngm20 = _history("table2", "resnet20_sngm_b4096_lr0.8")
+    sngm40 = _history(os.path.join("table2", "40_epochs"), "resnet20_sngm_b4096_lr0.8")
+    assert float(sngm20[-1]["learning_rate"]) == 0 == float(sngm40[-1]["learning_rate"])
+    assert f"SNGM's from {float(sngm20[14]['learning_rate']):.2f} at the end of epoch 15" in text
+    assert (
+        f"{float(sngm40[29]['learning_rate']):.2f} at the end of epoch 30, "
+        f"{float(sngm40[34]['learning_rate']):.2f} at the end of epoch 35" in text
+    )
+    # 160 epochs of the 45,000 training images at B = 4096: eight times a 20-epoch run's updates.
+    _, summary = records["resnet20_sngm_b4096_lr0.8"]
+    assert summary["num_train"] == 45000 and summary["epochs_completed"] == 20
+    assert f"45,000 images ({summary['updates'] * 160 // 20:,} updates)" in text
