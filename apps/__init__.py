@@ -1,6 +1,8 @@
 """The command-line programs. Importing the package (which `python -m apps.X`
-does first) keeps TensorFlow's native start-up log quiet: see `_native_log`."""
+does first) defers the library's Keras and TensorFlow imports until the
+app's flags are checked, and keeps TensorFlow's native start-up log quiet:
+see `_startup`."""
 
-from apps._native_log import quiet_tensorflow_start
+from apps._startup import defer_library_imports
 
-quiet_tensorflow_start()
+defer_library_imports()

@@ -158,6 +158,8 @@ def _grid():
 def main():
     if FLAGS.study is None:
         fail("--study: required; choose one of " + ", ".join(STUDY_NAMES))
+    if FLAGS.study not in STUDY_NAMES:
+        fail(f"--study: must be one of {', '.join(STUDY_NAMES)}, got {FLAGS.study!r}")
     if FLAGS.export_commands and (FLAGS.dry_run or FLAGS.report_only):
         fail("--export_commands: trains nothing itself; use it without --dry_run and --report_only")
     grid = _grid()
@@ -350,7 +352,7 @@ ASSUMED_TWOCONV_SPEED = 2000.0  # training images/s
 
 
 def _one_model(models):
-    from sngm_keras.models import MODEL_NAMES
+    from sngm_keras.model_names import MODEL_NAMES
 
     if len(models) != 1:
         fail(f"--models: batch_scaling studies one network at a time, got {','.join(models) or 'none'}")

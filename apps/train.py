@@ -19,6 +19,7 @@ import os
 from absl import flags
 
 from apps._cli import fail, run
+from apps._startup import finish_library_imports
 from sngm_keras.training.config import DATASETS, TrainConfig
 from sngm_keras.training.presets import PRESETS
 
@@ -155,13 +156,16 @@ def _interrupted():
 def main():
     global _model_dir
     from sngm_keras.data import DataError
-    from sngm_keras.training import ConfigError, train
     from sngm_keras.training.cluster import WorkerLost
+    from sngm_keras.training.config import ConfigError
 
     _model_dir = None
     try:
         config = config_from_flags()
         _model_dir = config.model_dir
+        finish_library_imports()
+        from sngm_keras.training import train
+
         summary = train(config)
     except (ConfigError, DataError) as error:
         fail(str(error))

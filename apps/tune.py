@@ -28,6 +28,7 @@ import sys
 from absl import flags
 
 from apps._cli import fail, run
+from apps._startup import finish_library_imports
 from sngm_keras.training.config import DATASETS, INT_LIMIT, TrainConfig, keras_verbosity  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -80,7 +81,7 @@ def _numbers(name, kind=float):
 
 def _message(error):
     """The ConfigError's one line, naming this app's flags."""
-    from sngm_keras.training import ConfigError
+    from sngm_keras.training.errors import ConfigError
 
     text = str(error)
     if isinstance(error, ConfigError) and error.field in _RENAMED:
@@ -104,18 +105,18 @@ def _interrupted():
 
 def main():
     from sngm_keras.data import DataError
-    from sngm_keras.training import ConfigError
-    from sngm_keras.training.errors import as_config_errors
+    from sngm_keras.training.errors import ConfigError, as_config_errors
 
     try:
-        from sngm_keras import checks, tuning
+        from sngm_keras import checks
+        from sngm_keras.tuning import space as search_space
 
-        tuning.check_search_options(FLAGS.tuner, FLAGS.max_trials, FLAGS.objective)
+        search_space.check_search_options(FLAGS.tuner, FLAGS.max_trials, FLAGS.objective)
         with as_config_errors():
             for name in ("epochs_per_trial", "final_epochs", "max_trials"):
                 if FLAGS[name].value is not None:
                     checks.check_int(name, FLAGS[name].value, 1, INT_LIMIT)
-        space = tuning.SearchSpace(
+        space = search_space.SearchSpace(
             lr_range=_numbers("lr_range"),
             momentum_choices=_numbers("momentum_choices"),
             power_range=_numbers("power_range"),
@@ -123,7 +124,7 @@ def main():
             batch_sizes=(
                 _numbers("batch_sizes", int)
                 if FLAGS.batch_sizes is not None
-                else tuning.default_batch_sizes(FLAGS.dataset)
+                else search_space.default_batch_sizes(FLAGS.dataset)
             ),
         ).validate()
         project_name = FLAGS.project_name or "_".join(
@@ -145,10 +146,14 @@ def main():
             verbose=FLAGS.verbose,
             model_dir=os.path.join(FLAGS.directory, project_name),
         )
+        base.validate()
         ignored = base.ignored_fields()
         for name in _BASE_FLAGS:
             if FLAGS[name].present and name in ignored:
                 raise ConfigError(name, f"{ignored[name]}; drop it")
+        finish_library_imports()
+        from sngm_keras import tuning
+
         hypermodel = tuning.LargeBatchHyperModel(base, space, validation_fraction=FLAGS.validation_fraction)
         tuner = tuning.make_tuner(
             hypermodel,

@@ -21,25 +21,14 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from sngm_keras.model_names import CIFAR_DEPTHS as _CIFAR_DEPTHS
+from sngm_keras.model_names import IMAGENET_LAYOUTS as _IMAGENET_LAYOUTS
+from sngm_keras.model_names import MODEL_NAMES
+
 # PyTorch's BatchNorm2d defaults (momentum=0.1 there is 0.9 in Keras' convention),
 # as used by the code the papers' numbers come from.
 _BN_MOMENTUM = 0.9
 _BN_EPSILON = 1e-5
-
-_CIFAR_DEPTHS = {
-    "resnet20": 20,
-    "resnet32": 32,
-    "resnet44": 44,
-    "resnet56": 56,
-    "resnet110": 110,
-}
-_IMAGENET_LAYOUTS = {
-    "resnet18": ("basic", (2, 2, 2, 2)),
-    "resnet34": ("basic", (3, 4, 6, 3)),
-    "resnet50": ("bottleneck", (3, 4, 6, 3)),
-}
-
-MODEL_NAMES = (*_CIFAR_DEPTHS, *_IMAGENET_LAYOUTS, "twoconv")
 
 
 class _Initializers:

@@ -1,5 +1,5 @@
 """Keras callbacks of a training run: per-epoch history and checkpoints,
-update-count stopping, a warning when non-finite steps were skipped, and
+update-count stopping and its progress bar, a warning when non-finite steps were skipped, and
 evaluations of a held-out validation split within epochs."""
 
 import logging
@@ -130,6 +130,36 @@ class StopAfterUpdates(keras.callbacks.Callback):
         self._updates += 1
         if self._updates >= self.max_updates:
             self.model.stop_training = True
+
+
+class UpdatesProgbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, counting the updates the run makes: under
+    `max_updates` an epoch's bar ends at the updates made in it (Keras' own
+    jumps to the epoch's full count when training stops early)."""
+
+    def __init__(self, max_updates):
+        super().__init__()
+        self.max_updates = max_updates
+
+    def set_params(self, params):
+        super().set_params(params)
+        self._steps = params["steps"]
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._updates = int(_value(inner_optimizer(self.model.optimizer).iterations))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.target = min(self._steps, max(self.max_updates - self._updates, 1))
+        super().on_epoch_begin(epoch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._updates += 1
+        super().on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.target = self.progbar.target = self.seen
+        super().on_epoch_end(epoch, logs)
 
 
 class SkippedStepsMonitor(keras.callbacks.Callback):

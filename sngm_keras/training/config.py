@@ -143,7 +143,7 @@ class TrainConfig:
             if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
                 raise ConfigError(field.name, f"must be at most {INT_LIMIT}, got {value}")
         _check_dataset(self.dataset, self.data_dir)
-        from sngm_keras.models import MODEL_NAMES
+        from sngm_keras.model_names import MODEL_NAMES
 
         checks.check_choice("model", self.model, MODEL_NAMES)
         checks.check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -204,16 +204,36 @@ class TrainConfig:
 def _check_cluster(config):
     """Raises ConfigError for a bad cluster description; False on a worker
     that is not the chief of a multi_worker run."""
-    import keras
-
     from sngm_keras.training import cluster
 
-    backend = keras.backend.backend()
+    backend = keras_backend()
     for field in JAX_CLUSTER_FIELDS:
         if getattr(config, field) is not None and (config.strategy != "multi_worker" or backend != "jax"):
             raise ConfigError(field, "applies to --strategy=multi_worker on the jax backend")
     described = cluster.describe(config, backend)
     return described is None or described.is_chief
+
+
+def keras_backend():
+    """Keras' backend, without importing Keras (which imports the backend):
+    KERAS_BACKEND, else the "backend" of keras.json in KERAS_HOME (default
+    ~/.keras), else tensorflow, as keras/src/backend/config.py decides."""
+    if "keras" in sys.modules:
+        return sys.modules["keras"].backend.backend()
+    backend = os.environ.get("KERAS_BACKEND")
+    if backend:
+        return backend
+    if "KERAS_HOME" in os.environ:
+        home = os.environ["KERAS_HOME"]
+    else:
+        base = os.path.expanduser("~")
+        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
+    try:
+        with open(os.path.expanduser(os.path.join(home, "keras.json"))) as file:
+            backend = json.load(file).get("backend")
+    except (OSError, ValueError, AttributeError):
+        backend = None
+    return backend or "tensorflow"
 
 
 def keras_verbosity(verbose):
@@ -231,10 +251,15 @@ def _check_dataset(dataset, data_dir):
             raise ConfigError("data_dir", f"{data_dir} is not a folder")
         return
     path = os.path.expanduser(str(dataset))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError("dataset", f"{dataset} is not a folder; give a folder holding train/ and test/")
     if not os.path.isdir(path):
+        if os.sep in str(dataset) or str(dataset).startswith((".", "~")):
+            raise ConfigError("dataset", f"no folder {dataset} (it should hold train/ and test/ of class folders)")
         raise ConfigError(
             "dataset",
-            f"unknown {dataset!r}; choose one of {', '.join(DATASETS)} or a folder holding train/ and test/",
+            f"unknown {dataset!r}, and no folder of that name; choose one of {', '.join(DATASETS)} or a folder "
+            "holding train/ and test/",
         )
     for split in ("train", "test"):
         if not os.path.isdir(os.path.join(path, split)):

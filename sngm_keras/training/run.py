@@ -111,7 +111,7 @@ def train(config, extra_callbacks=()):
                 data.info,
                 validated=data.validation is not None,
             )
-            log.info("run finished in %.1f s", time.perf_counter() - started)
+            log.debug("run finished in %.1f s", time.perf_counter() - started)
     return _for_worker(summary, cluster)
 
 
@@ -327,7 +327,7 @@ def _fit(config, run_dir, state, start_epoch, model, data, steps, seen, extra_ca
     # The monitor first: the recorder's history row takes its epoch-end figures.
     callbacks = [*([monitor] if monitor else []), recorder, cb.SkippedStepsMonitor(), *extra_callbacks]
     if config.max_updates:
-        callbacks.append(cb.StopAfterUpdates(config.max_updates))
+        callbacks += [cb.StopAfterUpdates(config.max_updates), cb.UpdatesProgbar(config.max_updates)]
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=run_dir.logs, update_freq="epoch"))
     else:

@@ -38,22 +38,22 @@ from sngm_keras.tuning.reports import (
     write_reports,
 )
 from sngm_keras.tuning.search import (
-    OBJECTIVES,
     SETTINGS_FILE,
-    TUNERS,
     BayesianTuner,
     HyperbandTuner,
     RandomSearchTuner,
-    check_search_options,
     claim_search,
     make_tuner,
     recover_interrupted,
 )
 from sngm_keras.tuning.space import (
     HYPERPARAMETERS,
+    OBJECTIVES,
     PAPER_BATCH_SIZE,
     SAMPLE_BATCH_SIZE,
+    TUNERS,
     SearchSpace,
+    check_search_options,
     default_batch_sizes,
 )
 

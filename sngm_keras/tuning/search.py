@@ -23,12 +23,8 @@ from sngm_keras import checks
 from sngm_keras.training.errors import ConfigError, as_config_errors
 from sngm_keras.training.rundir import describe_differences, differences, read_json, write_atomic
 from sngm_keras.tuning.reports import WALL_SECONDS, write_reports
+from sngm_keras.tuning.space import OBJECTIVES, check_search_options
 
-TUNERS = ("random", "bayesian", "hyperband")
-# Scores on the validation split held out of the training images. Test-split
-# objectives are deliberately absent: selecting on the test split makes its
-# accuracy an optimistic estimate.
-OBJECTIVES = {"val_accuracy": "max", "val_loss": "min"}
 SETTINGS_FILE = "search.json"
 
 
@@ -71,29 +67,6 @@ class BayesianTuner(_SearchTuner, keras_tuner.BayesianOptimization):
 
 class HyperbandTuner(_SearchTuner, keras_tuner.Hyperband):
     pass
-
-
-@as_config_errors()
-def check_search_options(tuner, max_trials, objective):
-    checks.check_choice("tuner", tuner, TUNERS)
-    if tuner == "bayesian":
-        try:  # what keras_tuner.BayesianOptimization imports
-            import scipy.optimize  # noqa: F401
-            import sklearn.gaussian_process  # noqa: F401
-        except ImportError as error:
-            raise ConfigError(
-                "tuner",
-                f"bayesian needs scikit-learn and scipy ({error}): pip install 'keras-tuner[bayesian]', "
-                "or use --tuner=random or hyperband",
-            ) from None
-    checks.check_positive_int("max_trials", max_trials)
-    if str(objective).startswith("test"):
-        raise ConfigError(
-            "objective",
-            f"{objective!r}: the test split is never used to select hyperparameters (its "
-            f"accuracy would be optimistic); choose one of {', '.join(OBJECTIVES)}",
-        )
-    checks.check_choice("objective", objective, tuple(OBJECTIVES))
 
 
 def claim_search(project_dir, settings):

@@ -1,4 +1,4 @@
-"""The hyperparameters searched and their ranges.
+"""The hyperparameters searched and their ranges, and the search's options.
 
 The search space (`SearchSpace`, defaults from the paper's settings at
 B = 4096): the learning rate log-uniform in [0.1, 4], momentum beta one of
@@ -13,9 +13,15 @@ Bad ranges raise `ConfigError` naming the apps.tune flag at fault.
 import dataclasses
 
 from sngm_keras import checks
-from sngm_keras.training.errors import as_config_errors
+from sngm_keras.training.errors import ConfigError, as_config_errors
 
 HYPERPARAMETERS = ("learning_rate", "momentum", "power", "weight_decay", "batch_size")
+
+TUNERS = ("random", "bayesian", "hyperband")
+# Scores on the validation split held out of the training images. Test-split
+# objectives are deliberately absent: selecting on the test split makes its
+# accuracy an optimistic estimate.
+OBJECTIVES = {"val_accuracy": "max", "val_loss": "min"}
 
 PAPER_BATCH_SIZE = 4096
 SAMPLE_BATCH_SIZE = 500  # the sample has 5,000 training images
@@ -82,3 +88,26 @@ def _choice(hp, name, values):
     if len(values) == 1:
         return hp.Fixed(name, values[0])
     return hp.Choice(name, values)
+
+
+@as_config_errors()
+def check_search_options(tuner, max_trials, objective):
+    checks.check_choice("tuner", tuner, TUNERS)
+    if tuner == "bayesian":
+        try:  # what keras_tuner.BayesianOptimization imports
+            import scipy.optimize  # noqa: F401
+            import sklearn.gaussian_process  # noqa: F401
+        except ImportError as error:
+            raise ConfigError(
+                "tuner",
+                f"bayesian needs scikit-learn and scipy ({error}): pip install 'keras-tuner[bayesian]', "
+                "or use --tuner=random or hyperband",
+            ) from None
+    checks.check_positive_int("max_trials", max_trials)
+    if str(objective).startswith("test"):
+        raise ConfigError(
+            "objective",
+            f"{objective!r}: the test split is never used to select hyperparameters (its "
+            f"accuracy would be optimistic); choose one of {', '.join(OBJECTIVES)}",
+        )
+    checks.check_choice("objective", objective, tuple(OBJECTIVES))
