@@ -1,11 +1,12 @@
 """What every app shares: user mistakes end in one line and exit code 2,
-Ctrl-C in one line and exit code 130.
+Ctrl-C in one line and exit code 130, and a long data read shown as it goes.
 
 Importing this module checks KERAS_BACKEND, so import it before anything
 that imports Keras."""
 
 import os
 import sys
+import time
 
 from absl import app, flags
 
@@ -57,3 +58,29 @@ def run(main, interrupted="interrupted"):
     """`absl.app.run`, with absl's flag errors as one line too, no positional
     arguments accepted, and Ctrl-C as one line (see `call_main`)."""
     app.run(lambda argv: call_main(main, argv, interrupted), flags_parser=parse_flags)
+
+
+# A read shows a progress bar only once it has taken this long.
+PROGRESS_AFTER_SECONDS = 2.0
+
+
+def show_reading(what, total):
+    """The data package's progress reporter (`sngm_keras.data.progress`): a
+    line saying what is read, then Keras' progress bar if the read takes
+    more than PROGRESS_AFTER_SECONDS (on a terminal a bar, else one line
+    when it ends)."""
+    print(what, flush=True)
+    started = time.monotonic()
+    bar, done = None, 0
+
+    def advance(count):
+        nonlocal bar, done
+        done += count
+        if bar is None and total and time.monotonic() - started > PROGRESS_AFTER_SECONDS:
+            from keras.utils import Progbar
+
+            bar = Progbar(total, verbose=1 if sys.stdout.isatty() else 2, unit_name="image")
+        if bar is not None:
+            bar.update(done)
+
+    return advance

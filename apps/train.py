@@ -18,7 +18,7 @@ import os
 
 from absl import flags
 
-from apps._cli import fail, run
+from apps._cli import fail, run, show_reading
 from apps._startup import finish_library_imports
 from sngm_keras.training.config import DATASETS, TrainConfig
 from sngm_keras.training.presets import PRESETS
@@ -164,9 +164,11 @@ def main():
         config = config_from_flags()
         _model_dir = config.model_dir
         finish_library_imports()
+        from sngm_keras.data import progress
         from sngm_keras.training import train
 
-        summary = train(config)
+        with progress.reported_to(show_reading):
+            summary = train(config)
     except (ConfigError, DataError) as error:
         fail(str(error))
     except WorkerLost as error:

@@ -27,7 +27,7 @@ import sys
 
 from absl import flags
 
-from apps._cli import fail, run
+from apps._cli import fail, run, show_reading
 from apps._startup import finish_library_imports
 from sngm_keras.training.config import DATASETS, INT_LIMIT, TrainConfig, keras_verbosity  # noqa: E402
 
@@ -153,8 +153,10 @@ def main():
                 raise ConfigError(name, f"{ignored[name]}; drop it")
         finish_library_imports()
         from sngm_keras import tuning
+        from sngm_keras.data import progress
 
-        hypermodel = tuning.LargeBatchHyperModel(base, space, validation_fraction=FLAGS.validation_fraction)
+        with progress.reported_to(show_reading):
+            hypermodel = tuning.LargeBatchHyperModel(base, space, validation_fraction=FLAGS.validation_fraction)
         tuner = tuning.make_tuner(
             hypermodel,
             FLAGS.tuner,

@@ -153,3 +153,21 @@ def test_missing_prepared_dataset_is_one_line(tmp_path):
         f"with: python -m apps.import_data --source=cifar-10-python.tar.gz --data_dir={tmp_path}"
     ]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_long_read_shows_what_it_reads_then_a_bar(monkeypatch, capsys):
+    from apps import _cli
+
+    clock = iter([100.0, 100.5, 103.0, 104.0, 105.0])  # the bar appears once 2 s have passed
+    monkeypatch.setattr(_cli.time, "monotonic", lambda: next(clock))
+    advance = _cli.show_reading("reading DIR: 3 training and 1 test images", 4)
+    for _ in range(4):
+        advance(1)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "reading DIR: 3 training and 1 test images"
+    assert len(lines) == 2 and lines[1].startswith("4/4 - "), lines  # not a terminal: one line at the end
+
+    clock = iter([0.0, 0.1, 0.2])
+    advance = _cli.show_reading("reading DIR: 1 training and 1 test images", 2)
+    advance(1), advance(1)
+    assert capsys.readouterr().out.splitlines() == ["reading DIR: 1 training and 1 test images"]

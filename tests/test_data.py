@@ -119,6 +119,22 @@ def test_folder_source(tmp_path):
     np.testing.assert_allclose(xs.std((0, 1, 2)), 1, atol=1e-3)
 
 
+def test_reads_report_their_progress(tmp_path):
+    """What is read and how far, to a reporter installed by the caller; nothing without one."""
+    _write_folder(tmp_path)
+    calls = []
+
+    def reporter(what, total):
+        calls.append([what, total, 0])
+        return lambda count: calls[-1].__setitem__(2, calls[-1][2] + count)
+
+    with data.progress.reported_to(reporter):
+        data.load_arrays(str(tmp_path))
+    assert calls == [[f"reading {tmp_path}: 12 training and 6 test images", 18, 18]]
+    data.load_arrays(str(tmp_path))
+    assert len(calls) == 1
+
+
 def test_folder_errors(tmp_path):
     _write_folder(tmp_path / "ok")
     (tmp_path / "ok" / "test" / "zz_extra").mkdir()
@@ -341,8 +357,11 @@ def test_mock_cifar10(tmp_path):
         batches = _batches(train_ds)
         assert len(batches) == 2 * 3 and batches[0][0].shape == (32, 32, 32, 3)
         assert [len(y) for _, y in _batches(test_ds)] == [32, 32, 32, 4]
-        arr = data.load_arrays("cifar10", data_dir=tmp_path)
+        reads = []
+        with data.progress.reported_to(lambda what, total: reads.append((what, total)) or (lambda count: None)):
+            arr = data.load_arrays("cifar10", data_dir=tmp_path)
         assert arr.x_train.dtype == np.uint8 and arr.y_train.dtype == np.int32
+        assert [what for what, _ in reads] == [f"reading cifar10 from {tmp_path}"]  # mock_data has no split sizes
 
 
 def test_mock_imagenet(tmp_path):

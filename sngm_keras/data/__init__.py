@@ -18,6 +18,7 @@ Public API::
     prepare_tfds(copy, data_dir)             # ... as TFDS's prepared dataset, offline
     write_image_folders(arrays, out_dir)     # ... as DIR/{train,test}/<class>/<n>.png
     split_class_folders(source, out_dir, test_fraction, seed=0)
+    progress.reported_to(reporter)         # long reads report what and how far
 
 ``dataset`` is "sample" (embedded CIFAR-10 subset), "cifar10", "cifar100",
 "imagenet2012" (TFDS) or a folder ``DIR/{train,test}/<class>/<image>``.
@@ -25,6 +26,7 @@ Problems raise `DataError` (a ValueError) with a one-line message.
 Importing this package does not import TensorFlow.
 """
 
+from . import progress
 from .arrays import (
     SAMPLE_PATH,
     ArraySplits,
@@ -69,6 +71,7 @@ __all__ = [
     "IMAGENET_STD",
     "load_arrays",
     "make_datasets",
+    "progress",
     "read_sample_file",
     "sample_jpegs",
     "steps_per_epoch",

@@ -18,7 +18,7 @@ import numpy as np
 from sngm_keras import checks
 
 from . import constants as C
-from . import sources
+from . import progress, sources
 from .errors import DataError, as_data_errors
 
 #: The embedded CIFAR-10 sample (see sngm_keras/sample_data/README.md).
@@ -143,6 +143,21 @@ def _folder_classes(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _folder_images(split_dir: Path, class_names, shown: str):
+    """(image files, their labels) of one split's class folders."""
+    files, labels = [], []
+    for label, cls in enumerate(class_names):
+        for f in sorted((split_dir / cls).iterdir()):
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(f)
+                labels.append(label)
+    if not files:
+        raise DataError(
+            f"no images found under {shown}; expected files ending in {', '.join(IMAGE_SUFFIXES)} in its class folders"
+        )
+    return files, labels
+
+
 def _load_folder(root: Path, shown: str) -> ArraySplits:
     classes = {s: _folder_classes(root / s) for s in ("train", "test")}
     if classes["train"] != classes["test"]:
@@ -158,21 +173,18 @@ def _load_folder(root: Path, shown: str) -> ArraySplits:
         raise DataError(f"{shown}/train has no class sub-folders; lay it out as DIR/{{train,test}}/<class>/<image>")
     if len(class_names) < 2:
         raise DataError(f"{shown} has one class folder ({class_names[0]}); a classifier needs at least two")
+    listed = {split: _folder_images(root / split, class_names, f"{shown}/{split}") for split in ("train", "test")}
+    advance = progress.start(
+        f"reading {shown}: {len(listed['train'][0]):,} training and {len(listed['test'][0]):,} test images",
+        sum(len(files) for files, _ in listed.values()),
+    )
     out = {}
     with ThreadPoolExecutor(_workers()) as pool:
-        for split in ("train", "test"):
-            files, labels = [], []
-            for label, cls in enumerate(class_names):
-                for f in sorted((root / split / cls).iterdir()):
-                    if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                        files.append(f)
-                        labels.append(label)
-            if not files:
-                raise DataError(
-                    f"no images found under {shown}/{split}; expected files "
-                    f"ending in {', '.join(IMAGE_SUFFIXES)} in its class folders"
-                )
-            images = list(pool.map(lambda f: _decode(f.read_bytes(), f), files))
+        for split, (files, labels) in listed.items():
+            images = []
+            for image in pool.map(lambda f: _decode(f.read_bytes(), f), files):
+                images.append(image)
+                advance(1)
             out[f"x_{split}"] = _stack(images, f"{shown}/{split}")
             out[f"y_{split}"] = np.asarray(labels, dtype=np.int32)
     if out["x_train"].shape[1:] != out["x_test"].shape[1:]:
@@ -198,10 +210,16 @@ def _load_tfds(name: str, data_dir, download: bool) -> ArraySplits:
         # Like `tfds.as_numpy(tfds.load(..., batch_size=-1))`, in chunks: with
         # batch_size=-1 TFDS batches by the split size from its metadata, which
         # `tfds.testing.mock_data` does not have (it then aborts the process).
+        splits = builder.info.splits
+        total = sum(splits[s].num_examples for s in ("train", "test") if s in splits)
+        advance = progress.start(f"reading {name} from {sources._data_dir_text(data_dir)}", total)
         out = []
         for split in ("train", "test"):
             ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
-            chunks = list(tfds.as_numpy(ds.batch(10_000)))
+            chunks = []
+            for chunk in tfds.as_numpy(ds.batch(10_000)):
+                chunks.append(chunk)
+                advance(len(chunk[1]))
             if not chunks:
                 raise DataError(
                     f"the {split} split of {name} in {sources._data_dir_text(data_dir)} is empty; prepare it again"
