@@ -32,6 +32,18 @@ from keras import ops
 from sngm_keras.checks import check_range
 
 NOISE_SCALE_KEYS = ("gradient_noise_scale", "gradient_sq_norm_ema", "gradient_variance_ema")
+DEFAULT_DECAY = 0.99
+
+# The reading of a run's estimates (`updates_to_settle`, `change_over_window`,
+# `trend`, `suggested_batch`). Settled: the last estimate and the one a full
+# EMA window before it each average a full window, so comparing them shows
+# how B_simple moves rather than how the first steps scatter.
+SETTLING_WINDOWS = 2
+# A change over one window within a factor 1.2 either way is "level": in the
+# closed-form problem of tests/test_noise_scale.py the one-window average of a
+# steady B_simple scatters by 1-3.5%, the ratio of two a window apart by
+# 1.5-4.5% (a NumPy simulation), so a 20% move is drift, not that scatter.
+LEVEL_FACTOR = 1.2
 
 
 def estimate(small_sq_norm, big_sq_norm, small, big):
@@ -66,7 +78,7 @@ class GradientNoiseScale(keras.metrics.Metric):
     whose estimates are not finite (a skipped step) leaves it unchanged.
     """
 
-    def __init__(self, decay=0.99, name="gradient_noise_scale", dtype="float32"):
+    def __init__(self, decay=DEFAULT_DECAY, name="gradient_noise_scale", dtype="float32"):
         super().__init__(name=name, dtype=dtype)
         self.decay = check_range("noise_scale_decay", decay, 0, 1)
         self.measured = False
@@ -120,3 +132,47 @@ def steps_and_examples(noise_scale, batch_size):
     if noise_scale is None or not math.isfinite(noise_scale) or noise_scale <= 0:
         return None
     return 1.0 + noise_scale / batch_size, 1.0 + batch_size / noise_scale
+
+
+def ema_window(decay=DEFAULT_DECAY):
+    """The updates an EMA of `decay` averages over, 1 / (1 - decay): 100 at 0.99."""
+    return round(1.0 / (1.0 - decay))
+
+
+def updates_to_settle(decay=DEFAULT_DECAY):
+    """The updates after which the estimate is settled: `SETTLING_WINDOWS` EMA windows."""
+    return SETTLING_WINDOWS * ema_window(decay)
+
+
+def change_over_window(epochs, decay=DEFAULT_DECAY):
+    """How B_simple moved over the last EMA window of a run: `epochs` holds
+    (updates, B_simple) at the end of each epoch, in order; returns (ratio
+    of the last value to the earlier one, updates between them), the earlier
+    one being the last epoch's at least a window before the end. None
+    without such an epoch; values not finite and positive are left out."""
+    finite = [(updates, scale) for updates, scale in epochs if 0 < scale < math.inf]
+    if not finite:
+        return None
+    end_updates, end_scale = finite[-1]
+    earlier = [(updates, scale) for updates, scale in finite if updates <= end_updates - ema_window(decay)]
+    if not earlier:
+        return None
+    updates, scale = earlier[-1]
+    return end_scale / scale, end_updates - updates
+
+
+def trend(ratio):
+    """Whether B_simple is "rising", "falling" or "level", from its ratio over a window."""
+    if ratio >= LEVEL_FACTOR:
+        return "rising"
+    if ratio <= 1.0 / LEVEL_FACTOR:
+        return "falling"
+    return "level"
+
+
+def suggested_batch(noise_scale):
+    """B_simple to the nearest power of two (in ratio), at least 1: McCandlish
+    et al.'s critical batch, the best trade of steps against examples (at
+    it, eq. 2.11 gives twice the minimal number of each), as B_simple
+    estimates it (exactly for a Hessian that is a multiple of the identity)."""
+    return 2 ** max(0, round(math.log2(noise_scale)))

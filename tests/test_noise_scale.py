@@ -9,7 +9,17 @@ import pytest
 
 import sngm_keras
 from sngm_keras.accumulation import MicroBatchModel
-from sngm_keras.noise_scale import NOISE_SCALE_KEYS, estimate, steps_and_examples
+from sngm_keras.noise_scale import (
+    DEFAULT_DECAY,
+    NOISE_SCALE_KEYS,
+    change_over_window,
+    ema_window,
+    estimate,
+    steps_and_examples,
+    suggested_batch,
+    trend,
+    updates_to_settle,
+)
 from tests.test_accumulation import data, dense_model, finish, free_port, max_diff, run_worker, sngm
 
 # Least squares y = x.w* + e, x ~ N(0, I_d), e ~ N(0, s2), loss (x.w - y)^2,
@@ -166,3 +176,69 @@ def test_two_replicas_with_a_keras_optimizer_warn_instead(tmp_path, capfd):
     assert process.returncode == 0, out[-3000:]
     assert len(load_noise(tmp_path / "two.npz")) == 0
     assert out.count("gradient noise scale not measured") == 1 and "sngm_keras optimizers" in out
+
+
+def closed_form_noise_scale(sq_delta):
+    """B_simple of the least-squares problem at |delta|^2 = sq_delta (see the top): (d + 1) + d s2 / |delta|^2."""
+    return ((D + 1) * sq_delta + D * NOISE_VAR) / sq_delta
+
+
+def test_settling_suggested_batch_and_trend_in_closed_form():
+    assert (ema_window(), updates_to_settle()) == (100, 200)
+    assert (ema_window(0.9), updates_to_settle(0.9)) == (10, 20)
+    # |delta|^2 = 1, 1/4, 1/16: B_simple = 33, 81, 273.
+    assert [suggested_batch(closed_form_noise_scale(1 / 4**k)) for k in range(3)] == [32, 64, 256]
+    assert suggested_batch(0.3) == 1
+    level = [(50 * e, closed_form_noise_scale(1.0)) for e in range(1, 5)]
+    assert change_over_window(level) == (1.0, 100)
+    # |delta|^2 halving every 50 updates: B_simple = 33, 49, 81, 145; at 200
+    # updates the comparison is with the epoch at 100 (49), a window before.
+    rising = [(50 * (e + 1), closed_form_noise_scale(1 / 2**e)) for e in range(4)]
+    assert [b for _, b in rising] == [33, 49, 81, 145]
+    assert change_over_window(rising) == (145 / 49, 100)
+    assert change_over_window(rising[:2]) is None  # no epoch a window before the last
+    assert change_over_window([(100, 33.0), (200, float("inf"))]) is None
+    assert [trend(r) for r in (145 / 49, 1.2, 1.19)] == ["rising", "rising", "level"]
+    assert [trend(r) for r in (1.0, 1 / 1.19, 1 / 1.2, 49 / 145)] == ["level", "level", "falling", "falling"]
+
+
+def ema_mixture(sq_deltas, window):
+    """The bias-corrected EMAs' B_simple after `window` steps at each of
+    `sq_deltas` in turn, from the closed-form |G|^2 and tr(Sigma)."""
+    steps = [s for s in sq_deltas for _ in range(window)]
+    weights = [DEFAULT_DECAY ** (len(steps) - 1 - i) for i in range(len(steps))]
+    sq_norm = sum(w * 4 * s for w, s in zip(weights, steps))
+    trace = sum(w * 4 * ((D + 1) * s + D * NOISE_VAR) for w, s in zip(weights, steps))
+    return trace / sq_norm
+
+
+class EveryWindow(keras.callbacks.Callback):
+    """B_simple after every `window` updates, the weights then scaled by `scale`."""
+
+    def __init__(self, window, scale):
+        super().__init__()
+        self.window, self.scale, self.epochs = window, scale, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (batch + 1) % self.window == 0:
+            self.epochs.append((batch + 1, float(logs["gradient_noise_scale"])))
+            self.model.model.set_weights([w * self.scale for w in self.model.model.get_weights()])
+
+
+@pytest.mark.parametrize("scale,expected_trend,batch", [(1.0, "level", 32), (0.5, "rising", 128)])
+def test_measured_trend_and_batch_of_a_steady_and_a_rising_noise_scale(scale, expected_trend, batch):
+    """Three windows of 100 updates at the app's decay, micro-batches of 16
+    in batches of 64 (the widest scatter of the closed-form cases): |delta|^2
+    fixed at 1 (B_simple 33 throughout) or quartered after each window."""
+    window = ema_window()
+    record = EveryWindow(window, scale)
+    model = frozen_linear(16, sngm_keras.MSGD(Zero()), decay=DEFAULT_DECAY)
+    x, y = least_squares(64 * 3 * window)
+    model.fit(x, y, batch_size=64, epochs=1, shuffle=False, verbose=0, callbacks=[record])
+    sq_deltas = [1.0 / 4**k for k in range(3)] if scale != 1.0 else [1.0] * 3
+    expected = [ema_mixture(sq_deltas[: k + 1], window) for k in range(3)]
+    assert [round(b) for b in expected] == ([33, 33, 33] if scale == 1.0 else [33, 52, 100])
+    np.testing.assert_allclose([b for _, b in record.epochs], expected, rtol=0.08)
+    ratio, updates = change_over_window(record.epochs)
+    assert updates == window and trend(ratio) == expected_trend
+    assert suggested_batch(record.epochs[-1][1]) == batch
