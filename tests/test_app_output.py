@@ -16,8 +16,8 @@ import sngm_keras
 from apps import _startup
 from sngm_keras.training import ConfigError, TrainConfig
 from sngm_keras.training.config import keras_verbosity
-from sngm_keras.training.curves import curves_figure
-from sngm_keras.training.outputs import curves_title
+from sngm_keras.training.curves import curves_figure, noise_scale_figure
+from sngm_keras.training.outputs import curves_title, noise_scale_title
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # TensorFlow's C++ log lines ("I0000 00:00:... port.cc:153] oneDNN ..."), and absl's note before them.
@@ -124,11 +124,34 @@ def test_curves_title_axis_and_log_ticks(tmp_path):
     rows = [{"grad_per_n": e, "train_loss": 2.3 - 0.1 * e, "test_accuracy": 0.1 + 0.05 * e} for e in range(1, 8)]
     fig = curves_figure({curves_title(config): {"SNGM, B=500": rows}})
     loss_ax, acc_ax = fig.axes
-    assert loss_ax.get_title() == "twoconv, SNGM, B = 500, learning rate 0.2"
+    assert loss_ax.get_title() == "twoconv on sample\nSNGM, B = 500, learning rate 0.2"
     assert loss_ax.get_xlabel() == acc_ax.get_xlabel() == "epochs (#grad/n)"
     fig.canvas.draw()
     labels = [t.get_text() for minor in (False, True) for t in loss_ax.get_yticklabels(minor=minor)]
     shown = [float(text) for text in labels if text]  # plain numbers, no 2×10⁰
     assert 1.6 in shown and 2 in shown, labels
     preset = TrainConfig.from_preset("table2_resnet20_sngm_b4096")
-    assert curves_title(preset) == "table2_resnet20_sngm_b4096\nresnet20, SNGM, B = 4096, learning rate 1.6"
+    assert curves_title(preset) == "table2_resnet20_sngm_b4096\nresnet20 on cifar10\nSNGM, B = 4096, learning rate 1.6"
+    folder = TrainConfig(model="resnet20", optimizer="msgd", batch_size=128, dataset="/data/flowers/")
+    assert curves_title(folder) == "resnet20 on flowers\nMSGD, B = 128, learning rate 0.2"
+    assert noise_scale_title(folder) == "Gradient noise scale\nresnet20 on flowers, MSGD"
+
+
+@pytest.mark.parametrize(
+    "start,growth,labels",
+    [
+        (45, 1.5, ["50", "100", "200", "500", "1000", "2000", "5000"]),  # to 1730: 2 decades with B = 4096
+        (60, 2.0, ["100", "1000", "10000"]),  # to 30720: more than 2.5 decades
+        (1000, 1.2, ["1000", "2000", "3000", "5000"]),  # to 5160: under a decade and a half
+        (3030, 1.01, ["3000", "4000", "5000"]),  # to 3314: under half a decade
+    ],
+)
+def test_noise_scale_plot_holds_the_batch_line_inside_and_few_labels(start, growth, labels):
+    rows = [{"grad_per_n": e + 1, "gradient_noise_scale": start * growth**e} for e in range(10)]
+    ax = noise_scale_figure(rows, 4096, "t").axes[0]
+    low, high = ax.get_ylim()
+    scales = [r["gradient_noise_scale"] for r in rows] + [4096]
+    assert low < min(scales) / 1.2 and high > max(scales) * 1.2  # the batch's line too, never on the edge
+    ax.figure.canvas.draw()
+    shown = [t.get_text() for t in ax.get_yticklabels() if low <= t.get_position()[1] <= high and t.get_text()]
+    assert shown == labels

@@ -1,6 +1,10 @@
 """Learning curves like the paper's Figure 2: training loss and test accuracy
 against #grad/n (gradient computations divided by the training-set size,
-i.e. epochs of data seen)."""
+i.e. epochs of data seen). Each figure is written as PNG and, beside it under
+the same name, as PDF for a paper."""
+
+import math
+import os
 
 import matplotlib
 
@@ -49,37 +53,75 @@ def curves_figure(groups):
     return fig
 
 
-def plot_curves(groups, path):
-    """Writes `curves_figure(groups)` to `path` (PNG)."""
-    fig = curves_figure(groups)
+def save_figure(fig, path):
+    """Writes `fig` to `path` (PNG) and to the same name with .pdf, and closes it."""
     fig.savefig(path, dpi=110)
+    fig.savefig(vector_path(path))
     plt.close(fig)
 
 
-def plot_noise_scale(rows, batch_size, path):
-    """The gradient noise scale B_simple at the end of each epoch against
-    #grad/n, with the run's batch size for reference; writes nothing when
+def vector_path(path):
+    """The PDF beside the PNG `path`."""
+    return os.path.splitext(path)[0] + ".pdf"
+
+
+def plot_curves(groups, path):
+    """Writes `curves_figure(groups)` to `path` (PNG) and its PDF."""
+    save_figure(curves_figure(groups), path)
+
+
+def plot_noise_scale(rows, batch_size, path, title="Gradient noise scale"):
+    """Writes `noise_scale_figure` to `path` (PNG) and its PDF; nothing when
     the rows hold no measurement."""
+    fig = noise_scale_figure(rows, batch_size, title)
+    if fig is not None:
+        save_figure(fig, path)
+
+
+def noise_scale_figure(rows, batch_size, title="Gradient noise scale"):
+    """The gradient noise scale B_simple at the end of each epoch against
+    #grad/n, with the run's batch size for reference; None when the rows
+    hold no finite measurement."""
     measured = [r for r in rows if r.get("gradient_noise_scale") not in (None, "")]
     finite = [r for r in measured if 0 < float(r["gradient_noise_scale"]) < float("inf")]
     if not finite:
-        return
+        return None
+    scales = [float(r["gradient_noise_scale"]) for r in finite]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.plot(
         [float(r["grad_per_n"]) for r in finite],
-        [float(r["gradient_noise_scale"]) for r in finite],
+        scales,
         marker="o",
-        label="B_simple (EMA ratio)",
+        markersize=3,
+        label="B_simple (McCandlish et al. 2018)",
     )
-    ax.axhline(batch_size, color="gray", linestyle="--", label=f"batch size B={batch_size}")
-    ax.set(
-        xlabel="#grad/n",
-        ylabel="gradient noise scale",
-        yscale="log",
-        title="Gradient noise scale (McCandlish et al. 2018)",
-    )
+    ax.axhline(batch_size, color="gray", linestyle="--", label=f"batch size B = {batch_size}")
+    ax.set(xlabel=X_LABEL, ylabel="gradient noise scale", yscale="log", title=title)
+    ax.set_ylim(*log_limits(scales + [batch_size]))
+    ax.yaxis.set_major_locator(ticker.LogLocator(subs=log_tick_multiples(*ax.get_ylim())))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}"))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def log_limits(values, margin=0.08, least_margin=0.1):
+    """Limits of a log axis holding `values` inside: a `margin` fraction of
+    their span in decades beyond each end, at least `least_margin` decades."""
+    low, high = math.log10(min(values)), math.log10(max(values))
+    pad = max(margin * (high - low), least_margin)
+    return 10 ** (low - pad), 10 ** (high + pad)
+
+
+def log_tick_multiples(low, high):
+    """The multiples of each power of ten that a log axis from `low` to
+    `high` labels, fewer the more decades it spans, so that there are a few
+    labels and they never crowd."""
+    decades = math.log10(high / low)
+    if decades < 0.5:
+        return tuple(float(m) for m in range(1, 10))
+    if decades < 1.5:
+        return (1.0, 2.0, 3.0, 5.0)
+    return (1.0, 2.0, 5.0) if decades <= 2.5 else (1.0,)

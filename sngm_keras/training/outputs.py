@@ -1,5 +1,6 @@
 """A finished run's outputs: summary.json, final.keras, curves.png and
-noise_scale.png, from the trained model and its history."""
+noise_scale.png (each plot also as PDF), from the trained model and its
+history."""
 
 import json
 import math
@@ -22,17 +23,27 @@ def write_outputs(config, run_dir, model, recorder, rows, results, replicas, mic
 
     if rows:
         plot_curves({curves_title(config): {_label(config): rows}}, run_dir.curves)
-        plot_noise_scale(rows, config.batch_size, run_dir.noise_scale_plot)
+        plot_noise_scale(rows, config.batch_size, run_dir.noise_scale_plot, title=noise_scale_title(config))
     write_atomic(run_dir.summary, json.dumps(summary, indent=2))
     return summary
 
 
 def curves_title(config):
-    """curves.png's title: what was trained, with what (and the preset's name)."""
-    title = (
-        f"{config.model}, {config.optimizer.upper()}, B = {config.batch_size}, learning rate {config.learning_rate:g}"
-    )
-    return f"{config.preset}\n{title}" if config.preset else title
+    """curves.png's title: what was trained on what, with what (and the preset's name)."""
+    lines = [
+        f"{config.model} on {dataset_name(config)}",
+        f"{config.optimizer.upper()}, B = {config.batch_size}, learning rate {config.learning_rate:g}",
+    ]
+    return "\n".join([config.preset] + lines if config.preset else lines)
+
+
+def noise_scale_title(config):
+    return f"Gradient noise scale\n{config.model} on {dataset_name(config)}, {config.optimizer.upper()}"
+
+
+def dataset_name(config):
+    """The dataset's name; a folder of images by its own name, not its path."""
+    return os.path.basename(os.path.normpath(config.dataset))
 
 
 def _label(config):

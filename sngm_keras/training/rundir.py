@@ -9,8 +9,10 @@ a half-written file behind and a different run never overwrites them.
                          (with --validation_size), several per epoch
     logs/                TensorBoard
     summary.json         final figures, written last
-    curves.png           training loss and test accuracy against epochs (#grad/n)
-    noise_scale.png      the gradient noise scale over training (when measured)
+    curves.png           training loss and test accuracy against epochs (#grad/n),
+                         and curves.pdf
+    noise_scale.png      the gradient noise scale over training (when measured),
+                         and noise_scale.pdf
     final.keras          the trained model (without the micro-batch wrapper)
 """
 
@@ -41,7 +43,17 @@ HISTORY_FIELDS = (
     "gradient_variance_ema",
 )
 VALIDATION_FIELDS = ("updates", "epoch", "grad_per_n", "validation_loss", "validation_accuracy")
-OUTPUT_NAMES = ("checkpoints", "history.csv", "validation.csv", "summary.json", "final.keras", "curves.png")
+OUTPUT_NAMES = (
+    "checkpoints",
+    "history.csv",
+    "validation.csv",
+    "summary.json",
+    "final.keras",
+    "curves.png",
+    "curves.pdf",
+    "noise_scale.png",
+    "noise_scale.pdf",
+)
 # What a run writes; a folder holding anything else belongs to someone else.
 RUN_NAMES = OUTPUT_NAMES + ("config.json", "logs")
 
