@@ -184,34 +184,68 @@ def main():
     if summary.get("chief") is False:
         print(f"run {state} on this worker; the results are in the chief's --model_dir")
         return
-    print(
-        f"run {state}: test accuracy {summary['test_accuracy']:.4f} (best {summary['best_test_accuracy']:.4f}), "
-        f"{summary['updates']} updates, {summary['examples_per_second'] or 0:.0f} examples/s; "
-        f"results in {config.model_dir}"
-    )
-    line = noise_scale_line(summary, config.batch_size)
-    if line:
+    print(finished_line(state, summary, config.model_dir))
+    for line in noise_scale_lines(summary, noise_scale_epochs(config.model_dir), config.batch_size):
         print(line)
 
 
-def noise_scale_line(summary, batch_size):
-    """What the measured noise scale says of the batch size, or None."""
-    from sngm_keras.noise_scale import steps_and_examples
+def finished_line(state, summary, model_dir):
+    """The run's result: the final test accuracy and, where a validation
+    split was held out, the test accuracy at the epoch it selects; never the
+    test split's maximum over epochs, which picks on the test split."""
+    selected = ""
+    if summary.get("best_validation_epoch") is not None:
+        selected = (
+            f" ({summary['test_accuracy_at_best_validation_epoch']:.4f} at epoch {summary['best_validation_epoch']}, "
+            "the epoch of highest validation accuracy)"
+        )
+    return (
+        f"run {state}: final test accuracy {summary['test_accuracy']:.4f}{selected}; {summary['updates']} updates, "
+        f"{summary['examples_per_second'] or 0:.0f} examples/s; results in {model_dir}"
+    )
 
+
+def noise_scale_epochs(model_dir):
+    """(updates, B_simple) at the end of each epoch with a measurement, from history.csv."""
+    from sngm_keras.training.rundir import RunDir
+
+    rows = RunDir(model_dir).read_history()
+    return [(int(r["updates"]), float(r["gradient_noise_scale"])) for r in rows if r.get("gradient_noise_scale")]
+
+
+def noise_scale_lines(summary, epochs, batch_size):
+    """What the measured noise scale says of the batch size: one line until
+    the estimate has settled (`sngm_keras.noise_scale.updates_to_settle`),
+    then two; none when it was not measured. `epochs`: `noise_scale_epochs`."""
+    from sngm_keras import noise_scale
+
+    if summary.get("gradient_sq_norm_ema") is None:
+        return []
+    window, needed = noise_scale.ema_window(), noise_scale.updates_to_settle()
+    if summary["updates"] < needed:
+        return [
+            f"gradient noise scale: not settled yet: {summary['updates']} updates, needs {needed} "
+            f"(two windows of its {window}-update average)"
+        ]
     scale = summary.get("gradient_noise_scale")
     if scale is None:
-        if summary.get("gradient_sq_norm_ema") is not None:
-            return (
-                "gradient noise scale: not yet measurable (the |G|^2 estimate is not positive); "
-                "the batch is likely below it"
-            )
-        return None
-    steps, examples = steps_and_examples(scale, batch_size)
-    return (
-        f"gradient noise scale B_simple ~ {scale:.0f} at the end (B={batch_size}): by McCandlish et al.'s model "
-        f"this batch needs ~{steps:.2f}x the minimal number of steps and ~{examples:.2f}x the minimal number of "
-        "examples (B_simple grows during training; it estimates, not equals, the critical batch)"
-    )
+        return [
+            "gradient noise scale: not measurable (its |G|^2 average is not positive); the batch is likely below it"
+        ]
+    movement, bound = "", ""
+    change = noise_scale.change_over_window(epochs)
+    if change:
+        ratio, updates = change
+        trend = noise_scale.trend(ratio)
+        movement = f", {'still rising' if trend == 'rising' else trend}: x{ratio:.2f} over the last {updates} updates"
+        bound = {"rising": " or more", "falling": " or less"}.get(trend, "")
+    steps, examples = noise_scale.steps_and_examples(scale, batch_size)
+    return [
+        f"gradient noise scale B_simple ~ {scale:.0f} at the end (its average over ~{window} updates){movement}",
+        f"suggested batch B ~ {noise_scale.suggested_batch(scale)}{bound} (McCandlish et al.'s critical batch: "
+        f"B_simple to a power of two); at B = {batch_size} this run takes ~{steps:.3g}x the minimal steps, "
+        f"~{examples:.3g}x the minimal examples",
+    ]
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from PIL import Image
 from sngm_keras.data import DataError
 from sngm_keras.training import PRESETS, ConfigError, TrainConfig, train
 from sngm_keras.training.flagfile import flagfile_text
+from sngm_keras.training.outputs import rounded_for_report, selected_epoch
 from sngm_keras.training.rundir import RunDir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,17 +42,42 @@ def final_weights(model_dir):
     return keras.models.load_model(os.path.join(model_dir, "final.keras")).get_weights()
 
 
+NEEDS_200 = "two windows of its 100-update average"
+
+
+def significant_digits(x):
+    return len(repr(abs(x)).split("e")[0].replace(".", "").strip("0"))
+
+
+def assert_rounded_for_report(summary):
+    """Floats as they mean: seconds to 0.1, the other figures to 6 significant digits (the flags are exact)."""
+    for key, value in summary.items():
+        if isinstance(value, float) and key.endswith("_seconds"):
+            assert round(value, 1) == value, (key, value)
+        elif isinstance(value, float):
+            assert significant_digits(value) <= 6, (key, value)
+
+
 def test_sample_run_writes_every_output(tmp_path):
     model_dir = str(tmp_path / "run")
     result = app(*TINY, "--epochs=2", "--learning_rate=0.3", f"--model_dir={model_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "run finished: test accuracy" in result.stdout
-    for name in ("config.json", "history.csv", "summary.json", "curves.png", "final.keras", "logs", "checkpoints"):
+    finished, noise = result.stdout.strip().splitlines()[-2:]
+    assert re.fullmatch(
+        rf"run finished: final test accuracy 0\.\d{{4}}; 20 updates, \d+ examples/s; results in {re.escape(model_dir)}",
+        finished,
+    ), finished
+    assert noise == f"gradient noise scale: not settled yet: 20 updates, needs 200 ({NEEDS_200})"
+    for name in ("config.json", "history.csv", "summary.json", "final.keras", "logs", "checkpoints"):
         assert os.path.exists(os.path.join(model_dir, name)), name
+    for plot in ("curves", "noise_scale"):  # each as PNG and as PDF
+        heads = [open(os.path.join(model_dir, plot + ext), "rb").read(4) for ext in (".png", ".pdf")]
+        assert heads == [b"\x89PNG", b"%PDF"], plot
     summary = json.load(open(os.path.join(model_dir, "summary.json")))
+    assert "best_test_accuracy" not in summary and "best_validation_epoch" not in summary  # no validation split
     for key in (
         "test_accuracy",
-        "best_test_accuracy",
+        "max_test_accuracy_over_epochs_not_for_selection",
         "train_loss",
         "updates",
         "examples_per_second",
@@ -60,7 +87,8 @@ def test_sample_run_writes_every_output(tmp_path):
         assert summary[key] is not None, key
     assert summary["updates"] == 20 and summary["backend"] == "tensorflow"
     assert summary["flags"]["learning_rate"] == 0.3 and summary["flags"]["micro_batch_size"] == 250
-    assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["best_test_accuracy"] >= summary["test_accuracy"]
+    assert 0.0 <= summary["test_accuracy"] <= summary["max_test_accuracy_over_epochs_not_for_selection"] <= 1.0
+    assert_rounded_for_report(summary)
     rows = history(model_dir)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert [int(r["updates"]) for r in rows] == [10, 20]
@@ -72,10 +100,8 @@ def test_sample_run_writes_every_output(tmp_path):
     # The gradient noise scale (two micro-batches of 250 a step): per epoch,
     # in the summary, plotted, and read out at the end.
     assert all(float(r["gradient_variance_ema"]) > 0 for r in rows)
-    assert summary["gradient_noise_scale"] == pytest.approx(float(rows[-1]["gradient_noise_scale"]))
+    assert summary["gradient_noise_scale"] == float(f"{float(rows[-1]['gradient_noise_scale']):.6g}")
     assert 0 < summary["gradient_noise_scale"] < 1e6
-    assert os.path.exists(os.path.join(model_dir, "noise_scale.png"))
-    assert "gradient noise scale B_simple ~" in result.stdout and "minimal number of steps" in result.stdout
 
     # The same command again finds the finished run and trains nothing
     # (--nonoise_scale does not change what a run computes).
@@ -89,6 +115,118 @@ def test_sample_run_writes_every_output(tmp_path):
     assert other.stderr.strip().splitlines()[-1].startswith("error: --model_dir:")
     assert "learning_rate" in other.stderr
     assert open(os.path.join(model_dir, "summary.json")).read() == before
+
+
+def test_summary_floats_are_rounded_to_what_they_mean(tmp_path):
+    """The summary of a float32 training (the committed 40-epoch SNGM run's,
+    written before rounding), rounded, written and read back."""
+    record = os.path.join(ROOT, "docs", "table2", "40_epochs", "runs", "resnet20_sngm_b4096_lr0.8", "summary.json")
+    raw = json.load(open(record))
+    raw["flags"]["learning_rate"] = 0.123456789  # a configured rate of more than 6 digits stays as configured
+    with pytest.raises(AssertionError):
+        assert_rounded_for_report(raw)
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(rounded_for_report(raw), indent=2))
+    summary = json.loads(path.read_text())
+    assert_rounded_for_report(summary)
+    assert summary["flags"] == raw["flags"] and summary["flags"]["learning_rate"] == 0.123456789
+    assert [summary[k] for k in ("test_accuracy", "test_loss", "wall_seconds", "gradient_noise_scale")] == [
+        0.8326,
+        0.510123,
+        12634.9,
+        3430.92,
+    ]
+    assert summary["updates"] == 440 and summary["validation_accuracy"] == 0.84 and summary["git"] == raw["git"]
+
+
+def test_the_validation_split_selects_the_reported_epoch():
+    rows = [
+        {"epoch": 1, "validation_accuracy": 0.5, "test_accuracy": 0.48},
+        {"epoch": 2, "validation_accuracy": 0.7, "test_accuracy": ""},  # no test evaluation (--eval_every)
+        {"epoch": 3, "validation_accuracy": 0.6, "test_accuracy": 0.61},
+        {"epoch": 4, "validation_accuracy": 0.6, "test_accuracy": 0.63},
+    ]
+    assert selected_epoch(rows) == {"best_validation_epoch": 3, "test_accuracy_at_best_validation_epoch": 0.61}
+    assert selected_epoch([{"epoch": 1, "validation_accuracy": "", "test_accuracy": 0.5}]) == {}
+
+
+APP_TEXT = """
+import json, sys
+from apps import train
+print(json.dumps([getattr(train, name)(*args) for name, args in json.loads(sys.argv[1])]))
+"""
+
+
+def app_text(calls):
+    """What apps.train's functions return for each (name, arguments) of `calls`, in one process."""
+    result = subprocess.run(
+        [sys.executable, "-c", APP_TEXT, json.dumps(calls)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def closed_form_noise_scale(sq_delta):
+    """B_simple of tests/test_noise_scale.py's least-squares problem (d = 16, s2 = 1) at |delta|^2 = sq_delta."""
+    return 17 + 16 / sq_delta
+
+
+def test_end_of_run_lines():
+    # |delta|^2 halving every 50 updates: B_simple 33, 49, 81, 145.
+    rising = [(50 * (e + 1), closed_form_noise_scale(1 / 2**e)) for e in range(4)]
+    level = [(updates, 33.0) for updates, _ in rising]
+    falling = [(updates, scale) for (updates, _), (_, scale) in zip(rising, reversed(rising))]
+    measured = lambda updates, scale: {"updates": updates, "gradient_noise_scale": scale, "gradient_sq_norm_ema": 1.0}
+    result = {
+        "test_accuracy": 0.8326,
+        "best_validation_epoch": 38,
+        "test_accuracy_at_best_validation_epoch": 0.8301,
+        "updates": 440,
+        "examples_per_second": 156.512,
+    }
+    old = json.load(open(os.path.join(ROOT, "docs", "table2", "runs", "resnet20_msgd_b128", "summary.json")))
+    calls = [
+        ("finished_line", ["finished", result, "runs/a"]),
+        ("finished_line", ["was already complete", old, "runs/b"]),  # a summary from before the selected epoch
+        ("noise_scale_lines", [measured(150, 33.0), level[:3], 64]),
+        ("noise_scale_lines", [measured(200, 33.0), level, 64]),
+        ("noise_scale_lines", [measured(200, 145.0), rising, 64]),
+        ("noise_scale_lines", [measured(200, 33.0), falling, 64]),
+        ("noise_scale_lines", [dict(measured(300, None), gradient_sq_norm_ema=-0.5), level, 64]),
+        ("noise_scale_lines", [{"updates": 300, "gradient_noise_scale": None, "gradient_sq_norm_ema": None}, [], 64]),
+    ]
+    critical = "(McCandlish et al.'s critical batch: B_simple to a power of two)"
+    assert app_text(calls) == [
+        "run finished: final test accuracy 0.8326 (0.8301 at epoch 38, the epoch of highest validation accuracy); "
+        "440 updates, 157 examples/s; results in runs/a",
+        "run was already complete: final test accuracy 0.8342; 7020 updates, 274 examples/s; results in runs/b",
+        ["gradient noise scale: not settled yet: 150 updates, needs 200 (two windows of its 100-update average)"],
+        [
+            "gradient noise scale B_simple ~ 33 at the end (its average over ~100 updates), level: x1.00 over the "
+            "last 100 updates",
+            f"suggested batch B ~ 32 {critical}; at B = 64 this run takes ~1.52x the minimal steps, ~2.94x the "
+            "minimal examples",
+        ],
+        [
+            "gradient noise scale B_simple ~ 145 at the end (its average over ~100 updates), still rising: x2.96 over "
+            "the last 100 updates",
+            f"suggested batch B ~ 128 or more {critical}; at B = 64 this run takes ~3.27x the minimal steps, ~1.44x "
+            "the minimal examples",
+        ],
+        [
+            "gradient noise scale B_simple ~ 33 at the end (its average over ~100 updates), falling: x0.41 over the "
+            "last 100 updates",
+            f"suggested batch B ~ 32 or less {critical}; at B = 64 this run takes ~1.52x the minimal steps, ~2.94x "
+            "the minimal examples",
+        ],
+        ["gradient noise scale: not measurable (its |G|^2 average is not positive); the batch is likely below it"],
+        [],
+    ]
 
 
 def wait_for_epoch(model_dir, epoch, process, timeout=240):

@@ -105,6 +105,10 @@ def test_evaluations_within_epochs_leave_training_untouched(tmp_path):
     ]
     assert four["validation_accuracy"] == float(val4[-1]["validation_accuracy"])
     assert four["best_validation_accuracy"] == max(float(r["validation_accuracy"]) for r in val4)
+    # The epoch the end-of-epoch validations select, and the test accuracy there (to 6 digits).
+    selected = max(hist4, key=lambda r: float(r["validation_accuracy"]))
+    assert four["best_validation_epoch"] == int(selected["epoch"])
+    assert four["test_accuracy_at_best_validation_epoch"] == float(f"{float(selected['test_accuracy']):.6g}")
     assert four["num_train"] == 4500 and four["num_validation"] == 500
     saved = json.load(open(tmp_path / "every4" / "summary.json"))
     assert saved["validation_accuracy"] == four["validation_accuracy"]

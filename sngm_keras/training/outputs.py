@@ -18,6 +18,8 @@ def write_outputs(config, run_dir, model, recorder, rows, results, replicas, mic
     summary = _summary(config, model, recorder, rows, results, replicas, micro, info)
     if validated:
         summary.update(_validation_summary(run_dir.read_validation(), info.num_validation))
+        summary.update(selected_epoch(rows))
+    summary = rounded_for_report(summary)
     model.model.save(run_dir.final_model)
     from sngm_keras.training.curves import plot_curves, plot_noise_scale
 
@@ -48,6 +50,49 @@ def dataset_name(config):
 
 def _label(config):
     return f"{config.optimizer.upper()}, B={config.batch_size}"
+
+
+# Significant digits of summary.json's measured floats: float32 holds about
+# 7, and 6 keep an accuracy over CIFAR's 10,000 or ImageNet's 50,000 test
+# images exact.
+REPORT_DIGITS = 6
+
+
+def rounded_for_report(summary):
+    """`summary` with its floats as they mean: seconds to 0.1, other measured
+    figures to `REPORT_DIGITS` significant digits, the flags untouched (the
+    configuration's own values, such as the learning rate)."""
+    return {key: value if key == "flags" else _rounded(key, value) for key, value in summary.items()}
+
+
+def _rounded(key, value):
+    if isinstance(value, dict):
+        return {k: _rounded(k, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(key, v) for v in value]
+    if not isinstance(value, float) or not math.isfinite(value):
+        return value
+    if key.endswith("_seconds"):
+        return round(value, 1)
+    return float(f"{value:.{REPORT_DIGITS}g}")
+
+
+def selected_epoch(rows):
+    """The epoch a validation split selects: the highest validation accuracy
+    at an epoch's end (the first on ties) among the epochs also evaluated on
+    the test split, and the test accuracy there; {} without one."""
+    both = [r for r in rows if _evaluated(r, "validation_accuracy") and _evaluated(r, "test_accuracy")]
+    if not both:
+        return {}
+    best = max(both, key=lambda r: float(r["validation_accuracy"]))
+    return {
+        "best_validation_epoch": int(best["epoch"]),
+        "test_accuracy_at_best_validation_epoch": float(best["test_accuracy"]),
+    }
+
+
+def _evaluated(row, key):
+    return row.get(key) not in (None, "")
 
 
 def _validation_summary(rows, num_validation):
@@ -92,7 +137,9 @@ def _summary(config, model, recorder, rows, results, replicas, micro, info):
         "complete": epochs_done >= config.epochs,
         "stopped_at_max_updates": bool(config.max_updates) and updates >= config.max_updates,
         "test_accuracy": test_accuracy,
-        "best_test_accuracy": max(tested + [test_accuracy]),
+        # Picking the best epoch on the test split overstates the result; the
+        # validation split picks (best_validation_epoch).
+        "max_test_accuracy_over_epochs_not_for_selection": max(tested + [test_accuracy]),
         "test_loss": float(results["loss"]),
         "train_loss": float(rows[-1]["train_loss"]) if rows else None,
         "updates": updates,
