@@ -21,7 +21,7 @@ from absl import flags
 from apps._cli import fail, run, show_reading
 from apps._startup import finish_library_imports
 from sngm_keras.training.config import DATASETS, TrainConfig
-from sngm_keras.training.presets import PRESETS
+from sngm_keras.training.presets import PRESETS, model_defaults
 
 FLAGS = flags.FLAGS
 _D = TrainConfig()
@@ -32,7 +32,14 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("data_dir", None, "TFDS data_dir (prepared or download target).")
 flags.DEFINE_bool("download", _D.download, "Let TFDS download the dataset.")
-flags.DEFINE_string("model", _D.model, "resnet20/32/44/56/110, resnet18/34/50, or twoconv.")
+flags.DEFINE_string(
+    "model",
+    _D.model,
+    "resnet20/32/44/56/110, resnet18/34/50, or twoconv. Without --preset a ResNet brings the paper's recipe for "
+    "--optimizer as its defaults (CIFAR ResNets Table 2's: cifar10, 160 epochs, B=4096 as 32x128 for sngm and "
+    "lars, B=128 for msgd, weight decay 1e-4, the paper's rate and schedule; ImageNet ResNets Table 3's), in "
+    "place of the defaults shown here, which are twoconv's (the demo's); explicit flags override either.",
+)
 flags.DEFINE_string("optimizer", _D.optimizer, "sngm, msgd or lars.")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Effective batch size B (examples per parameter update).")
 flags.DEFINE_integer(
@@ -133,6 +140,11 @@ def config_from_flags():
             overrides["decay_epochs"] = tuple(int(e) for e in overrides["decay_epochs"])
         except ValueError:
             fail(f"--decay_epochs: not a list of integers: {','.join(FLAGS.decay_epochs)}")
+    if FLAGS.preset is None:
+        defaults = model_defaults(FLAGS.model, FLAGS.optimizer)
+        if defaults and "learning_rate" not in defaults and "learning_rate" not in overrides:
+            fail(f"--learning_rate: the paper has no {FLAGS.optimizer} row for {FLAGS.model}; give a rate")
+        overrides = {**defaults, **overrides}
     config = TrainConfig.from_preset(FLAGS.preset, **overrides)
     if "model_dir" not in overrides:
         config.model_dir = default_model_dir(config)

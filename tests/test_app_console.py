@@ -171,3 +171,67 @@ def test_a_long_read_shows_what_it_reads_then_a_bar(monkeypatch, capsys):
     advance = _cli.show_reading("reading DIR: 1 training and 1 test images", 2)
     advance(1), advance(1)
     assert capsys.readouterr().out.splitlines() == ["reading DIR: 1 training and 1 test images"]
+
+
+CONFIG_OF = """
+import json, sys
+import apps
+from apps import train
+train.FLAGS(["train", *sys.argv[1:]])
+try:
+    config = train.config_from_flags()
+except SystemExit as stop:
+    print(json.dumps({"code": stop.code}))
+else:
+    print(json.dumps({k: config.to_dict()[k] for k in
+        ("dataset", "optimizer", "batch_size", "micro_batch_size", "learning_rate", "weight_decay", "lr_schedule",
+         "decay_epochs", "epochs")}))
+"""
+
+
+def config_of(*args):
+    result = subprocess.run(
+        [sys.executable, "-c", CONFIG_OF, *args], cwd=ROOT, env=environment("3"), capture_output=True, text=True
+    )
+    return json.loads(result.stdout.splitlines()[-1]), result.stderr
+
+
+def test_a_resnet_brings_the_papers_recipe_for_its_optimizer():
+    table2_sngm = {
+        "dataset": "cifar10",
+        "optimizer": "sngm",
+        "batch_size": 4096,
+        "micro_batch_size": 128,
+        "learning_rate": 1.6,
+        "weight_decay": 1e-4,
+        "lr_schedule": "poly",
+        "decay_epochs": [80, 120],
+        "epochs": 160,
+    }
+    assert config_of("--model=resnet20")[0] == table2_sngm
+    assert config_of("--model=resnet44", "--dataset=sample", "--learning_rate=0.8")[0] == dict(
+        table2_sngm, dataset="sample", learning_rate=0.8
+    )
+    assert config_of("--model=resnet110", "--optimizer=msgd")[0] == dict(
+        table2_sngm, optimizer="msgd", batch_size=128, learning_rate=0.1, lr_schedule="step"
+    )
+    assert config_of("--model=resnet50", "--optimizer=sngm")[0] == dict(
+        table2_sngm, dataset="imagenet2012", batch_size=8192, learning_rate=0.8, epochs=90
+    )
+    # The two-conv network keeps the demo's defaults (one micro-batch unless asked).
+    assert config_of("--model=twoconv")[0] == {
+        "dataset": "sample",
+        "optimizer": "sngm",
+        "batch_size": 500,
+        "micro_batch_size": None,
+        "learning_rate": 0.2,
+        "weight_decay": 5e-4,
+        "lr_schedule": "poly",
+        "decay_epochs": [80, 120],
+        "epochs": 30,
+    }
+    # A preset's values are the preset's, not the model's.
+    assert config_of("--preset=table2_resnet20_msgd_b128")[0]["batch_size"] == 128
+    result, stderr = config_of("--model=resnet50", "--optimizer=lars")
+    assert result == {"code": 2}
+    assert stderr.splitlines() == ["error: --learning_rate: the paper has no lars row for resnet50; give a rate"]

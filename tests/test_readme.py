@@ -27,6 +27,8 @@ def test_readme_python_blocks_run(tmp_path):
             [sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
         )
         assert result.returncode == 0, f"README block {i} failed:\n{result.stderr[-3000:]}"
+        # Python warnings (Keras' `shuffle=True` one among them); TensorFlow's own log is not ours.
+        assert not re.findall(r"\w+Warning: .*", result.stderr), f"README block {i} warns:\n{result.stderr[-3000:]}"
         if ".fit(" in block:
             metrics = eval(result.stdout.strip().splitlines()[-1], {"np": __import__("numpy")})
             assert 0.1 < metrics["accuracy"] <= 1 and metrics["loss"] < 2.3, metrics  # above chance

@@ -109,3 +109,35 @@ DEMO = dict(
 )
 
 PRESETS = {"demo": DEMO, **_table2(), **_table3(), **_figure1()}
+
+# The Table 2 row whose rates a CIFAR ResNet without a row of its own takes.
+_TABLE2_ROW_OF = {
+    "resnet20": "resnet20",
+    "resnet32": "resnet20",
+    "resnet44": "resnet20",
+    "resnet56": "resnet56",
+    "resnet110": "resnet56",
+}
+_TABLE3_ROW_OF = {"resnet18": "resnet18", "resnet34": "resnet18", "resnet50": "resnet50"}
+
+
+def model_defaults(model, optimizer):
+    """The settings a ResNet brings when no preset is given: the paper's
+    recipe for `optimizer` on its dataset. CIFAR ResNets take Table 2's row
+    (ResNet-32 and -44 ResNet-20's rates, ResNet-110 ResNet-56's); ImageNet
+    ResNets Table 3's (ResNet-34 ResNet-18's), where LARS has no row, so
+    its batch and schedule are SNGM's and its rate is left to the user.
+    Empty for the two-conv network and unknown names (TrainConfig's
+    defaults, the demo's, apply)."""
+    if model in _TABLE2_ROW_OF:
+        row = {"msgd": "msgd_b128", "sngm": "sngm_b4096", "lars": "lars_b4096"}.get(optimizer)
+        return dict(PRESETS[f"table2_{_TABLE2_ROW_OF[model]}_{row}"], model=model) if row else {}
+    if model in _TABLE3_ROW_OF:
+        row = {"msgd": "msgd_b256", "sngm": "sngm_b8192", "lars": "sngm_b8192"}.get(optimizer)
+        if row is None:
+            return {}
+        values = dict(PRESETS[f"table3_{_TABLE3_ROW_OF[model]}_{row}"], model=model, optimizer=optimizer)
+        if optimizer == "lars":
+            del values["learning_rate"]
+        return values
+    return {}
