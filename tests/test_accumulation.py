@@ -1,8 +1,6 @@
 """MicroBatchModel: the accumulated, all-reduced gradient is the whole batch's."""
 
 import json
-import os
-import socket
 import subprocess
 import sys
 
@@ -14,23 +12,7 @@ import tensorflow as tf
 import sngm_keras
 from sngm_keras.accumulation import MicroBatchModel
 from sngm_keras.checks import check_batch_split
-from sngm_keras.schedules import PolynomialWarmup
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def dense_model(batchnorm=False, seed=0):
-    keras.utils.set_random_seed(seed)
-    layers = [keras.Input((8,))]
-    if batchnorm:
-        layers.append(keras.layers.BatchNormalization(momentum=0.9))
-    layers += [keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(3)]
-    return keras.Sequential(layers)
-
-
-def data(n=256, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.normal(loc=0.5, size=(n, 8)).astype("float32"), rng.integers(0, 3, size=n).astype("int32")
+from tests.helpers import data, dense_model, finish, free_port, load, max_diff, run_worker, sngm
 
 
 def train(model, optimizer, batch_size, epochs=1, jit=False):
@@ -44,14 +26,6 @@ def train(model, optimizer, batch_size, epochs=1, jit=False):
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size, drop_remainder=True)
     history = model.fit(ds, epochs=epochs, verbose=0)
     return model, history.history
-
-
-def max_diff(a, b):
-    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
-
-
-def sngm():
-    return sngm_keras.SNGM(PolynomialWarmup(0.5, 10, power=1.1), weight_decay=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -190,28 +164,6 @@ def test_saves_and_loads(tmp_path):
     assert max_diff(loaded.get_weights(), model.get_weights()) == 0
 
 
-def run_worker(mode, out, micro=8, optimizer="sngm", env=None):
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.distributed_worker", mode, str(out), str(micro), optimizer],
-        cwd=ROOT,
-        env=dict(os.environ, **(env or {})),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def finish(process, timeout=240):
-    out, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, out[-3000:]
-
-
-def load(path):
-    saved = np.load(path)
-    weights = [saved[f"arr_{i}"] for i in range(4)]
-    return weights, int(saved["iterations"]), int(saved["replicas"])
-
-
 @pytest.mark.parametrize("optimizer", ["sngm", "lars"])
 def test_two_replicas_equal_one_replica(tmp_path, optimizer):
     finish(run_worker("one", tmp_path / "one.npz", micro=0, optimizer=optimizer))
@@ -221,12 +173,6 @@ def test_two_replicas_equal_one_replica(tmp_path, optimizer):
     assert (r_one, r_two) == (1, 2)
     assert it_one == it_two == 6
     assert max_diff(one, two) < 1e-5
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_multi_worker_mirrored_strategy(tmp_path):

@@ -19,23 +19,15 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT, data, max_diff
+
 SHAPES = [(8, 16), (16,), (16, 3), (3,)]
 BATCH, MICRO, EPOCHS = 64, 8, 2
-
-
-def data(n=256, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.normal(loc=0.5, size=(n, 8)).astype("float32"), rng.integers(0, 3, size=n).astype("int32")
 
 
 def initial_weights():
     rng = np.random.default_rng(1)
     return [rng.normal(scale=0.5, size=s).astype("float32") for s in SHAPES]
-
-
-def max_diff(a, b):
-    return max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(a, b))
 
 
 def dp_micro_batch_order(n, batch=BATCH, micro=MICRO):

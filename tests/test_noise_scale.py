@@ -20,7 +20,7 @@ from sngm_keras.noise_scale import (
     trend,
     updates_to_settle,
 )
-from tests.test_accumulation import data, dense_model, finish, free_port, max_diff, run_worker, sngm
+from tests.helpers import data, dense_model, finish, free_port, max_diff, run_worker, sngm
 
 # Least squares y = x.w* + e, x ~ N(0, I_d), e ~ N(0, s2), loss (x.w - y)^2,
 # at fixed w = w* + delta. The per-example gradient is 2 (x.w - y) x, so

@@ -26,9 +26,7 @@ import tensorflow as tf
 
 from sngm_keras import _accumulation_tf
 from sngm_keras.accumulation import MicroBatchModel
-from tests.test_accumulation import data, dense_model, finish, load, run_worker
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT, data, dense_model, finish, load, run_worker
 
 
 def test_fit_builds_through_the_symbolic_build_override(monkeypatch):
@@ -63,7 +61,7 @@ from sngm_keras.training.devices import jax_started
 before = jax_started()
 import jax, keras, numpy as np
 from sngm_keras.accumulation import MicroBatchModel
-from tests.test_accumulation import data, dense_model
+from tests.helpers import data, dense_model
 jax.devices()
 out = {"started_before": before, "started_after": jax_started()}
 x, y = data(64)
