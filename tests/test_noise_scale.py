@@ -20,7 +20,7 @@ from sngm_keras.noise_scale import (
     trend,
     updates_to_settle,
 )
-from tests.helpers import data, dense_model, finish, free_port, max_diff, run_worker, sngm
+from tests.helpers import data, dense_model, finish, free_port, load, max_diff, run_worker, sngm
 
 # Least squares y = x.w* + e, x ~ N(0, I_d), e ~ N(0, s2), loss (x.w - y)^2,
 # at fixed w = w* + delta. The per-example gradient is 2 (x.w - y) x, so
@@ -166,7 +166,9 @@ def test_two_replicas_and_two_workers_measure_what_one_device_does(tmp_path):
         finish(p)
     one = load_noise(tmp_path / "one.npz")
     assert len(one) == 3 and np.all(np.isfinite(one)) and one[0] > 0
+    assert load(tmp_path / "one.npz")[2] == 1
     for name in ("two", "w0", "w1"):
+        assert load(tmp_path / f"{name}.npz")[2] == 2, name  # the replicas the strategy really had
         np.testing.assert_allclose(load_noise(tmp_path / f"{name}.npz"), one, rtol=1e-4)
 
 
@@ -174,6 +176,7 @@ def test_two_replicas_with_a_keras_optimizer_warn_instead(tmp_path, capfd):
     process = run_worker("two", tmp_path / "two.npz", optimizer="sgd")
     out, _ = process.communicate(timeout=240)
     assert process.returncode == 0, out[-3000:]
+    assert load(tmp_path / "two.npz")[2] == 2
     assert len(load_noise(tmp_path / "two.npz")) == 0
     assert out.count("gradient noise scale not measured") == 1 and "sngm_keras optimizers" in out
 
