@@ -280,6 +280,61 @@ def test_non_finite_step_is_skipped(cls, bad, weight_decay):
     assert int(opt.skipped_steps.numpy()) == 1
 
 
+def decoupled_reference_step(cls, w, u, g, lr, weight_decay, momentum=0.9):
+    """Keras' decoupled decay, w <- w (1 - lr wd), then the rule on the bare
+    gradient (float64)."""
+    g = [np.asarray(x, np.float64) for x in g]
+    direction = [x / reference.global_norm(g) for x in g] if cls is sngm_keras.SNGM else g
+    u = [momentum * ui + di for ui, di in zip(u, direction)]
+    w = [np.asarray(wi, np.float64) * (1 - lr * weight_decay) - lr * ui for wi, ui in zip(w, u)]
+    return w, u
+
+
+def poisoned(grads, bad):
+    grads = [np.array(g, np.float32) for g in grads]
+    grads[1][2] = bad
+    return grads
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf.function"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("cls", [sngm_keras.SNGM, sngm_keras.MSGD])
+def test_a_skipped_step_does_not_decay_the_weights_either(cls, bad, compiled):
+    """Decoupled weight decay (Keras': applied apart from `update_step`) is
+    part of the step: a step whose gradient holds NaN or Inf leaves the
+    weights bit for bit as they were; a finite step still decays them."""
+    import tensorflow as tf
+
+    lr, wd = 0.1, 0.1
+    opt = cls(lr, weight_decay=wd, decoupled_weight_decay=True)
+    variables = [keras.Variable(w) for w in initial_weights()]
+    opt.build(variables)
+    step = lambda grads: opt.apply(grads, variables)
+    if compiled:
+        step = tf.function(step)
+    apply = lambda grads: step([tf.constant(g) for g in grads])
+    good = [g.astype("float32") for g in quadratic_grad(initial_weights(), 0)]
+    zeros = [np.zeros(s) for s in SHAPES]
+
+    apply(good)
+    w_ref, u_ref = decoupled_reference_step(cls, initial_weights(), zeros, good, lr, wd)
+    assert_close([v.numpy() for v in variables], w_ref, rtol=1e-6, atol=1e-7)
+    before = [v.numpy().copy() for v in variables], [np.array(m) for m in opt.momentums]
+
+    apply(poisoned(good, bad))
+    for variable, weight in zip(variables, before[0]):
+        np.testing.assert_array_equal(variable.numpy(), weight)
+    for momentum, value in zip(opt.momentums, before[1]):
+        np.testing.assert_array_equal(np.array(momentum), value)
+    assert int(opt.skipped_steps.numpy()) == 1
+
+    apply(good)
+    w_ref, u_ref = decoupled_reference_step(cls, before[0], before[1], good, lr, wd)
+    assert_close([v.numpy() for v in variables], w_ref, rtol=1e-6, atol=1e-7)
+    assert_close([np.array(m) for m in opt.momentums], u_ref, rtol=1e-6, atol=1e-7)
+    assert int(opt.skipped_steps.numpy()) == 1 and int(opt.iterations.numpy()) == 3
+
+
 @pytest.mark.parametrize(
     "cls, kwargs, name",
     [
@@ -457,3 +512,73 @@ def test_tensorflow_and_jax_backends_agree():
         results[backend] = [np.array(w) for w in result["w"]]
     assert_close(results["jax"], results["tensorflow"], rtol=1e-5, atol=1e-6)
     assert np.abs(results["jax"][0] - initial_weights()[0]).max() > 1e-2
+
+
+DECOUPLED_JAX_SCRIPT = r"""
+import json, sys, numpy as np, jax, keras, sngm_keras
+assert keras.backend.backend() == "jax"
+given = json.loads(sys.argv[1])
+w0 = [np.asarray(w, "float32") for w in given["w0"]]
+good = [np.asarray(g, "float32") for g in given["good"]]
+bad = [np.asarray(g, "float32") for g in given["bad"]]
+out = {}
+for name in ("SNGM", "MSGD"):
+    for mode in ("eager", "jit"):
+        opt = getattr(sngm_keras, name)(0.1, weight_decay=0.1, decoupled_weight_decay=True)
+        vs = [keras.Variable(w) for w in w0]
+        opt.build(vs)
+        if mode == "eager":
+            step = lambda grads: opt.apply([jax.numpy.asarray(g) for g in grads], vs)
+        else:  # as Keras' jitted train step applies it
+            jitted = jax.jit(opt.stateless_apply)
+            def step(grads):
+                new_vs, new_opt = jitted([v.value for v in opt.variables], grads, [v.value for v in vs])
+                for v, x in zip(vs, new_vs):
+                    v.assign(x)
+                for v, x in zip(opt.variables, new_opt):
+                    v.assign(x)
+        states = []
+        for grads in (good, bad, good):
+            step(grads)
+            states.append({
+                "w": [np.asarray(v.value).tolist() for v in vs],
+                "u": [np.asarray(m.value).tolist() for m in opt.momentums],
+                "skipped": int(opt.skipped_steps.value),
+            })
+        out[name + "_" + mode] = states
+print(json.dumps(out))
+"""
+
+
+def test_a_skipped_step_does_not_decay_the_weights_either_on_jax():
+    """The same on JAX, where the optimizer runs in `_backend_update_step`:
+    eager and in a jitted `stateless_apply`, as JAX's train step runs it."""
+    good = [g.astype("float32") for g in quadratic_grad(initial_weights(), 0)]
+    given = {
+        "w0": [w.tolist() for w in initial_weights()],
+        "good": [g.tolist() for g in good],
+        "bad": [g.tolist() for g in poisoned(good, np.nan)],
+    }
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [sys.executable, "-c", DECOUPLED_JAX_SCRIPT, json.dumps(given)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    zeros = [np.zeros(s) for s in SHAPES]
+    for cls in (sngm_keras.SNGM, sngm_keras.MSGD):
+        for mode in ("eager", "jit"):
+            first, skipped, third = results[f"{cls.__name__}_{mode}"]
+            w_ref, _ = decoupled_reference_step(cls, initial_weights(), zeros, good, 0.1, 0.1)
+            assert_close([np.array(w) for w in first["w"]], w_ref, rtol=1e-6, atol=1e-7)
+            assert skipped["w"] == first["w"] and skipped["u"] == first["u"], (cls.__name__, mode)  # bit for bit
+            assert (first["skipped"], skipped["skipped"], third["skipped"]) == (0, 1, 1)
+            w_ref, u_ref = decoupled_reference_step(
+                cls, [np.array(w) for w in first["w"]], [np.array(u) for u in first["u"]], good, 0.1, 0.1
+            )
+            assert_close([np.array(w) for w in third["w"]], w_ref, rtol=1e-6, atol=1e-7)
+            assert_close([np.array(u) for u in third["u"]], u_ref, rtol=1e-6, atol=1e-7)

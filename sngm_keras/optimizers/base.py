@@ -16,9 +16,14 @@ whole-gradient computation behind it, in `_prepare_gradients`:
    `skipped_steps`, and `_unless_skipped` turns its update into one that
    leaves weights and momentum exactly as they were.
 
+Keras' decoupled weight decay (`decoupled_weight_decay=True`) follows, before
+`update_step` as in Keras, and only on a step that is not skipped
+(`_decay_unless_skipped`).
+
 On TensorFlow this runs in the replica context right after
-`_all_reduce_sum_gradients`; on JAX (and any other backend) the gradient the
-optimizer receives is already global, so it runs first thing in
+`_all_reduce_sum_gradients` (the decoupled decay in the cross-replica
+`_distributed_tf_update_step`); on JAX (and any other backend) the gradient
+the optimizer receives is already global, so it runs first thing in
 `_backend_update_step`. Each subclass writes its rule in `update_step`.
 """
 
@@ -87,7 +92,31 @@ class ReducedGradientOptimizer(keras.optimizers.Optimizer):
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if keras.backend.backend() != "tensorflow":
             grads = self._prepare_gradients(list(grads), list(trainable_variables))
+            if self.weight_decay is not None:
+                for variable in trainable_variables:
+                    self._decay_unless_skipped(variable)
         super()._backend_update_step(grads, trainable_variables, learning_rate)
+
+    def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
+        # Private hook of Keras' TensorFlow optimizer: where it applies
+        # `update_step` to each variable, in the cross-replica context, after
+        # `_all_reduce_sum_gradients`. The decoupled decay goes first, as in
+        # Keras. Pinned by tests/test_optimizers.py::
+        # test_a_skipped_step_does_not_decay_the_weights_either (a finite
+        # step must still decay).
+        if self.weight_decay is not None:
+            for _, variable in grads_and_vars:
+                distribution.extended.update(variable, self._decay_unless_skipped, group=False)
+        super()._distributed_tf_update_step(distribution, grads_and_vars, learning_rate)
+
+    def _apply_weight_decay(self, variables):
+        # Keras applies its decoupled weight decay here, before
+        # `_backend_update_step`, where this step's gradient -- and so
+        # whether the step is skipped -- is not known yet (on TensorFlow it
+        # is all-reduced inside `_backend_update_step`). The decay is applied
+        # from there instead, once `_prepare_gradients` has run:
+        # `_decay_unless_skipped`.
+        return
 
     @contextlib.contextmanager
     def observing_gradient(self, fn):
@@ -115,6 +144,16 @@ class ReducedGradientOptimizer(keras.optimizers.Optimizer):
         return grads
 
     # -- helpers for update_step ----------------------------------------------
+
+    def _decay_unless_skipped(self, variable):
+        """Keras' decoupled weight decay, `w <- w - w * wd * lr`, on a step
+        whose gradient is finite; on a skipped step `w` stays as it is."""
+        if not self._use_weight_decay(variable):
+            return
+        value = ops.convert_to_tensor(variable)
+        lr = ops.cast(self.learning_rate, value.dtype)
+        wd = ops.cast(self.weight_decay, value.dtype)
+        self.assign(variable, ops.where(ops.isfinite(self.gradient_norm), value - value * wd * lr, value))
 
     def _with_l2(self, gradient, variable):
         """g + wd * w, the paper's weight decay, where it applies to `variable`."""

@@ -38,7 +38,7 @@ class SNGM(ReducedGradientOptimizer):
             `exclude_from_weight_decay()`.
         decoupled_weight_decay: if True, `weight_decay` is Keras' decoupled
             decay (`w <- w - lr * wd * w`, applied outside the normalized
-            direction) instead.
+            direction, and not on a skipped step) instead.
         layerwise: if True, each variable's gradient is normalized by its own
             norm (the block-wise variant); the paper uses False.
         epsilon: float > 0, the floor of the norm: `g` is divided by
