@@ -1,8 +1,9 @@
 """sngm_keras: SNGM for large-batch training in Keras 3, with its baselines.
 
 `SNGM`, `MSGD` and `LARS` are Keras optimizers; `MicroBatchModel` trains with an
-effective batch made of micro-batches, the gradient summed over them and
-across replicas before the one optimizer step. Importing the package
+effective batch made of micro-batches, the gradient averaged over them and
+across replicas (the mean gradient of the whole batch) before the one
+optimizer step. Importing the package
 registers its optimizers, schedules and layers with Keras' serialization, so
 saved models load after `import sngm_keras`.
 

@@ -4,11 +4,13 @@
 batches of the effective size B: each replica splits its share of the batch
 into micro-batches of b, runs forward and backward on one micro-batch at a
 time in a loop (so activation memory follows b, not B), sums the gradients
-locally, and hands their mean to the optimizer once. The optimizer
-all-reduces that gradient across replicas once per update, and SNGM, LARS and
-any clipping of `sngm_keras` optimizers see the all-reduced, accumulated
-gradient -- the gradient of the whole batch of B, as the paper's accumulation
-computes it. BatchNorm statistics follow each micro-batch, as in the paper.
+locally, and hands their mean to the optimizer once: the mean over the
+micro-batches of the gradient of each one's mean loss. The optimizer
+all-reduces that gradient across replicas once per update, as a sum of
+gradients of losses that Keras has scaled by 1 / replicas, so SNGM, LARS and
+any clipping of `sngm_keras` optimizers see the mean gradient of the whole
+batch of B -- the paper's mini-batch gradient, not the sum over its
+micro-batches. BatchNorm statistics follow each micro-batch, as in the paper.
 
 The optimizer's `iterations`, and so every learning-rate schedule, advance
 once per update, not once per micro-batch. `PreprocessedMicroBatchModel`

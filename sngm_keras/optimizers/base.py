@@ -2,9 +2,23 @@
 
 SNGM normalizes by the norm of the *whole* mini-batch gradient, so that norm
 must be taken on the gradient the update really uses: after the cross-replica
-all-reduce and after any micro-batch accumulation. Keras clips and decays
-before TensorFlow's all-reduce (per replica); this base class moves every
-whole-gradient computation behind it, in `_prepare_gradients`:
+all-reduce and after any micro-batch accumulation. That gradient `g` is the
+paper's mini-batch gradient, the mean over the whole batch of the
+per-example gradients (Keras' losses take the mean over the batch), not their
+sum:
+
+- one device: the gradient of the batch's mean loss;
+- `MicroBatchModel`: the mean over the micro-batches of the gradient of each
+  micro-batch's mean loss (the whole batch's mean, micro-batches being
+  equal in size);
+- `tf.distribute`: Keras scales each replica's loss by 1 / replicas, and
+  `_all_reduce_sum_gradients` sums the replicas' gradients, so the sum is the
+  mean over the global batch; on JAX the step's loss is the global batch's
+  mean already.
+
+Keras clips and decays before TensorFlow's all-reduce (per replica); this
+base class moves every whole-gradient computation behind it, in
+`_prepare_gradients`:
 
 1. Keras clipping (`clipnorm`, `clipvalue`, `global_clipnorm`),
 2. coupled L2 weight decay, `g <- g + wd * w` (the paper's and PyTorch's

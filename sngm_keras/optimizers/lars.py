@@ -14,7 +14,8 @@ class LARS(ReducedGradientOptimizer):
 
     As in the pytorch-lars code the SNGM paper runs
     (github.com/noahgolmant/pytorch-lars), for each variable `w` with
-    gradient `g` (after the all-reduce):
+    gradient `g` (the mean gradient of the whole batch, over its micro-batches
+    and replicas, after the all-reduce; see `sngm_keras.optimizers.base`):
 
     ```python
     trust = trust_coefficient * ||w|| / (||g|| + weight_decay * ||w||)

@@ -9,6 +9,9 @@ from sngm_keras.optimizers.base import ReducedGradientOptimizer
 class MSGD(ReducedGradientOptimizer):
     """Momentum SGD with coupled L2 weight decay, the paper's baseline.
 
+    With `g` the mean gradient of the whole batch, over its micro-batches and
+    replicas (see `sngm_keras.optimizers.base`):
+
     ```python
     g = g + weight_decay * w
     u = momentum * u + g

@@ -12,9 +12,12 @@ from sngm_keras.optimizers.norms import global_norm
 class SNGM(ReducedGradientOptimizer):
     """Stochastic normalized gradient descent with momentum (Algorithm 1).
 
-    Update rule, with `g` the gradient of the whole step (all trainable
-    variables together, after the all-reduce across replicas and the sum over
-    micro-batches):
+    Update rule, with `g` the gradient of the whole step: all trainable
+    variables together, and the mean over the whole batch, as the paper's
+    mini-batch gradient (the mean over the micro-batches of `MicroBatchModel`
+    of each one's mean-loss gradient; across replicas the all-reduced sum of
+    gradients of losses Keras scales by 1 / replicas; see
+    `sngm_keras.optimizers.base`):
 
     ```python
     g = g + weight_decay * w          # L2, the paper's weight decay
