@@ -1,16 +1,25 @@
 """The gradient the optimizers step on: the mean gradient of the whole batch
-over its micro-batches, against a NumPy reference on a linear model with
-the mean squared error, whose gradient is known in closed form."""
+(over its micro-batches and across replicas), clipped after the all-reduce
+and the accumulation, against NumPy references on a linear model with the
+mean squared error, whose gradient is known in closed form."""
+
+import json
+import subprocess
+import sys
 
 import keras
 import numpy as np
+import pytest
+import tensorflow as tf
 
 import sngm_keras
 from sngm_keras.accumulation import MicroBatchModel
 from tests import reference
-from tests.helpers import max_diff
+from tests.helpers import ROOT, max_diff
 
 LR, WD, MOMENTUM = 0.1, 0.1, 0.9
+# Below the gradients' norms and entries, so that every clip is active.
+CLIPS = {"clipnorm": 0.5, "clipvalue": 0.05, "global_clipnorm": 0.5}
 
 
 def problem(n, seed=0):
@@ -40,6 +49,16 @@ def mean_of(parts):
 
 def sum_of(parts):
     return [np.sum(np.stack(p), axis=0) for p in zip(*parts)]
+
+
+def clipped(kind, grads):
+    """Keras' `clipnorm`, `clipvalue` or `global_clipnorm` at CLIPS[kind]."""
+    value = CLIPS[kind]
+    if kind == "clipnorm":
+        return [g * value / max(np.linalg.norm(g), value) for g in grads]
+    if kind == "global_clipnorm":
+        return [g * value / max(reference.global_norm(grads), value) for g in grads]
+    return [np.clip(g, -value, value) for g in grads]
 
 
 def reference_steps(method, w, batches, micro, gradient=mean_of):
@@ -92,3 +111,100 @@ def test_the_step_is_taken_on_the_mean_of_the_micro_batch_gradients():
     assert max_diff(weights, mean) < 1e-6
     assert max_diff(reference_steps("sngm", w0, batches, 8, gradient=sum_of), mean) > 1e-3
     assert max_diff(mean, w0) > 1e-2
+
+
+# -- clipping --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["sngm", "msgd"])
+@pytest.mark.parametrize("kind", sorted(CLIPS))
+def test_clipping_on_one_device(kind, method):
+    """`optimizer.apply`: the gradient is clipped, then L2 is added."""
+    x, y, w0 = problem(64)
+    batches = batches_of(x, y, 32)
+    opt = optimizer(method, **{kind: CLIPS[kind]})
+    variables = [keras.Variable(w) for w in w0]
+    for xb, yb in batches:
+        grads = mse_gradient([v.numpy().astype(np.float64) for v in variables], xb, yb)
+        opt.apply([tf.constant(g, tf.float32) for g in grads], variables)
+    expected = reference_steps(method, w0, batches, 32, gradient=lambda parts: clipped(kind, mean_of(parts)))
+    assert max_diff([v.numpy() for v in variables], expected) < 1e-6
+    assert max_diff(reference_steps(method, w0, batches, 32), expected) > 1e-3  # the clip is active
+
+
+@pytest.mark.parametrize("kind", sorted(CLIPS))
+def test_clipping_of_the_accumulated_gradient(kind):
+    """MicroBatchModel, 4 micro-batches of 8: the clip applies to their mean,
+    not to each micro-batch's gradient."""
+    weights, w0, batches = fit_micro_batches("msgd", micro=8, batch=32, steps=2, **{kind: CLIPS[kind]})
+    expected = reference_steps("msgd", w0, batches, 8, gradient=lambda parts: clipped(kind, mean_of(parts)))
+    assert max_diff(weights, expected) < 1e-6
+    each = reference_steps("msgd", w0, batches, 8, gradient=lambda parts: mean_of([clipped(kind, p) for p in parts]))
+    assert max_diff(each, expected) > 1e-3
+
+
+TWO_REPLICAS = r"""
+import json, sys, numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, sngm_keras
+from tests.test_whole_gradient import CLIPS, linear, optimizer, problem
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+out = {"replicas": strategy.num_replicas_in_sync}
+x, y, w0 = problem(64)
+batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(32, drop_remainder=True)
+for kind, value in CLIPS.items():  # micro-batches of 4: 4 on each replica
+    with strategy.scope():
+        model = sngm_keras.MicroBatchModel(linear(w0), 4, noise_scale=False)
+        model.compile(optimizer=optimizer("msgd", **{kind: value}), loss="mse")
+    model.fit(batches, epochs=1, verbose=0)
+    out[kind] = [w.tolist() for w in model.get_weights()]
+# Decoupled decay: one finite step, then a step whose gradient is NaN.
+with strategy.scope():
+    model = linear(w0)
+    model.compile(optimizer=sngm_keras.SNGM(0.1, weight_decay=0.1, decoupled_weight_decay=True), loss="mse")
+model.fit(x[:32], y[:32], batch_size=32, epochs=1, shuffle=False, verbose=0)
+out["decoupled_first"] = [w.tolist() for w in model.get_weights()]
+x[40, 1] = np.nan
+model.fit(x[32:], y[32:], batch_size=32, epochs=1, shuffle=False, verbose=0)
+out["decoupled_skipped"] = [w.tolist() for w in model.get_weights()]
+out["decoupled_skipped_steps"] = int(model.optimizer.skipped_steps.numpy())
+print("RESULT", json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def two_replicas():
+    """The runs of TWO_REPLICAS: MirroredStrategy over two logical CPUs,
+    configured before TensorFlow starts, so in a subprocess."""
+    result = subprocess.run([sys.executable, "-c", TWO_REPLICAS], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert result.returncode == 0 and lines, result.stderr[-3000:]
+    out = json.loads(lines[0][len("RESULT ") :])
+    assert out["replicas"] == 2
+    return out
+
+
+@pytest.mark.parametrize("kind", sorted(CLIPS))
+def test_clipping_of_the_all_reduced_gradient_under_two_replicas(two_replicas, kind):
+    """Two replicas, each with 4 micro-batches of 4 of a batch of 32: the
+    clip applies to the all-reduced mean of all 8, not to each replica's
+    part before the all-reduce (Keras' own order)."""
+    x, y, w0 = problem(64)
+    batches = batches_of(x, y, 32)
+    expected = reference_steps("msgd", w0, batches, 4, gradient=lambda parts: clipped(kind, mean_of(parts)))
+    assert max_diff(two_replicas[kind], expected) < 1e-6
+
+    def per_replica(parts):  # each replica's gradient, of its loss scaled by 1/2, clipped, then summed
+        return sum_of([clipped(kind, [g / 2 for g in mean_of(half)]) for half in (parts[:4], parts[4:])])
+
+    assert max_diff(reference_steps("msgd", w0, batches, 4, gradient=per_replica), expected) > 1e-3
+
+
+def test_decoupled_decay_is_skipped_with_the_step_under_two_replicas(two_replicas):
+    x, y, w0 = problem(64)
+    g = mse_gradient(w0, x[:32], y[:32])
+    expected = [w * (1 - 0.1 * 0.1) - 0.1 * gi / reference.global_norm(g) for w, gi in zip(w0, g)]
+    assert max_diff(two_replicas["decoupled_first"], expected) < 1e-6
+    assert two_replicas["decoupled_skipped"] == two_replicas["decoupled_first"]  # bit for bit
+    assert two_replicas["decoupled_skipped_steps"] == 1
