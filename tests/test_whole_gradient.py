@@ -1,7 +1,8 @@
 """The gradient the optimizers step on: the mean gradient of the whole batch
 (over its micro-batches and across replicas), clipped after the all-reduce
 and the accumulation, against NumPy references on a linear model with the
-mean squared error, whose gradient is known in closed form."""
+mean squared error, whose gradient is known in closed form; and Keras'
+`gradient_accumulation_steps`, refused."""
 
 import json
 import subprocess
@@ -14,6 +15,7 @@ import tensorflow as tf
 
 import sngm_keras
 from sngm_keras.accumulation import MicroBatchModel
+from sngm_keras.schedules import PolynomialWarmup
 from tests import reference
 from tests.helpers import ROOT, max_diff
 
@@ -208,3 +210,33 @@ def test_decoupled_decay_is_skipped_with_the_step_under_two_replicas(two_replica
     assert max_diff(two_replicas["decoupled_first"], expected) < 1e-6
     assert two_replicas["decoupled_skipped"] == two_replicas["decoupled_first"]  # bit for bit
     assert two_replicas["decoupled_skipped_steps"] == 1
+
+
+# -- Keras' gradient_accumulation_steps ------------------------------------
+
+
+@pytest.mark.parametrize("cls", [sngm_keras.SNGM, sngm_keras.MSGD, sngm_keras.LARS])
+def test_gradient_accumulation_steps_is_refused_for_micro_batch_model(cls):
+    with pytest.raises(ValueError, match=r"^gradient_accumulation_steps: .*sngm_keras\.MicroBatchModel"):
+        cls(0.1, gradient_accumulation_steps=4)
+    assert cls(0.1, gradient_accumulation_steps=None).gradient_accumulation_steps is None
+
+
+def test_why_keras_accumulation_is_refused():
+    """Keras (3.15) evaluates a learning-rate schedule at its count of
+    accumulated gradients, not at `iterations`, its count of updates: with 3
+    gradients an update, the paper's poly schedule would end after a third
+    of the run. (The other reason, tf.distribute's refusal of an all-reduce
+    inside Keras' conditional, needs several replicas.) When this fails,
+    Keras has changed and the refusal may be reconsidered."""
+    schedule = PolynomialWarmup(1.0, total_steps=6, power=1.0)
+    opt = keras.optimizers.SGD(schedule, gradient_accumulation_steps=3)
+    weight = keras.Variable(0.0)
+    rates = []
+    for _ in range(6):  # two updates, on a slope of 1: each moves the weight by its rate
+        before = float(weight.numpy())
+        opt.apply([keras.ops.ones(())], [weight])
+        rates.append(before - float(weight.numpy()))
+    assert int(opt.iterations.numpy()) == 2
+    # The updates' rates: at 2 and 5 of 6, not at the updates 0 and 1.
+    np.testing.assert_allclose([rates[2], rates[5]], [1 - 2 / 6, 1 - 5 / 6], rtol=1e-5)

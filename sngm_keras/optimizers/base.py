@@ -64,6 +64,13 @@ class ReducedGradientOptimizer(keras.optimizers.Optimizer):
     def __init__(
         self, learning_rate, momentum=0.9, weight_decay=0.0, decoupled_weight_decay=False, name=None, **kwargs
     ):
+        if kwargs.get("gradient_accumulation_steps"):
+            raise ValueError(
+                f"gradient_accumulation_steps: not supported by {type(self).__name__}: Keras' gradient accumulation "
+                "evaluates a learning-rate schedule at every accumulated gradient instead of once per update, and "
+                "under tf.distribute it all-reduces inside a conditional, which fails; use "
+                "sngm_keras.MicroBatchModel(model, micro_batch_size), which accumulates micro-batches into one update"
+            )
         learning_rate = check_learning_rate(learning_rate)
         momentum = check_range("momentum", momentum, 0.0, 1.0)
         weight_decay = check_range("weight_decay", weight_decay, 0.0)

@@ -50,8 +50,9 @@ class LARS(ReducedGradientOptimizer):
             `||g|| + weight_decay * ||w||` (pytorch-lars has none and gives
             NaN where both norms are zero).
         **kwargs: the keywords of `keras.optimizers.Optimizer` (clipping is
-            applied to the all-reduced gradient). LARS has no decoupled
-            weight decay.
+            applied to the all-reduced gradient), but not
+            `gradient_accumulation_steps` (see `SNGM`). LARS has no
+            decoupled weight decay.
     """
 
     # The trust ratio needs the bare gradient's norm; the decay is added here.

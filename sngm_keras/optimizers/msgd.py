@@ -31,7 +31,8 @@ class MSGD(ReducedGradientOptimizer):
             `exclude_from_weight_decay()`).
         decoupled_weight_decay: if True, Keras' decoupled decay instead.
         **kwargs: the keywords of `keras.optimizers.Optimizer` (clipping is
-            applied to the all-reduced gradient).
+            applied to the all-reduced gradient), but not
+            `gradient_accumulation_steps` (see `SNGM`).
 
     A step whose gradient holds NaN or Inf is skipped and counted in
     `skipped_steps`.

@@ -48,9 +48,13 @@ class SNGM(ReducedGradientOptimizer):
             `max(||g||, epsilon)`, so a zero gradient gives a zero step, not
             NaN.
         **kwargs: the keywords of `keras.optimizers.Optimizer`: `clipnorm`,
-            `clipvalue`, `global_clipnorm` (applied to the all-reduced
-            gradient), `use_ema`, `ema_momentum`, `ema_overwrite_frequency`,
-            `loss_scale_factor`, `gradient_accumulation_steps`.
+            `clipvalue`, `global_clipnorm` (applied to the all-reduced,
+            accumulated gradient, before the L2 term), `use_ema`,
+            `ema_momentum`, `ema_overwrite_frequency`, `loss_scale_factor`.
+            Not `gradient_accumulation_steps`, which is refused (Keras'
+            accumulation advances a learning-rate schedule at every
+            accumulated gradient, and fails under tf.distribute):
+            `MicroBatchModel` accumulates micro-batches into one update.
 
     `gradient_norm` holds the last step's `||g||`, computed without over- or
     underflow for gradients from 1e-30 to 1e30 (`norms.global_norm`). A step
