@@ -151,9 +151,10 @@ def test_same_seed_gives_identical_weights():
 def test_different_seeds_give_different_weights():
     first = built("resnet20", seed=123)
     second = built("resnet20", seed=124)
-    for a, b in zip(first.trainable_weights, second.trainable_weights):
-        if "kernel" in a.path:
-            assert not np.array_equal(a.numpy(), b.numpy()), a.path
+    kernels = [(a, b) for a, b in zip(first.trainable_weights, second.trainable_weights) if "kernel" in a.path]
+    assert len(kernels) == CIFAR_DEPTHS["resnet20"]  # 19 convolutions and the classifier
+    for a, b in kernels:
+        assert not np.array_equal(a.numpy(), b.numpy()), a.path
 
 
 def test_seeded_layers_are_not_initialized_alike():
