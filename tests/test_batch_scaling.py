@@ -29,8 +29,11 @@ def test_steps_to_target_is_the_first_evaluation_at_or_above_it():
 
 
 def test_grid_centres_follow_the_scaling_rules():
-    assert scaling.centre_rate("msgd", 512) == pytest.approx(4 * scaling.centre_rate("msgd", 128))
-    assert scaling.centre_rate("sngm", 8192) == pytest.approx(2 * scaling.centre_rate("sngm", 2048))
+    # MSGD linear from 0.0125 sqrt(2) at 128; SNGM and LARS as sqrt(B) from 0.2 and 2 at 4096.
+    assert scaling.centre_rate("msgd", 128) == pytest.approx(0.0176777, rel=1e-5)
+    assert scaling.centre_rate("msgd", 512) == pytest.approx(0.0707107, rel=1e-5)
+    assert scaling.centre_rate("sngm", 2048) == pytest.approx(0.1414214, rel=1e-5)
+    assert scaling.centre_rate("sngm", 8192) == pytest.approx(0.2828427, rel=1e-5)
     assert scaling.centre_rate("lars", 4096) == pytest.approx(2.0)
     study = scaling.Study("out")
     rates = [c.learning_rate for c in study.grid(scaling.Cell("sngm", 2048))]
