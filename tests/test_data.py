@@ -231,6 +231,29 @@ def test_resume_gives_same_batches():
     assert not np.array_equal(first[0][1], other_seed[0][1])
 
 
+@pytest.mark.parametrize("feed", ["tf.data", "pydataset"])
+def test_a_resume_within_an_epoch_gives_the_same_batches(feed):
+    """Started at batch 3 of epoch 1 (epochs of 5: B = 1024 as 8 x 128, the
+    last batch 896), the stream is the uninterrupted one from its batch 8."""
+    kw = dict(batch_size=1024, num_epochs=3, seed=5, epoch_multiple=128, feed=feed)
+
+    def stream(made):
+        train = made[0]
+        if feed == "pydataset":
+            return [(x["images"], x["crop_flip"], y) for x, y in (train[i] for i in range(len(train)))]
+        return [(x, y) for x, y in _batches(train)]
+
+    full = stream(make_datasets("sample", **kw))
+    resumed = stream(make_datasets("sample", start_epoch=1, start_batch=3, **kw))
+    assert len(full) == 15 and len(resumed) == 7
+    for got, want in zip(resumed, full[8:]):
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+    assert len(stream(make_datasets("sample", start_epoch=2, start_batch=4, **kw))) == 1
+    with pytest.raises(DataError, match="start_batch"):
+        make_datasets("sample", start_epoch=3, start_batch=1, **kw)
+
+
 def test_keras_fit_consumes_exactly_the_epochs():
     import warnings
 
@@ -382,6 +405,11 @@ def test_mock_imagenet(tmp_path):
         resumed = _batches(make_datasets("imagenet2012", start_epoch=2, **kw)[0])
         assert len(resumed) == 3
         for (xa, ya), (xb, yb) in zip(batches[6:], resumed):
+            np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(ya, yb)
+        within = _batches(make_datasets("imagenet2012", start_epoch=1, start_batch=2, **kw)[0])
+        assert len(within) == 4
+        for (xa, ya), (xb, yb) in zip(batches[5:], within):
             np.testing.assert_array_equal(xa, xb)
             np.testing.assert_array_equal(ya, yb)
         assert not np.array_equal(batches[0][0], batches[3][0])  # epochs differ

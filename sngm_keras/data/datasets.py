@@ -35,6 +35,7 @@ def make_datasets(
     feed: str = "tf.data",
     share=(0, 1),
     epoch_multiple: int | None = None,
+    start_batch: int = 0,
 ):
     """Builds ``(train_ds, test_ds, info)`` for `keras.Model.fit`, and
     ``validation_ds`` after them when ``validation_size`` > 0.
@@ -84,6 +85,10 @@ def make_datasets(
         `sngm_keras.data.imagenet`.  Either way epoch e depends only on
         (seed, e).
       start_epoch, num_epochs: the epochs ``train_ds`` covers.
+      start_batch: where in ``start_epoch`` it starts (a resume within an
+        epoch): ``train_ds`` then holds that epoch's last ``steps -
+        start_batch`` batches first; the batches before are skipped as
+        indices, not read one by one (ImageNet: read, not decoded).
       image_size: ImageNet output size (default 224); for the other datasets
         leave it None (or equal to their native size).
       validation_size: hold this many training images out (a fixed random
@@ -106,7 +111,7 @@ def make_datasets(
       missing folder, TFDS data not present with ``download=False``,
       ``batch_size`` larger than the training set, bad arguments.
     """
-    check_args(batch_size, eval_batch_size, start_epoch, num_epochs, epoch_multiple)
+    check_args(batch_size, eval_batch_size, start_epoch, num_epochs, epoch_multiple, start_batch)
     if feed not in FEEDS:
         raise DataError(f"feed must be one of {', '.join(FEEDS)}, got {feed!r}")
     if feed == "tf.data" and tuple(share) != (0, 1):
@@ -124,6 +129,7 @@ def make_datasets(
         image_size=image_size,
         validation_size=validation_size,
         epoch_multiple=epoch_multiple,
+        start_batch=start_batch,
     )
     if feed == "pydataset":
         from . import pydatasets  # imports Keras: only on this feed

@@ -19,7 +19,7 @@ from sngm_keras import checks
 from . import constants as C
 from . import sources
 from .errors import as_data_errors
-from .info import DatasetInfo, batches, check_batch, examples_per_epoch
+from .info import DatasetInfo, batches, check_batch, check_start_batch, examples_per_epoch
 from .tf_setup import epoch_key, import_tf
 
 
@@ -49,6 +49,7 @@ def make_imagenet_datasets(
     num_epochs,
     image_size,
     epoch_multiple=None,
+    start_batch=0,
 ):
     """See `sngm_keras.data.make_datasets`."""
     tf = import_tf()
@@ -80,6 +81,7 @@ def make_imagenet_datasets(
     check_batch(name, batch_size, num_train)
     used = examples_per_epoch(num_train, batch_size, epoch_multiple)
     steps = batches(used, batch_size)
+    check_start_batch(start_batch, steps)
     whole = used % batch_size == 0
     class_names = tuple(builder.info.features["label"].names)
     info = DatasetInfo(
@@ -135,6 +137,8 @@ def make_imagenet_datasets(
         ds = as_dataset("train", _python_seed(seed, epoch, 0))
         ds = ds.shuffle(C.IMAGENET_SHUFFLE_BUFFER, seed=_python_seed(seed, epoch, 1), reshuffle_each_iteration=False)
         ds = ds.take(used).enumerate()
+        if epoch == start_epoch and start_batch:  # skipped before decoding: read, not decoded or augmented
+            ds = ds.skip(start_batch * batch_size)
 
         def prep(i, ex):
             if augment:
@@ -154,9 +158,9 @@ def make_imagenet_datasets(
         train_ds = tf.data.Dataset.from_tensors(
             (tf.zeros([batch_size, image_size, image_size, 3]), tf.zeros([batch_size], tf.int32))
         ).take(0)
-    train_ds = train_ds.apply(tf.data.experimental.assert_cardinality((num_epochs - start_epoch) * steps)).prefetch(
-        tf.data.AUTOTUNE
-    )
+    train_ds = train_ds.apply(
+        tf.data.experimental.assert_cardinality((num_epochs - start_epoch) * steps - start_batch)
+    ).prefetch(tf.data.AUTOTUNE)
     test_ds = (
         val_ds.map(
             lambda ex: (eval_image(ex["image"]), tf.cast(ex["label"], tf.int32)),

@@ -58,7 +58,7 @@ def examples_after(updates: int, batch_size: int, examples_per_epoch: int) -> in
 
 
 @as_data_errors()
-def check_args(batch_size, eval_batch_size, start_epoch, num_epochs, epoch_multiple=None):
+def check_args(batch_size, eval_batch_size, start_epoch, num_epochs, epoch_multiple=None, start_batch=0):
     checks.check_positive_int("batch_size", batch_size)
     if epoch_multiple is not None:
         checks.check_positive_int("epoch_multiple", epoch_multiple)
@@ -68,6 +68,9 @@ def check_args(batch_size, eval_batch_size, start_epoch, num_epochs, epoch_multi
     if eval_batch_size is not None:
         checks.check_positive_int("eval_batch_size", eval_batch_size)
     checks.check_int("start_epoch", start_epoch, 0, num_epochs)
+    checks.check_int("start_batch", start_batch, 0, None)
+    if start_batch and start_epoch == num_epochs:
+        raise DataError(f"start_batch {start_batch}: start_epoch {start_epoch} is past the last epoch")
 
 
 def check_batch(name, batch_size, num_train):
@@ -86,3 +89,9 @@ def check_image_size(source, arrays, image_size):
             f"{source.name} images are {arrays.image_shape[1]}x"
             f"{arrays.image_shape[0]}: leave image_size unset"
         )
+
+
+def check_start_batch(start_batch, steps):
+    """A resume within an epoch starts at one of its batches."""
+    if start_batch >= steps:
+        raise DataError(f"start_batch {start_batch}: an epoch here has {steps} batches")

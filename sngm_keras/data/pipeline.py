@@ -5,8 +5,8 @@ TensorFlow is imported lazily, when the pipelines are built.
 Determinism: the order and the augmentation of epoch ``e`` depend only on
 ``(seed, e)`` (and on ``batch_size`` and ``epoch_multiple``, which fix
 how many examples each epoch keeps), so a run resumed with
-``start_epoch=e`` sees exactly the batches an uninterrupted run sees from
-epoch ``e`` on.  In-memory datasets draw a fresh permutation per epoch
+``start_epoch=e`` (and ``start_batch=k``) sees exactly the batches an
+uninterrupted run sees from epoch ``e`` (its batch ``k``) on.  In-memory datasets draw a fresh permutation per epoch
 with a stateless shuffle seeded by ``(seed, e)``, and crop offsets and
 flips per example from stateless random ops keyed by
 ``(seed, e, position in the epoch)``.  ImageNet: see
@@ -22,7 +22,7 @@ from . import sources
 from .arrays import ArraySplits
 from .errors import DataError
 from .in_memory import load_in_memory
-from .info import batches, examples_per_epoch
+from .info import batches, check_start_batch, examples_per_epoch
 from .tf_setup import epoch_key, import_tf
 
 
@@ -40,6 +40,7 @@ def make_tf_datasets(
     image_size,
     validation_size,
     epoch_multiple=None,
+    start_batch=0,
 ):
     """The tf.data feed of `sngm_keras.data.make_datasets` (see there):
     ImageNet streamed from its files, every other dataset from memory."""
@@ -63,6 +64,7 @@ def make_tf_datasets(
             num_epochs=num_epochs,
             image_size=image_size or C.IMAGENET_IMAGE_SIZE,
             epoch_multiple=epoch_multiple,
+            start_batch=start_batch,
         )
 
     data = load_in_memory(
@@ -87,6 +89,7 @@ def make_tf_datasets(
         start_epoch=start_epoch,
         num_epochs=num_epochs,
         epoch_multiple=epoch_multiple,
+        start_batch=start_batch,
     )
     if data.validation is None:
         return train_ds, test_ds, data.info
@@ -106,6 +109,7 @@ def in_memory_datasets(
     start_epoch,
     num_epochs,
     epoch_multiple=None,
+    start_batch=0,
 ):
     """Train/test pipelines over uint8 arrays held in memory.
 
@@ -116,13 +120,16 @@ def in_memory_datasets(
     the in-memory tensor and augmented in one vectorized step (pad, crop at
     per-example random offsets, flip), the offsets and flips of example
     ``i`` of the epoch coming from a stateless uniform draw keyed by
-    (seed, epoch) at row ``i``.
+    (seed, epoch) at row ``i``. The first epoch starts at its batch
+    ``start_batch``: the batches before it are skipped as indices, never
+    gathered or augmented.
     """
     tf = import_tf()
     height, width, channels = arrays.image_shape
     n = arrays.num_train
     used = examples_per_epoch(n, batch_size, epoch_multiple)
     steps = batches(used, batch_size)
+    check_start_batch(start_batch, steps)
     whole = used % batch_size == 0
     crop_choices = 2 * pad + 1
 
@@ -160,11 +167,14 @@ def in_memory_datasets(
         images = tf.ensure_shape(normalize(images), [rows_of_batch, height, width, channels])
         return images, tf.ensure_shape(labels, [rows_of_batch])
 
+    def indices_from(epoch):
+        return epoch_indices(epoch).skip(tf.where(epoch == start_epoch, tf.constant(start_batch, tf.int64), 0))
+
     train_ds = (
         tf.data.Dataset.range(start_epoch, num_epochs)
-        .flat_map(epoch_indices)
+        .flat_map(indices_from)
         .map(train_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .apply(tf.data.experimental.assert_cardinality((num_epochs - start_epoch) * steps))
+        .apply(tf.data.experimental.assert_cardinality((num_epochs - start_epoch) * steps - start_batch))
         .prefetch(tf.data.AUTOTUNE)
     )
 

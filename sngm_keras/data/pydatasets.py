@@ -38,7 +38,7 @@ from . import constants as C
 from . import sources
 from .errors import DataError
 from .in_memory import load_in_memory
-from .info import batches, examples_per_epoch
+from .info import batches, check_start_batch, examples_per_epoch
 from .tf_setup import import_tf
 
 log = logging.getLogger("sngm_keras")
@@ -57,21 +57,36 @@ class TrainBatches(keras.utils.PyDataset):
     ``share=(p, P)`` the items hold process p's B / P rows of each batch.
     """
 
-    def __init__(self, x, y, *, batch_size, seed, start_epoch, num_epochs, pad=None, share=(0, 1), epoch_multiple=None):
+    def __init__(
+        self,
+        x,
+        y,
+        *,
+        batch_size,
+        seed,
+        start_epoch,
+        num_epochs,
+        pad=None,
+        share=(0, 1),
+        epoch_multiple=None,
+        start_batch=0,
+    ):
         super().__init__()  # workers=1: items are built in the training thread, in order
         self.x, self.y = x, y
         self.share = share
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.start_epoch, self.num_epochs = int(start_epoch), int(num_epochs)
+        self.start_batch = int(start_batch)  # the first epoch starts at this batch
         self.used = examples_per_epoch(len(x), self.batch_size, epoch_multiple)
         self.steps = batches(self.used, self.batch_size)
+        check_start_batch(self.start_batch, self.steps)
         self.draws = None if pad is None else num_draws(pad)
         self._cached = (None, None, None)
 
     @property
     def num_batches(self):
-        return (self.num_epochs - self.start_epoch) * self.steps
+        return (self.num_epochs - self.start_epoch) * self.steps - self.start_batch
 
     def __len__(self):
         return self.num_batches
@@ -88,8 +103,9 @@ class TrainBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         if not 0 <= index < self.num_batches:
             raise IndexError(index)
-        epoch = self.start_epoch + index // self.steps
-        start = (index % self.steps) * self.batch_size
+        position = index + self.start_batch
+        epoch = self.start_epoch + position // self.steps
+        start = (position % self.steps) * self.batch_size
         rows = slice(start, min(start + self.batch_size, self.used))
         order, draws = self.epoch_order(epoch)
         idx = _share(order[rows], self.share)
@@ -154,6 +170,7 @@ def make_pydatasets(
     validation_size,
     share,
     epoch_multiple=None,
+    start_batch=0,
 ):
     """The PyDataset feed of `sngm_keras.data.make_datasets` (see there):
     ``(train, test, info, preprocessing)``, and the held-out ``validation``
@@ -198,6 +215,7 @@ def make_pydatasets(
         pad=pad if augment else None,
         share=share,
         epoch_multiple=epoch_multiple,
+        start_batch=start_batch,
     )
     test = TestBatches(arrays.x_test, arrays.y_test, eval_batch_size, share=share)
     preprocess = CropFlipNormalize(mean, std, pad, name="crop_flip_normalize")
