@@ -5,7 +5,7 @@ TensorFlow's native start-up log kept off the terminal.
 of `sngm_keras`, `sngm_keras.training` and `sngm_keras.tuning`, which import Keras and with it
 TensorFlow (seconds, and the native log): the app's flag definitions and
 its configuration checks use only the library's pure-Python modules
-(`sngm_keras.training.config`, `.presets`, `.study`, ...), so `--help` and a
+(`sngm_keras.training.config`, `.presets`, `sngm_keras.studies`, ...), so `--help` and a
 mistake in the flags are answered at once. `finish_library_imports()` then
 runs the deferred `__init__`s, TensorFlow first and quietly; any attribute
 of a deferred package that is not there yet (`sngm_keras.SNGM`) runs it too.

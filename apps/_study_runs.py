@@ -20,6 +20,7 @@ import sys
 import threading
 
 from apps._cli import INTERRUPTED, fail
+from sngm_keras.studies.report import counted
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _TERMINATE_WAIT_SECONDS = 10  # for a terminated trainer to end before it is killed
@@ -127,11 +128,6 @@ def export(ready, then, output_dir):
         lines.append(f"once they have finished, rerun with --export_commands for {then}")
     lines.append("--report_only then writes the results")
     print("; ".join(lines), file=sys.stderr)
-
-
-def counted(n, noun):
-    """'1 run', '3 runs'."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _them(n):

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
+from sngm_keras.studies import batch_scaling as scaling
+from sngm_keras.studies import batch_scaling_report as report
+from sngm_keras.studies import folder
 from sngm_keras.training import ConfigError
-from sngm_keras.training import batch_scaling as scaling
-from sngm_keras.training import batch_scaling_report as report
-from sngm_keras.training import study as studies
 from sngm_keras.training.rundir import RunDir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -293,7 +293,7 @@ def test_dry_run_lists_the_extensions_the_finished_runs_call_for(tmp_path):
     study = scaling.Study(
         str(out), methods=["sngm"], batch_sizes=[128, 512], lr_factors=[1, 2], overrides={"dataset": "sample"}
     )
-    studies.claim_settings(str(out), study.settings())
+    folder.claim_settings(str(out), study.settings())
     small, _ = study.cells
     for config, accuracy in zip(study.grid(small), [0.5, 0.6]):  # best at the top edge: extended above
         _finish(config, accuracy, train_loss=1.0, examples_per_second=1000.0)
@@ -342,7 +342,7 @@ def test_models_picks_the_network_and_a_study_folder_keeps_its_own(tmp_path):
     study = scaling.Study(
         str(out), methods=["sngm"], batch_sizes=[128, 512], lr_factors=[1], overrides={"dataset": "sample"}
     )
-    studies.claim_settings(str(out), study.settings())  # a two-conv study holds the folder
+    folder.claim_settings(str(out), study.settings())  # a two-conv study holds the folder
     refused = reproduce(*args, "--models=resnet20", "--dry_run")
     assert refused.returncode == 2
     last = refused.stderr.strip().splitlines()[-1]

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from sngm_keras.studies import folder, table_report, tables
 from sngm_keras.training import ConfigError
-from sngm_keras.training import study as studies
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,24 +26,24 @@ def reproduce(*args):
 
 
 def test_plans(tmp_path):
-    table2 = studies.plan("table2", str(tmp_path))
+    table2 = tables.plan("table2", str(tmp_path))
     assert len(table2) == 12
     sngm = next(r for r in table2 if r.run_id == "resnet56_sngm_b4096")
     assert (sngm.config.learning_rate, sngm.config.batch_size, sngm.config.epochs) == (1.3, 4096, 160)
     assert sngm.config.model_dir == os.path.join(str(tmp_path), "runs", "resnet56_sngm_b4096")
-    quick = studies.plan("table2", str(tmp_path), epochs_scale=0.05, lr_grid=[0.5, 2])
+    quick = tables.plan("table2", str(tmp_path), epochs_scale=0.05, lr_grid=[0.5, 2])
     assert len(quick) == 22  # 10 rows swept, the two pytorch-lars rows once each
     msgd = next(r for r in quick if r.run_id == "resnet20_msgd_b128_lr0.2")
     assert (msgd.config.epochs, msgd.config.decay_epochs) == (8, (4, 6))
     warm = next(r for r in quick if r.run_id.startswith("resnet20_lars_warmup") and r.config.learning_rate == 1.2)
     assert warm.config.warmup_epochs == 0 or warm.config.warmup_epochs < warm.config.epochs
-    assert len(studies.plan("table3", str(tmp_path))) == 4
+    assert len(tables.plan("table3", str(tmp_path))) == 4
     with pytest.raises(ConfigError, match="--study"):
-        studies.plan("table4", str(tmp_path))
+        tables.plan("table4", str(tmp_path))
     with pytest.raises(ConfigError, match="--lr_grid"):
-        studies.plan("table2", str(tmp_path), lr_grid=[1.0, -2.0])
+        tables.plan("table2", str(tmp_path), lr_grid=[1.0, -2.0])
     with pytest.raises(ConfigError, match="--epochs_scale"):
-        studies.plan("table2", str(tmp_path), epochs_scale=0)
+        tables.plan("table2", str(tmp_path), epochs_scale=0)
 
 
 def _finish(run, validation_accuracy):
@@ -54,7 +54,7 @@ def _finish(run, validation_accuracy):
 
 
 def test_models_grid_rows_and_the_pytorch_lars_row_at_the_selected_rate(tmp_path):
-    runs = studies.plan(
+    runs = tables.plan(
         "table2",
         str(tmp_path),
         epochs_scale=0.125,
@@ -73,20 +73,20 @@ def test_models_grid_rows_and_the_pytorch_lars_row_at_the_selected_rate(tmp_path
     lars = [r for r in runs if r.row == "lars_b4096"]
     assert [r.config.learning_rate for r in lars] == [0.4, 0.8, 1.6] and not any(r.config.pytorch_lars for r in lars)
     at = [r.row for r in runs].index("lars_pytorch_b4096")
-    assert studies.resolve_rates(runs)[at] is None  # the LARS grid has not finished
+    assert tables.resolve_rates(runs)[at] is None  # the LARS grid has not finished
     for run, accuracy in zip(lars, [0.5, 0.7, 0.6]):
         _finish(run, accuracy)
-    pytorch = next(r for r in studies.resolve_rates(runs) if r and r.row == "lars_pytorch_b4096")
+    pytorch = next(r for r in tables.resolve_rates(runs) if r and r.row == "lars_pytorch_b4096")
     assert pytorch.config.learning_rate == 0.8 and pytorch.config.pytorch_lars
     assert pytorch.run_id == "resnet20_lars_pytorch_b4096_lr0.8" and pytorch.config.model_dir.endswith(pytorch.run_id)
     with pytest.raises(ConfigError, match="--models"):
-        studies.plan("table2", str(tmp_path), models=["resnet50"])
+        tables.plan("table2", str(tmp_path), models=["resnet50"])
     with pytest.raises(ConfigError, match="--lr_grid_rows"):
-        studies.plan("table2", str(tmp_path), grid_rows=["sngm_b8192"])
+        tables.plan("table2", str(tmp_path), grid_rows=["sngm_b8192"])
 
 
 def test_rows_keep_the_named_rows_of_each_model(tmp_path):
-    runs = studies.plan(
+    runs = tables.plan(
         "table2",
         str(tmp_path),
         epochs_scale=0.25,
@@ -103,20 +103,20 @@ def test_rows_keep_the_named_rows_of_each_model(tmp_path):
         "resnet56_sngm_b4096_lr1.3",
     ]
     assert all(r.config.epochs == 40 for r in runs)
-    assert [r.run_id for r in studies.plan("table2", str(tmp_path), models=["resnet20"], rows=["msgd_b128"])] == [
+    assert [r.run_id for r in tables.plan("table2", str(tmp_path), models=["resnet20"], rows=["msgd_b128"])] == [
         "resnet20_msgd_b128"
     ]
-    pytorch = studies.plan("table2", str(tmp_path), models=["resnet20"], rows=["lars_b4096", "lars_pytorch_b4096"])
+    pytorch = tables.plan("table2", str(tmp_path), models=["resnet20"], rows=["lars_b4096", "lars_pytorch_b4096"])
     assert [(r.row, r.rate_from) for r in pytorch] == [("lars_b4096", None), ("lars_pytorch_b4096", "lars_b4096")]
     with pytest.raises(ConfigError, match="--rows: study table2 has no row 'sngm_b8192'"):
-        studies.plan("table2", str(tmp_path), rows=["sngm_b8192"])
+        tables.plan("table2", str(tmp_path), rows=["sngm_b8192"])
     with pytest.raises(ConfigError, match="--rows: lars_pytorch_b4096 trains at the rate selected for lars_b4096"):
-        studies.plan("table2", str(tmp_path), rows=["lars_pytorch_b4096"])
+        tables.plan("table2", str(tmp_path), rows=["lars_pytorch_b4096"])
     with pytest.raises(ConfigError, match="--lr_grid_rows: sngm_b4096 is not one of --rows"):
-        studies.plan("table2", str(tmp_path), rows=["msgd_b128"], grid_rows=["sngm_b4096"])
+        tables.plan("table2", str(tmp_path), rows=["msgd_b128"], grid_rows=["sngm_b4096"])
     for name in ("models", "rows"):
         with pytest.raises(ConfigError, match=f"--{name}: name at least one"):
-            studies.plan("table2", str(tmp_path), **{name: []})
+            tables.plan("table2", str(tmp_path), **{name: []})
 
 
 def _finish_with_history(run, validation_accuracy, train_loss):
@@ -127,8 +127,8 @@ def _finish_with_history(run, validation_accuracy, train_loss):
 
 def test_every_row_trains_at_the_papers_rate_before_the_grids_other_factors(tmp_path):
     rows = ["msgd_b4096", "lars_b4096", "sngm_b4096"]
-    runs = studies.plan("table2", str(tmp_path), 0.125, [0.5, 1, 2], models=["resnet20"], grid_rows=rows)
-    order = [r.run_id.removeprefix("resnet20_") for r in studies.training_order(runs)]
+    runs = tables.plan("table2", str(tmp_path), 0.125, [0.5, 1, 2], models=["resnet20"], grid_rows=rows)
+    order = [r.run_id.removeprefix("resnet20_") for r in tables.training_order(runs)]
     assert order == [
         "msgd_b128",
         "msgd_b4096_lr0.4",  # the paper's rates: MSGD 0.4, LARS 0.8 and SNGM 1.6 at B = 4096
@@ -144,18 +144,18 @@ def test_every_row_trains_at_the_papers_rate_before_the_grids_other_factors(tmp_
         "lars_pytorch_b4096",  # at the rate selected for LARS: after the runs it is selected from
     ]
     # A grid without the factor 1 starts from the factors nearest it.
-    runs = studies.plan("table2", str(tmp_path), 0.125, [0.25, 0.5, 4], models=["resnet20"], grid_rows=["sngm_b4096"])
-    sngm = [r.lr_factor for r in studies.training_order(runs) if r.row == "sngm_b4096"]
+    runs = tables.plan("table2", str(tmp_path), 0.125, [0.25, 0.5, 4], models=["resnet20"], grid_rows=["sngm_b4096"])
+    sngm = [r.lr_factor for r in tables.training_order(runs) if r.row == "sngm_b4096"]
     assert sngm == [0.5, 0.25, 4]
 
 
 def test_each_table_row_is_its_own_curve_even_at_the_same_optimizer_batch_and_rate(tmp_path):
-    runs = studies.plan(
+    runs = tables.plan(
         "table2", str(tmp_path), epochs_scale=0.125, lr_grid=[1], models=["resnet20"], grid_rows=["lars_b4096"]
     )
     lars = next(r for r in runs if r.row == "lars_b4096")
     _finish_with_history(lars, 0.7, 2.5)
-    runs = studies.resolve_rates(runs)
+    runs = tables.resolve_rates(runs)
     pytorch = next(r for r in runs if r and r.row == "lars_pytorch_b4096")
     assert pytorch.config.learning_rate == lars.config.learning_rate == 0.8
     _finish_with_history(pytorch, 0.6, 1.5)
@@ -166,7 +166,7 @@ def test_each_table_row_is_its_own_curve_even_at_the_same_optimizer_batch_and_ra
         lars, run_id="twin", row="lars_twin", config=dataclasses.replace(lars.config, model_dir=str(tmp_path / "twin"))
     )
     _finish_with_history(twin, 0.5, 3.5)
-    curves = studies.curve_groups([r for r in runs if r] + [twin])["resnet20 on cifar10"]
+    curves = table_report.curve_groups([r for r in runs if r] + [twin])["resnet20 on cifar10"]
     assert {label: rows[0]["train_loss"] for label, rows in curves.items()} == {
         "LARS, B=4096, lr=0.8": "2.5",
         "LARS (pytorch-lars), B=4096, lr=0.8": "1.5",
@@ -176,15 +176,15 @@ def test_each_table_row_is_its_own_curve_even_at_the_same_optimizer_batch_and_ra
 
 
 def test_the_table_puts_the_papers_accuracy_beside_each_row(tmp_path):
-    runs = studies.plan(
+    runs = tables.plan(
         "table2", str(tmp_path), epochs_scale=0.125, lr_grid=[1, 2], models=["resnet20"], grid_rows=["sngm_b4096"]
     )
     for run in runs:
         if run.rate_from is None:
             _finish_with_history(run, 0.7 if run.config.learning_rate == 3.2 else 0.6, 1.0)
-    pytorch = next(r for r in studies.resolve_rates(runs) if r.row == "lars_pytorch_b4096")
+    pytorch = next(r for r in tables.resolve_rates(runs) if r.row == "lars_pytorch_b4096")
     _finish_with_history(pytorch, 0.6, 1.0)
-    text = studies.results_markdown("table2", studies.resolve_rates(runs), {})
+    text = table_report.results_markdown("table2", tables.resolve_rates(runs), {})
     best = text.split("## Every run")[0]
     paper = {
         line.split(" | ")[1] + " " + line.split(" | ")[3]: line.split(" | ")[9]
@@ -201,7 +201,7 @@ def test_the_table_puts_the_papers_accuracy_beside_each_row(tmp_path):
     }
     assert "| paper's test accuracy | updates |" in text
     assert "- runs finished: 7 of 7; their wall time: 0.12 h" in text  # 60 s each
-    assert "paper's" not in studies.results_markdown("figure1_cpu", [], {})
+    assert "paper's" not in table_report.results_markdown("figure1_cpu", [], {})
     assert "Grids not finished" not in text
     # Only SNGM was swept, and its best rate is the grid's largest.
     assert (
@@ -212,13 +212,13 @@ def test_the_table_puts_the_papers_accuracy_beside_each_row(tmp_path):
 
 def test_a_report_before_the_end_names_the_unfinished_grids_and_the_waiting_runs(tmp_path):
     rows = ["msgd_b4096", "lars_b4096", "sngm_b4096"]
-    runs = studies.plan("table2", str(tmp_path), 0.125, [0.5, 1, 2], models=["resnet20"], grid_rows=rows)
+    runs = tables.plan("table2", str(tmp_path), 0.125, [0.5, 1, 2], models=["resnet20"], grid_rows=rows)
     for run_id in ("resnet20_msgd_b128", "resnet20_msgd_b4096_lr0.4", "resnet20_sngm_b4096_lr1.6"):
         _finish_with_history(next(r for r in runs if r.run_id == run_id), 0.6, 1.0)
-    resolved = studies.resolve_rates(runs)
+    resolved = tables.resolve_rates(runs)
     waiting = sum(r is None for r in resolved)
     assert waiting == 1  # the pytorch-lars row waits for the LARS grid
-    text = studies.results_markdown("table2", [r for r in resolved if r is not None], {}, waiting)
+    text = table_report.results_markdown("table2", [r for r in resolved if r is not None], {}, waiting)
     assert "- runs finished: 3 of 12 (1 waits for a rate selected on another row);" in text
     assert (
         "Grids not finished (each rate above chosen among its finished runs only): "
@@ -226,14 +226,14 @@ def test_a_report_before_the_end_names_the_unfinished_grids_and_the_waiting_runs
     )
     assert "Chosen at an edge" not in text  # each chosen rate the middle of its grid
     _finish_with_history(next(r for r in runs if r.run_id == "resnet20_msgd_b4096_lr0.2"), 0.65, 1.0)
-    text = studies.results_markdown("table2", [r for r in resolved if r is not None], {}, waiting)
+    text = table_report.results_markdown("table2", [r for r in resolved if r is not None], {}, waiting)
     edge = "a rate beyond it might do better: resnet20 msgd_b4096 (0.2, the smallest of 0.2, 0.4, 0.8)"
     assert edge + "\n" in text
 
 
 def test_a_grid_chosen_at_its_edge_is_extended_beyond_it(tmp_path):
     rows = ["msgd_b4096", "lars_b4096", "sngm_b4096"]
-    runs = studies.plan(
+    runs = tables.plan(
         "table2",
         str(tmp_path),
         0.125,
@@ -255,10 +255,10 @@ def test_a_grid_chosen_at_its_edge_is_extended_beyond_it(tmp_path):
     ):
         _finish(by_id[run_id], accuracy)
     # SNGM's grid has not finished: only LARS's (chosen at its largest rate) is extended.
-    assert [r.run_id for r in studies.extend_grids(runs, 2) if r not in runs] == ["resnet20_lars_b4096_lr3.2"]
+    assert [r.run_id for r in tables.extend_grids(runs, 2) if r not in runs] == ["resnet20_lars_b4096_lr3.2"]
     _finish(by_id["resnet20_sngm_b4096_lr3.2"], 0.5)
-    assert studies.extend_grids(runs, 0) == runs
-    extended = studies.extend_grids(runs, 2)
+    assert tables.extend_grids(runs, 0) == runs
+    extended = tables.extend_grids(runs, 2)
     added = {r.run_id: r for r in extended if r not in runs}
     assert sorted(added) == ["resnet20_lars_b4096_lr3.2", "resnet20_sngm_b4096_lr0.4"]
     sngm = added["resnet20_sngm_b4096_lr0.4"]
@@ -271,17 +271,17 @@ def test_a_grid_chosen_at_its_edge_is_extended_beyond_it(tmp_path):
     # Each extension beside its row; the pytorch-lars row waits for LARS's.
     assert [r.run_id for r in extended if r.row == "lars_b4096"][-1] == "resnet20_lars_b4096_lr3.2"
     assert extended.index(sngm) == len(extended) - 1
-    assert studies.resolve_rates(extended)[extended.index(by_id["resnet20_lars_pytorch_b4096"])] is None
+    assert tables.resolve_rates(extended)[extended.index(by_id["resnet20_lars_pytorch_b4096"])] is None
     # A finished extension that wins again calls for the next one, up to max_extensions per row.
     _finish(sngm, 0.8)
     _finish(added["resnet20_lars_b4096_lr3.2"], 0.65)  # below 1.6: LARS's grid is settled at 1.6
-    assert [r.run_id for r in studies.extend_grids(runs, 1) if r not in runs] == list(added)
-    twice = [r for r in studies.extend_grids(runs, 3) if r not in runs]
+    assert [r.run_id for r in tables.extend_grids(runs, 1) if r not in runs] == list(added)
+    twice = [r for r in tables.extend_grids(runs, 3) if r not in runs]
     assert [(r.run_id, r.lr_factor) for r in twice][-1] == ("resnet20_sngm_b4096_lr0.2", 0.125)
-    pytorch = next(r for r in studies.resolve_rates(studies.extend_grids(runs, 1)) if r and r.rate_from)
+    pytorch = next(r for r in tables.resolve_rates(tables.extend_grids(runs, 1)) if r and r.rate_from)
     assert pytorch.config.learning_rate == 1.6
-    resolved = studies.resolve_rates(studies.extend_grids(runs, 1))
-    text = studies.results_markdown("table2", [r for r in resolved if r], {}, resolved.count(None))
+    resolved = tables.resolve_rates(tables.extend_grids(runs, 1))
+    text = table_report.results_markdown("table2", [r for r in resolved if r], {}, resolved.count(None))
     assert "- runs finished: 11 of 12;" in text  # 3 + 3 + 3 rates, 2 extensions; pytorch-lars at 1.6 left
     assert "resnet20 sngm_b4096 (0.4, the smallest of 0.4, 0.8, 1.6, 3.2)" in text
     assert "resnet20 lars_b4096" not in text.split("Chosen at an edge")[1].split("\n")[0]
@@ -289,38 +289,38 @@ def test_a_grid_chosen_at_its_edge_is_extended_beyond_it(tmp_path):
 
 def test_grid_extensions_follow_the_reports_choice_and_plans_rates(tmp_path):
     def row(grid, accuracies, folder):
-        runs = studies.plan("table2", str(tmp_path / folder), 0.125, grid, models=["resnet20"], rows=["msgd_b4096"])
+        runs = tables.plan("table2", str(tmp_path / folder), 0.125, grid, models=["resnet20"], rows=["msgd_b4096"])
         for run, accuracy in zip(runs, accuracies):
             _finish(run, accuracy)
         return runs
 
     # A repeated factor is one rate: of 0.5 and 1, 1 wins, and the next rate beyond it is 2.
     repeated = row([0.5, 1, 1], [0.5, 0.6, 0.6], "repeated")
-    added = [r for r in studies.extend_grids(repeated, 3) if r not in repeated]
+    added = [r for r in tables.extend_grids(repeated, 3) if r not in repeated]
     assert [(r.lr_factor, r.config.learning_rate) for r in added] == [(2.0, 0.8)]
     # A tie goes to the rate listed first in the grid, as the report chooses: 1 (inside), no extension.
     tie = row([1, 0.5, 2], [0.6, 0.6, 0.5], "tie")
-    assert studies.extend_grids(tie, 3) == tie
-    assert studies.collect(tie)[0][0]["run"].lr_factor == 1
+    assert tables.extend_grids(tie, 3) == tie
+    assert tables.collect(tie)[0][0]["run"].lr_factor == 1
     # A decade grid: the rate is what plan gives for the factor a user would type (0.01 x 0.4).
     decade = row([0.1, 1, 10], [0.7, 0.6, 0.5], "decade")
-    (ext,) = [r for r in studies.extend_grids(decade, 1) if r not in decade]
-    widened = studies.plan("table2", str(tmp_path / "decade"), 0.125, [0.01, 0.1, 1, 10], models=["resnet20"])
+    (ext,) = [r for r in tables.extend_grids(decade, 1) if r not in decade]
+    widened = tables.plan("table2", str(tmp_path / "decade"), 0.125, [0.01, 0.1, 1, 10], models=["resnet20"])
     twin = next(r for r in widened if r.row == "msgd_b4096" and r.lr_factor == 0.01)
     assert (ext.lr_factor, ext.run_id, ext.config) == (0.01, twin.run_id, twin.config)
 
 
 def test_the_study_folder_remembers_max_extensions(tmp_path):
-    assert studies.recorded_max_extensions(str(tmp_path)) == 0
-    studies.claim_output(str(tmp_path), "table2", 0.125, [0.5, 1, 2], 1)
-    studies.claim_output(str(tmp_path), "table2", 0.125, [0.5, 1, 2])  # not given: kept
-    assert studies.recorded_max_extensions(str(tmp_path)) == 1
+    assert folder.recorded_max_extensions(str(tmp_path)) == 0
+    folder.claim_output(str(tmp_path), "table2", 0.125, [0.5, 1, 2], 1)
+    folder.claim_output(str(tmp_path), "table2", 0.125, [0.5, 1, 2])  # not given: kept
+    assert folder.recorded_max_extensions(str(tmp_path)) == 1
     recorded = json.load(open(tmp_path / "study.json"))
     assert recorded == {"study": "table2", "epochs_scale": 0.125, "lr_grids": [[0.5, 1, 2]], "max_extensions": 1}
 
 
 def test_dry_run_lists_the_grid_extensions_the_finished_runs_call_for(tmp_path):
-    runs = studies.plan(
+    runs = tables.plan(
         "table2",
         str(tmp_path),
         0.125,
@@ -329,7 +329,7 @@ def test_dry_run_lists_the_grid_extensions_the_finished_runs_call_for(tmp_path):
         models=["resnet20"],
         rows=["sngm_b4096"],
     )
-    studies.claim_output(str(tmp_path), "table2", 0.125, [0.5, 1])
+    folder.claim_output(str(tmp_path), "table2", 0.125, [0.5, 1])
     for run, accuracy in zip(runs, (0.7, 0.6)):
         _finish_recorded(run, accuracy)
     args = ["--study=table2", "--models=resnet20", "--rows=sngm_b4096", "--epochs_scale=0.125", "--lr_grid=0.5,1"]
@@ -359,11 +359,11 @@ def test_dry_run_lists_the_grid_extensions_the_finished_runs_call_for(tmp_path):
 def test_dry_run_estimates_the_time_left_from_the_speed_of_finished_runs(tmp_path):
     args = ["--study=table2", "--models=resnet20", "--epochs_scale=0.125", f"--output_dir={tmp_path}", "--dry_run"]
     overrides = {"validation_size": 5000}  # as the app plans table2
-    runs = studies.plan("table2", str(tmp_path), epochs_scale=0.125, overrides=overrides, models=["resnet20"])
+    runs = tables.plan("table2", str(tmp_path), epochs_scale=0.125, overrides=overrides, models=["resnet20"])
     none = reproduce(*args)
     assert none.returncode == 0, none.stderr[-2000:]
     assert "estimate for resnet20: none (no finished run to measure its speed from)" in none.stdout
-    studies.claim_output(str(tmp_path), "table2", 0.125, None)
+    folder.claim_output(str(tmp_path), "table2", 0.125, None)
     for row, speed in (("msgd_b128", 250.0), ("lars_b4096", 350.0)):
         run = next(r for r in runs if r.row == row)
         _finish(run, 0.6)
@@ -472,7 +472,7 @@ def test_export_commands_lists_the_runs_that_can_start_and_then_those_that_waite
         f"--output_dir={os.path.relpath(out, ROOT)}",  # relative to the folder reproduce runs in
         "--export_commands",
     ]
-    runs = studies.plan(
+    runs = tables.plan(
         "table2",
         out,
         epochs_scale=0.125,
@@ -483,7 +483,7 @@ def test_export_commands_lists_the_runs_that_can_start_and_then_those_that_waite
     )
     first = reproduce(*args)
     lines = _commands(first)
-    ready = [r for r in studies.training_order(runs) if r.rate_from is None]
+    ready = [r for r in tables.training_order(runs) if r.rate_from is None]
     assert len(ready) == 6  # msgd_b128, msgd_b4096, two LARS rates, LARS warm-up, SNGM; pytorch-lars waits
     # Absolute paths, in the commands and in the flagfiles: they run from any folder.
     assert lines == [f"python -m apps.train --flagfile={out}/runs/{r.run_id}.flags" for r in ready]
@@ -512,8 +512,8 @@ def test_export_commands_lists_the_runs_that_can_start_and_then_those_that_waite
         f"runs/resnet20_lars_pytorch_b4096_lr{lars[0].config.learning_rate:g}.flags"
     )
 
-    for run in studies.resolve_rates(runs):
-        if not studies.is_finished(run):
+    for run in tables.resolve_rates(runs):
+        if not tables.is_finished(run):
             _finish_recorded(run, 0.5)
     done = reproduce(*args)
     assert _commands(done) == [] and "no run left to train" in done.stderr

@@ -21,18 +21,18 @@ edge, up to `max_extensions` times per cell. A run that learned nothing
 accuracy: a network that diverged or whose ReLUs all died predicts one
 class and scores that class's share of the validation split, which may
 beat the chance-level accuracy of another such run at a smaller rate. Where
-no run of a grid learned, the grid is extended below its smallest rate,
-since a rate too large is what makes a run diverge or die. Extensions are
-derived from the finished runs alone, so a restarted study plans the same
-runs.
+no run of a grid learned, the grid is extended below its smallest rate.
+The grids are `lr_grid`'s, stepping by their own spacing.
 """
 
 import dataclasses
+import itertools
 import math
 import os
 
 from sngm_keras import checks
-from sngm_keras.data.constants import NUM_CLASSES
+from sngm_keras.studies import lr_grid
+from sngm_keras.studies.lr_grid import learned
 from sngm_keras.training.config import TrainConfig
 from sngm_keras.training.errors import as_config_errors
 from sngm_keras.training.rundir import RunDir
@@ -159,34 +159,26 @@ class Study:
         centre = centre_rate(cell.method, cell.batch_size)
         return [self.config(cell, centre * f) for f in (factors or self.lr_factors)]
 
-    def validate(self):
-        for cell in self.cells:
-            for config in self.grid(cell):
-                config.validate()
-
-    # -- runs and their results ---------------------------------------------------
-
     def cell_configs(self, cell):
-        """The cell's grid plus the extensions its finished runs call for, and
-        whether the grid's best rate still lies on an edge that may not be extended."""
-        factors = list(self.lr_factors)
-        while True:
-            configs = self.grid(cell, factors)
-            results = [finished(c) for c in configs]
-            if any(r is None for r in results):
-                return configs, False
-            if any(learned(c, r) for c, r in zip(configs, results)):
-                best = configs.index(select(configs, results))
-            else:
-                best = 0
-            if 0 < best < len(configs) - 1:
-                return configs, False
-            if len(factors) - len(self.lr_factors) == self.max_extensions:
-                return configs, True
-            if best == 0:
-                factors.insert(0, factors[0] / self.spacing)
-            else:
-                factors.append(factors[-1] * self.spacing)
+        """The cell's grid plus the extensions its finished runs call for
+        (`lr_grid.extend`, by the grid's spacing), and whether the grid's best
+        rate still lies on an edge that may not be extended."""
+        factors, on_edge = lr_grid.extend(
+            self.lr_factors,
+            lambda factor: finished(self.grid(cell, [factor])[0]),
+            lambda factors, summaries: self._choose(cell, factors, summaries),
+            self.max_extensions,
+            step=self.spacing,
+        )
+        return self.grid(cell, sorted(factors)), on_edge
+
+    def _choose(self, cell, factors, summaries):
+        """The factor of the run `select` picks; where no run learned, the
+        smallest, since a rate too large is what makes a run diverge or die."""
+        configs = self.grid(cell, factors)
+        if not any(learned(c, s) for c, s in zip(configs, summaries)):
+            return min(factors)
+        return factors[configs.index(select(configs, summaries))]
 
     def pending_configs(self):
         """Every run that may be trained now, independently of the others:
@@ -195,19 +187,15 @@ class Study:
         cells = sorted(self.cells, key=lambda c: c.batch_size)
         return [c for cell in cells for c in self.cell_configs(cell)[0] if finished(c) is None]
 
-    def next_config(self):
+    def next_config(self, skip=()):
         """The next run to train: the initial grids first, smallest B first and
         every method at each B (so a study cut short still compares the
-        methods), then the extensions; None when the study is complete."""
-        for cell in sorted(self.cells, key=lambda c: c.batch_size):
-            for config in self.grid(cell):
-                if finished(config) is None:
-                    return config
-        for cell in self.cells:
-            for config in self.cell_configs(cell)[0]:
-                if finished(config) is None:
-                    return config
-        return None
+        methods), then the extensions; None when the study is complete.
+        `skip`: the ids of runs not to train again."""
+        grids = (c for cell in sorted(self.cells, key=lambda c: c.batch_size) for c in self.grid(cell))
+        extended = (c for cell in self.cells for c in self.cell_configs(cell)[0])
+        unfinished = (c for c in itertools.chain(grids, extended) if finished(c) is None)
+        return next((c for c in unfinished if os.path.basename(c.model_dir) not in skip), None)
 
     def results(self):
         """Per cell: every finished run, the selected one, steps-to-target."""
@@ -244,33 +232,11 @@ def finished(config):
     return RunDir(config.model_dir).finished_summary(config.max_updates)
 
 
-# A run learned nothing where its final training loss is not below this
-# fraction of ln K, the loss of predicting K classes with equal probability.
-LEARNED_LOSS_FRACTION = 0.99
-
-
-def learned(config, summary):
-    """Whether the run learned anything: its final training loss finite and
-    below 99% of ln K (K classes). A network that diverged ends with no
-    finite loss; one whose ReLUs all died predicts the same for every image,
-    at best the class shares, whose loss is ln K where the classes are
-    balanced (MSGD's stalled runs in the batch-scaling study ended at 2.3026
-    to 2.35, ln 10 being 2.3026). A record without a training loss counts
-    as learned."""
-    loss = summary.get("train_loss")
-    if loss is None:
-        return True
-    if not math.isfinite(loss):
-        return False
-    classes = summary.get("num_classes") or NUM_CLASSES.get(config.dataset)
-    return classes is None or loss < LEARNED_LOSS_FRACTION * math.log(classes)
-
-
 def select(configs, summaries):
     """The config whose run ended with the highest validation accuracy, runs
     that learned anything before those that did not (ties: the smaller rate)."""
     pairs = sorted(zip(configs, summaries), key=lambda p: p[0].learning_rate)
-    return max(pairs, key=lambda p: (learned(*p), p[1]["validation_accuracy"]))[0]
+    return lr_grid.best(pairs, key=lambda p: (learned(*p), p[1]["validation_accuracy"]))[0]
 
 
 def steps_to_target(rows, target):

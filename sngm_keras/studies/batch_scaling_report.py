@@ -3,18 +3,15 @@ against B, (b) steps-to-target against B with the perfect-scaling line."""
 
 import statistics
 
-from sngm_keras.training.batch_scaling import (
+from sngm_keras.studies.batch_scaling import (
     RULES,
     end_noise_scales,
-    learned,
     rate_exponent,
     scaling_efficiency,
     scaling_summary,
 )
-
-
-def _percent(x):
-    return f"{100 * x:.2f}%"
+from sngm_keras.studies.lr_grid import learned
+from sngm_keras.studies.report import opening, percent
 
 
 def _steps(x):
@@ -29,8 +26,8 @@ def _run_row(run, marks=""):
     config, summary = run["config"], run["summary"]
     return (
         f"| {config.optimizer.upper()} | {config.batch_size} | {config.learning_rate:g}{marks} | "
-        f"{_percent(summary['validation_accuracy'])} | {_percent(summary['best_validation_accuracy'])} | "
-        f"{_percent(summary['test_accuracy'])} | {_steps(run['steps_to_target'])} | {summary['updates']} | "
+        f"{percent(summary['validation_accuracy'])} | {percent(summary['best_validation_accuracy'])} | "
+        f"{percent(summary['test_accuracy'])} | {_steps(run['steps_to_target'])} | {summary['updates']} | "
         f"{summary['wall_seconds'] / 60:.1f} |"
     )
 
@@ -56,8 +53,7 @@ def _on_edge(entry):
 
 def markdown(study, table, context):
     target = study.target
-    lines = ["# Study `batch_scaling`", ""]
-    lines += [f"- {k}: {v}" for k, v in context.items()]
+    lines = opening("batch_scaling", context)
     total = sum(len(e["runs"]) for e in table)
     wall = sum(r["summary"]["wall_seconds"] for e in table for r in e["runs"])
     lines += [f"- runs finished: {total}; their wall time: {wall / 3600:.2f} h", ""]
@@ -74,7 +70,7 @@ def markdown(study, table, context):
         f"Selected: the rate with the highest final validation accuracy (held-out training images), runs that "
         "learned nothing (final training loss not finite or not below 99% of ln K, K classes: diverged, or "
         "predicting one class) ranked last; a grid where no rate learned is extended below its smallest rate. "
-        f"The test accuracy is that run's. Steps to {_percent(target)}: the fewest updates, over the grid, after which "
+        f"The test accuracy is that run's. Steps to {percent(target)}: the fewest updates, over the grid, after which "
         "the validation accuracy first reached the target (it is evaluated several times per epoch); "
         '"edge of grid" there marks a rate that is the smallest or largest of its grid, which is extended for '
         "accuracy, not for speed: a rate beyond it may reach the target sooner, so that count may be an "
@@ -101,14 +97,14 @@ def markdown(study, table, context):
         lines.append(
             f"| {cell.method.upper()} | {cell.batch_size} | {selected['summary']['updates']} | "
             f"{selected['config'].learning_rate:g}{edge}{pending} | "
-            f"{_percent(selected['summary']['validation_accuracy'])} | "
-            f"{_percent(selected['summary']['test_accuracy'])} | {steps} | {len(entry['runs'])} | "
+            f"{percent(selected['summary']['validation_accuracy'])} | "
+            f"{percent(selected['summary']['test_accuracy'])} | {steps} | {len(entry['runs'])} | "
             f"{_noise(scales.get((cell.method, cell.batch_size)))} |"
         )
     lines += ["", "Largest B within 1 point of the smallest B's test accuracy:", ""]
     for method, held in scaling_summary(table, study.methods, study.batch_sizes).items():
         lines.append(
-            f"- {method.upper()}: B = {held['largest_batch_within']} (smallest B: {_percent(held['base_accuracy'])})"
+            f"- {method.upper()}: B = {held['largest_batch_within']} (smallest B: {percent(held['base_accuracy'])})"
         )
     lines += _rules_followed(study, table) + _efficiencies(study, table)
     lines += [
@@ -116,7 +112,7 @@ def markdown(study, table, context):
         "## Every run",
         "",
         "| method | B | rate | final validation accuracy | best validation accuracy | test accuracy | "
-        f"steps to {_percent(target)} | updates | wall minutes |",
+        f"steps to {percent(target)} | updates | wall minutes |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for entry in table:
