@@ -1,4 +1,4 @@
-"""User mistakes across apps.train, apps.tune, apps.reproduce and apps.pytorch_reference: each ends in one line
+"""User mistakes across apps.train, apps.tune, apps.reproduce and tools.pytorch_reference: each ends in one line
 naming the flag or input as typed, exit code 2, no traceback, and leaves the
 output folder as it was. The cases run in-process (tests/app_driver.py, one
 process per app), a few that must start their own process after them."""
@@ -36,6 +36,7 @@ REPRODUCE_BASE = [
     "--output_dir={out}",
 ]
 PYTORCH_REFERENCE_BASE = ["--data={tmp}/two", "--updates=1"]
+MODULES = {"pytorch_reference": "tools.pytorch_reference"}  # not an app: run from the repository root
 TUNE_BASE = [
     "--dataset=sample",
     "--model=twoconv",
@@ -244,7 +245,8 @@ def test_mistakes_end_in_one_line_and_write_nothing(tmp_path):
         full = [a.format(out=os.path.join(tmp, "out"), tmp=tmp) for a in base + args]
         by_app[app].append((full, expected and expected.format(tmp=tmp), tmp, snapshot(tmp)))
     for app, app_cases in by_app.items():
-        results = run_in_process(f"apps.{app}", [c[0] for c in app_cases], str(tmp_path / f"{app}.jsonl"))
+        module = MODULES.get(app, f"apps.{app}")
+        results = run_in_process(module, [c[0] for c in app_cases], str(tmp_path / f"{app}.jsonl"))
         assert len(results) == len(app_cases)
         for (args, expected, tmp, before), result in zip(app_cases, results):
             if expected is None:

@@ -10,7 +10,7 @@ round; the ratio is the median of per-round ratios. The same optimizer
 the micro-batch loop alone; Keras' own model without the wrapper is timed
 beside them.
 
-    python -m apps.bench_app_batches --dataset=cifar10 --data_dir=DIR --output=bench_app_batches.json
+    python -m benchmarks.bench_app_batches --dataset=cifar10 --data_dir=DIR --output=bench_app_batches.json
 """
 
 import json
@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
-from apps._bench_common import define_batch_flags, results_header
+from benchmarks._common import define_batch_flags, results_header
 
 FLAGS = flags.FLAGS
 define_batch_flags()

@@ -9,7 +9,7 @@ as 32 micro-batches of 128, both fed full batches of the app's tf.data
 pipeline through `fit`, alternating in one process; the ratio is the median
 of per-round ratios.
 
-    python -m apps.bench_batch_shape --dataset=cifar10 --data_dir=DIR --output=bench_batch_shape.json
+    python -m benchmarks.bench_batch_shape --dataset=cifar10 --data_dir=DIR --output=bench_batch_shape.json
 """
 
 import json
@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
-from apps._bench_common import define_batch_flags, results_header
+from benchmarks._common import define_batch_flags, results_header
 
 FLAGS = flags.FLAGS
 define_batch_flags()

@@ -5,7 +5,7 @@ SNGM, LARS and Keras Lamb against Keras SGD(momentum=0.9), with XLA and
 without, interleaved in one process; medians of repeats, printed as ratios
 to SGD under the same compilation, and written as JSON.
 
-    python -m apps.bench_optimizer --repeats=7 --steps=20 --output=bench_optimizer.json
+    python -m benchmarks.bench_optimizer --repeats=7 --steps=20 --output=bench_optimizer.json
 
 With KERAS_BACKEND=jax it times one jitted `stateless_apply` instead (JAX
 is always XLA), on whatever device JAX has: the way to measure a GPU where

@@ -10,8 +10,8 @@ allocator holds during one step after the step is traced (the step's own
 buffers, without the code and graphs a process also keeps); examples/s is
 timed in one process, the configurations alternating, medians of repeats.
 
-    python -m apps.bench_accumulation --output=bench_accumulation.json
-    python -m apps.bench_accumulation --configs=micro,micro_nonoise --repeats=7   # the noise scale's cost
+    python -m benchmarks.bench_accumulation --output=bench_accumulation.json
+    python -m benchmarks.bench_accumulation --configs=micro,micro_nonoise --repeats=7   # the noise scale's cost
 """
 
 import json
@@ -35,6 +35,7 @@ flags.DEFINE_string("output", "bench_accumulation.json", "JSON results.")
 flags.DEFINE_string("measure_memory_of", None, "Internal: run one configuration and print its memory as JSON.")
 
 CONFIGS = ("plain", "micro", "micro_nonoise", "direct")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_list("configs", list(CONFIGS), f"Which of {', '.join(CONFIGS)} to run (the first is the reference).")
 
 
@@ -118,7 +119,7 @@ def main(argv):
             [
                 sys.executable,
                 "-m",
-                "apps.bench_accumulation",
+                "benchmarks.bench_accumulation",
                 f"--measure_memory_of={kind}",
                 f"--model={FLAGS.model}",
                 f"--micro_batch_size={FLAGS.micro_batch_size}",
@@ -126,6 +127,7 @@ def main(argv):
             ],
             capture_output=True,
             text=True,
+            cwd=ROOT,  # where `benchmarks` is importable
         )
         if out.returncode:
             results["configs"][kind] = {"memory_error": out.stderr.strip().splitlines()[-1:]}

@@ -7,7 +7,7 @@ resolution of the measurement on this machine), SNGM as the paper trains it
 (weight decay 1e-4) and SNGM without weight decay. The input pipeline alone
 is timed too, to show it does not starve the model.
 
-    python -m apps.bench_train --models=resnet20,twoconv --output=bench_train.json
+    python -m benchmarks.bench_train --models=resnet20,twoconv --output=bench_train.json
 """
 
 import json

@@ -15,7 +15,7 @@ accuracy after each epoch, to compare with the `history.csv` of an
 folder with train/<class>/ and test/<class>/ (what `apps.train --dataset=`
 reads).
 
-    python -m apps.pytorch_reference --data=DIR --optimizer=msgd --learning_rate=0.4 --updates=22 --output=msgd.json
+    python -m tools.pytorch_reference --data=DIR --optimizer=msgd --learning_rate=0.4 --updates=22 --output=msgd.json
 """
 
 import json

@@ -7,7 +7,7 @@ train and 100 test images per class (5,000 + 1,000).  The JPEG bytes are
 stored exactly as they are in the archive (no re-encoding).
 
 Usage:
-    python apps/make_sample.py --source=cifar10_jpeg.tar.xz --out=sngm_keras/sample_data
+    python tools/make_sample.py --source=cifar10_jpeg.tar.xz --out=sngm_keras/sample_data
 
 ``--source`` may also be an already-extracted folder with train/ and test/.
 

@@ -1,0 +1,3 @@
+"""Benchmarks of the library's large-batch step, the optimizers' update and
+training throughput, kept out of the installed packages: run them from the
+repository root, `python -m benchmarks.bench_optimizer`."""
