@@ -24,7 +24,9 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
+
+from apps._cli import fail, run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "resnet20", "Network.")
@@ -100,8 +102,7 @@ def noise_scale_cost(configs, model, times):
     }
 
 
-def main(argv):
-    del argv
+def main():
     if FLAGS.measure_memory_of:
         return measure_memory(FLAGS.measure_memory_of)
     results = {
@@ -113,7 +114,7 @@ def main(argv):
     }
     configs = [kind for kind in FLAGS.configs if kind in CONFIGS]
     if not configs or len(configs) != len(FLAGS.configs):
-        raise app.UsageError(f"--configs: choose among {', '.join(CONFIGS)}")
+        fail(f"--configs: choose among {', '.join(CONFIGS)}")
     for kind in configs:
         out = subprocess.run(
             [
@@ -180,4 +181,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -21,8 +21,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags
+from absl import flags
 
+from apps._cli import fail, run
 from benchmarks._common import define_batch_flags, results_header
 
 FLAGS = flags.FLAGS
@@ -34,8 +35,7 @@ flags.DEFINE_integer("repeats", 7, "Timed rounds (medians reported).", lower_bou
 flags.DEFINE_string("output", "bench_app_batches.json", "JSON results.")
 
 
-def main(argv):
-    del argv
+def main():
     import keras
 
     from sngm_keras.accumulation import MicroBatchModel
@@ -46,7 +46,7 @@ def main(argv):
 
     b, big = FLAGS.micro_batch_size, FLAGS.batch_size
     if big % b:
-        raise app.UsageError(f"--batch_size={big} is not a multiple of --micro_batch_size={b}")
+        fail(f"--batch_size={big} is not a multiple of --micro_batch_size={b}")
     config = TrainConfig(
         dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir,
@@ -104,4 +104,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

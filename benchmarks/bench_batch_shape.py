@@ -19,8 +19,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags
+from absl import flags
 
+from apps._cli import fail, run
 from benchmarks._common import define_batch_flags, results_header
 
 FLAGS = flags.FLAGS
@@ -30,8 +31,7 @@ flags.DEFINE_integer("repeats", 5, "Timed rounds (medians reported).", lower_bou
 flags.DEFINE_string("output", "bench_batch_shape.json", "JSON results.")
 
 
-def main(argv):
-    del argv
+def main():
     import keras
     import tensorflow as tf
 
@@ -43,7 +43,7 @@ def main(argv):
 
     b, big = FLAGS.micro_batch_size, FLAGS.batch_size
     if big % b:
-        raise app.UsageError(f"--batch_size={big} is not a multiple of --micro_batch_size={b}")
+        fail(f"--batch_size={big} is not a multiple of --micro_batch_size={b}")
     config = TrainConfig(dataset=FLAGS.dataset, model=FLAGS.model, optimizer="sngm", weight_decay=1e-4)
     train_ds, _, info = make_datasets(FLAGS.dataset, data_dir=FLAGS.data_dir, batch_size=big, seed=0, num_epochs=1)
     full = train_ds.take(FLAGS.updates).cache()  # the same full batches for both, made once
@@ -81,4 +81,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -19,7 +19,9 @@ import random
 import statistics
 import time
 
-from absl import app, flags
+from absl import flags
+
+from apps._cli import fail, run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["resnet56", "resnet50"], "Variable sets to time (names of sngm_keras.models).")
@@ -115,15 +117,14 @@ def time_steps(step, n):
     return (time.perf_counter() - start) / n
 
 
-def main(argv):
-    del argv
+def main():
     import keras
 
     from sngm_keras.models import build_model
 
     for name in FLAGS.models:
         if name not in MODEL_INPUTS:
-            raise app.UsageError(f"--models: unknown {name!r}; choose from {', '.join(MODEL_INPUTS)}")
+            fail(f"--models: unknown {name!r}; choose from {', '.join(MODEL_INPUTS)}")
     backend = keras.backend.backend()
     compile_modes = (True,) if backend == "jax" else (False, True)
     results = {
@@ -179,4 +180,4 @@ def _devices(backend):
 import numpy as np  # noqa: E402  (after the absl flags, used in main)
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

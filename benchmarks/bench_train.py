@@ -17,7 +17,9 @@ import random
 import statistics
 import time
 
-from absl import app, flags
+from absl import flags
+
+from apps._cli import run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["resnet20", "twoconv"], "Networks to time.")
@@ -42,8 +44,7 @@ def pipeline_rate(train_ds, batches, batch_size):
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def main(argv):
-    del argv
+def main():
     import keras
 
     import sngm_keras
@@ -117,4 +118,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -273,6 +273,17 @@ def run_app(module, *args, env=None, wait=True):
     return subprocess.run(command, cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.parametrize(
+    "name", ["bench_accumulation", "bench_app_batches", "bench_batch_shape", "bench_optimizer", "bench_train"]
+)
+def test_a_benchmarks_flag_mistake_is_one_line_from_the_repository_root(name):
+    result = run_app(f"benchmarks.{name}", "--repeats=x")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: flag --repeats=x: invalid literal for int() with base 10: 'x'"
+    ]
+
+
 @pytest.mark.parametrize("module", ["apps.train", "apps.tune", "apps.reproduce"])
 def test_unknown_keras_backend_is_one_line(tmp_path, module):
     result = run_app(module, env=dict(ENV, KERAS_BACKEND="tensorflw"))
