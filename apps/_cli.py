@@ -1,10 +1,13 @@
 """What every app shares: user mistakes end in one line and exit code 2,
-Ctrl-C in one line and exit code 130, and a long data read shown as it goes.
+Ctrl-C in one line and exit code 130 (SIGTERM: 143), and a long data read
+shown as it goes.
 
 Importing this module checks KERAS_BACKEND, so import it before anything
 that imports Keras."""
 
+import contextlib
 import os
+import signal
 import sys
 import time
 
@@ -13,6 +16,7 @@ from absl import app, flags
 # Keras' own backends; an unknown name makes `import keras` raise.
 KERAS_BACKENDS = ("tensorflow", "jax", "torch", "numpy", "openvino")
 INTERRUPTED = 130  # the shell's code for a command ended by SIGINT
+TERMINATED = 143  # ... and by SIGTERM
 
 
 def fail(message, code=2):
@@ -48,10 +52,38 @@ def call_main(main, argv, interrupted="interrupted"):
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         return main()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as stop:
         message = interrupted() if callable(interrupted) else interrupted
         print(f"stopped: {message}", file=sys.stderr)
-        sys.exit(INTERRUPTED)
+        sys.exit(INTERRUPTED if isinstance(stop, KeyboardInterrupt) else TERMINATED)
+
+
+class Terminated(Exception):
+    """SIGTERM where there was no update to finish."""
+
+
+@contextlib.contextmanager
+def stopping_on_signals(request):
+    """While inside, SIGTERM and SIGINT (Ctrl-C) ask `request` (a
+    `sngm_keras.training.callbacks.StopRequest`) to stop the run once the
+    update in flight is checkpointed. Before training has started, or at a
+    second signal, SIGINT raises KeyboardInterrupt and SIGTERM `Terminated`
+    at once. Yields the list of signals received."""
+    received = []
+
+    def handler(signum, frame):
+        received.append(signum)
+        if request.training and not request.is_set():
+            request.set()
+            return
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def run(main, interrupted="interrupted"):

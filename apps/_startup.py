@@ -114,6 +114,13 @@ def _import_with_stderr_captured(module):
             os.close(saved)
 
 
+def _installed(name):
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # an import hook that refuses it
+        return False
+
+
 def quiet_tensorflow_start(argv=None, environ=None):
     """Quiets TensorFlow's log unless absl's verbose logging is asked for;
     returns whether it did. TF_CPP_MIN_LOG_LEVEL set by the user does not
@@ -124,7 +131,7 @@ def quiet_tensorflow_start(argv=None, environ=None):
     if verbose_logging_requested(argv):
         return False
     environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    if "tensorflow" not in sys.modules and importlib.util.find_spec("tensorflow") is not None:
+    if "tensorflow" not in sys.modules and _installed("tensorflow"):
         _import_with_stderr_captured("tensorflow")
     # TensorFlow's Python INFO lines (collective ops of a multi-worker run), and
     # TFDS's absl lines ("Constructing tf.data.Dataset", a "Variant folder ... has

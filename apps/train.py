@@ -13,12 +13,15 @@ is written before the data, the devices and the model are ready. See
 `sngm_keras.training` for what is written.
 """
 
+import contextlib
 import dataclasses
 import os
+import signal
+import sys
 
 from absl import flags
 
-from apps._cli import fail, run, show_reading
+from apps._cli import fail, run, show_reading, stopping_on_signals
 from apps._startup import finish_library_imports
 from sngm_keras.training.config import DATASETS, TrainConfig
 from sngm_keras.training.presets import PRESETS, model_defaults
@@ -113,6 +116,21 @@ flags.DEFINE_integer(
     "--strategy=multi_worker on JAX: this process's id, 0 the chief (else KERAS_DISTRIBUTION_PROCESS_ID).",
 )
 flags.DEFINE_bool(
+    "model_defaults",
+    True,
+    "Without --preset, let a ResNet bring the paper's recipe as its defaults (see --model); "
+    "--nomodel_defaults keeps the defaults shown here.",
+)
+flags.DEFINE_integer(
+    "checkpoint_every",
+    _D.checkpoint_every,
+    "Also checkpoint every N updates within epochs, to resume there exactly (0: at epoch ends only). SIGTERM "
+    "and Ctrl-C checkpoint the update they stop at in any case.",
+)
+flags.DEFINE_integer(
+    "keep_checkpoints", _D.keep_checkpoints, "How many checkpoints within epochs to keep, besides the last epoch's."
+)
+flags.DEFINE_bool(
     "noise_scale", _D.noise_scale, "Measure the gradient noise scale B_simple (needs 2+ micro-batches a step)."
 )
 
@@ -140,7 +158,7 @@ def config_from_flags():
             overrides["decay_epochs"] = tuple(int(e) for e in overrides["decay_epochs"])
         except ValueError:
             fail(f"--decay_epochs: not a list of integers: {','.join(FLAGS.decay_epochs)}")
-    if FLAGS.preset is None:
+    if FLAGS.preset is None and FLAGS.model_defaults:
         defaults = model_defaults(FLAGS.model, FLAGS.optimizer)
         if defaults and "learning_rate" not in defaults and "learning_rate" not in overrides:
             fail(f"--learning_rate: the paper has no {FLAGS.optimizer} row for {FLAGS.model}; give a rate")
@@ -170,6 +188,7 @@ def main():
     from sngm_keras.data import DataError
     from sngm_keras.training.cluster import WorkerLost
     from sngm_keras.training.config import ConfigError
+    from sngm_keras.training.stopping import StopRequest, StopRequested
 
     _model_dir = None
     try:
@@ -179,12 +198,18 @@ def main():
         from sngm_keras.data import progress
         from sngm_keras.training import train
 
-        with progress.reported_to(show_reading):
-            summary = train(config)
+        request = StopRequest()
+        # Under multi_worker a stop is every worker's at once; a signal there ends the process as before.
+        signals = stopping_on_signals(request) if config.strategy != "multi_worker" else contextlib.nullcontext([])
+        with progress.reported_to(show_reading), signals as received:
+            summary = train(config, stop_request=request)
     except (ConfigError, DataError) as error:
         fail(str(error))
     except WorkerLost as error:
         fail(str(error), code=1)
+    except StopRequested as stop:
+        print(f"stopped: {stopped_line(stop.state, received[-1], config.model_dir)}", file=sys.stderr)
+        sys.exit(128 + received[-1])
     if summary.get("already_complete"):
         state = "was already complete" if summary["complete"] else "had already stopped at --max_updates"
     else:
@@ -199,6 +224,19 @@ def main():
     print(finished_line(state, summary, config.model_dir))
     for line in noise_scale_lines(summary, noise_scale_epochs(config.model_dir), config.batch_size):
         print(line)
+
+
+def stopped_line(state, signum, model_dir):
+    """Where a run stopped by a signal checkpointed, and how it resumes."""
+    name = signal.Signals(signum).name
+    if state.get("batch"):
+        where = f"epoch {state['epoch'] + 1}, batch {state['batch']} of {state['steps_per_epoch']}"
+    else:
+        where = f"the end of epoch {state['epoch']}"
+    return (
+        f"{name}: checkpointed at update {state['updates']} ({where}) in {model_dir}; rerun the same command to "
+        "resume there"
+    )
 
 
 def finished_line(state, summary, model_dir):

@@ -146,6 +146,7 @@ def main():
             verbose=FLAGS.verbose,
             model_dir=os.path.join(FLAGS.directory, project_name),
         )
+        space.check_micro_batch(base.micro_batch_size)
         base.validate()
         ignored = base.ignored_fields()
         for name in _BASE_FLAGS:

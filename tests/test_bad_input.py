@@ -331,15 +331,33 @@ def test_ctrl_c_stops_in_one_line_and_leaves_a_resumable_run(tmp_path):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
-    assert err.strip().splitlines()[-1] == (
-        f"stopped: interrupted; rerun the same command to resume from the last checkpoint in {out}"
+    # The update in flight finished and was checkpointed where it stopped.
+    stopped = json.load(open(state))
+    where = (
+        f"epoch {stopped['epoch'] + 1}, batch {stopped['batch']} of 10"
+        if stopped.get("batch")
+        else f"the end of epoch {stopped['epoch']}"
     )
-    epoch = json.load(open(state))["epoch"]
-    assert epoch >= 1 and not os.path.exists(os.path.join(out, "summary.json"))
+    assert err.strip().splitlines()[-1] == (
+        f"stopped: SIGINT: checkpointed at update {stopped['updates']} ({where}) in {out}; rerun the same "
+        "command to resume there"
+    )
+    assert stopped["epoch"] >= 1 and not os.path.exists(os.path.join(out, "summary.json"))
     # The same command resumes it (here stopped again right away by --max_updates).
-    resumed = run_app("apps.train", *args, f"--max_updates={epoch * 10 + 1}")
+    resumed = run_app("apps.train", *args, f"--max_updates={stopped['updates'] + 1}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"(epoch {epoch})" in resumed.stderr and "stopped at --max_updates" in resumed.stdout
+    assert f"resumed from {stopped['weights']}" in resumed.stderr and "stopped at --max_updates" in resumed.stdout
+
+
+def test_ctrl_c_before_training_stops_at_once(tmp_path):
+    out = tmp_path / "run"
+    process = run_app("apps.train", "--dataset=sample", "--verbose=0", f"--model_dir={out}", wait=False)
+    time.sleep(1.0)  # the flags are checked; TensorFlow is loading
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == "stopped: interrupted before the run started; nothing was written"
+    assert not out.exists()
 
 
 def test_a_study_whose_first_run_is_refused_leaves_nothing(tmp_path):

@@ -8,7 +8,7 @@ from sngm_keras.training import callbacks as cb
 
 
 class _RunDir:
-    def save_checkpoint(self, model, state):
+    def save_checkpoint(self, model, state, keep=0):
         self.state = state
 
     def write_history(self, rows):
@@ -25,6 +25,7 @@ def _epoch(clock, monkeypatch, tested, within=2.0, end=3.0):
     recorder.set_model(types.SimpleNamespace(optimizer=optimizer))
     recorder.set_params({"steps": 10})
     monkeypatch.setattr(cb.time, "perf_counter", lambda: clock[0])
+    recorder.on_train_begin()
     recorder.on_epoch_begin(0)
     for batch in range(10):
         recorder.on_train_batch_end(batch)

@@ -89,7 +89,7 @@ def read_sample_file(path=SAMPLE_PATH) -> dict:
     if not path.is_file():
         raise DataError(
             f"embedded sample {path} is missing; rebuild it with "
-            "`python apps/make_sample.py --source=cifar10_jpeg.tar.xz "
+            "`python tools/make_sample.py --source=cifar10_jpeg.tar.xz "
             "--out=sngm_keras/sample_data`"
         )
     with np.load(path) as npz:
@@ -212,10 +212,11 @@ def _load_tfds(name: str, data_dir, download: bool) -> ArraySplits:
         # `tfds.testing.mock_data` does not have (it then aborts the process).
         splits = builder.info.splits
         total = sum(splits[s].num_examples for s in ("train", "test") if s in splits)
-        advance = progress.start(f"reading {name} from {sources._data_dir_text(data_dir)}", total)
-        out = []
+        out, advance = [], None
         for split in ("train", "test"):
             ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+            if advance is None:  # said once the data is found
+                advance = progress.start(f"reading {name} from {sources._data_dir_text(data_dir)}", total)
             chunks = []
             for chunk in tfds.as_numpy(ds.batch(10_000)):
                 chunks.append(chunk)

@@ -10,6 +10,7 @@ import numpy as np
 
 from sngm_keras.noise_scale import NOISE_SCALE_KEYS
 from sngm_keras.training.factory import inner_optimizer
+from sngm_keras.training.stopping import StopRequested
 
 log = logging.getLogger("sngm_keras")
 
@@ -18,12 +19,37 @@ def _value(x):
     return float(keras.ops.convert_to_numpy(x))
 
 
-class EpochRecorder(keras.callbacks.Callback):
-    """Writes a history row and a checkpoint at the end of every epoch.
+def epoch_means(model):
+    """The model's Mean metrics (the loss tracker, accuracy, ...), whose
+    (total, count) make an epoch's training figures."""
+    found = []
 
-    Training time excludes evaluation, so `examples_per_second` is the
-    training throughput. `started_utc`, when the run first started, is kept
-    in the checkpoint's state so a resumed run reports it too."""
+    def walk(metric):
+        if isinstance(metric, keras.metrics.Mean):
+            found.append(metric)
+        for inner in getattr(metric, "metrics", None) or []:  # CompileMetrics holds the compiled ones
+            walk(inner)
+
+    for metric in model.metrics:
+        walk(metric)
+    return found
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """Writes a history row and a checkpoint at the end of every epoch, a
+    checkpoint within epochs every `checkpoint_every` updates, and one where
+    `stop_request` (anything with `is_set()`) asks training to stop, which
+    then raises `StopRequested` out of `fit` at once.
+
+    A checkpoint within an epoch holds what its end needs: the batches done,
+    the epoch's Mean metric sums and its time so far. `resume` is such a
+    state: fit then starts at epoch `resume["epoch"]` (0-based) with the
+    epoch's first `resume["batch"]` batches left out, and after the first
+    update the sums are added back, so the epoch's figures are those of an
+    uninterrupted epoch. Training time excludes evaluation, so
+    `examples_per_second` is the training throughput. `started_utc`, when
+    the run first started, is kept in the state so a resumed run reports it
+    too."""
 
     def __init__(
         self,
@@ -35,6 +61,11 @@ class EpochRecorder(keras.callbacks.Callback):
         base_train_seconds,
         validation=None,
         started_utc=None,
+        steps_per_epoch=None,
+        checkpoint_every=0,
+        keep_checkpoints=2,
+        resume=None,
+        stop_request=None,
     ):
         super().__init__()
         self.validation = validation  # a ValidationMonitor, whose time within epochs is not training
@@ -45,16 +76,81 @@ class EpochRecorder(keras.callbacks.Callback):
         self.wall_seconds = base_wall_seconds
         self.train_seconds = base_train_seconds
         self.started_utc = started_utc
+        self.steps_per_epoch = steps_per_epoch  # of a whole epoch; Keras' params count a resumed one's rest
+        self.checkpoint_every = checkpoint_every
+        self.keep_checkpoints = keep_checkpoints
+        self.resume = resume if resume and resume.get("batch") else None
+        self.stop_request = stop_request
 
     stopped_in_epoch = False  # the last epoch was cut short (--max_updates)
+
+    def on_train_begin(self, logs=None):
+        self._updates = int(_value(inner_optimizer(self.model.optimizer).iterations))
+        self._steps = self.steps_per_epoch or self.params.get("steps")
+        if self.stop_request is not None:
+            self.stop_request.training = True
+
+    def on_train_end(self, logs=None):
+        if self.stop_request is not None:
+            self.stop_request.training = False
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
         self._train_end = None
-        self._batches = 0
+        self._epoch = epoch
+        carried = self.resume if self.resume is not None and self.resume["epoch"] == epoch else None
+        self._carried = carried or {}
+        self._batches = self._carried.get("batch", 0)
+        self._sums_to_add = self._carried.get("epoch_metric_sums")
 
     def on_train_batch_end(self, batch, logs=None):
         self._batches += 1
+        self._updates += 1
+        if self._sums_to_add:
+            for metric, (total, count) in zip(epoch_means(self.model), self._sums_to_add):
+                metric.total.assign_add(total)
+                metric.count.assign_add(count)
+            self._sums_to_add = None
+        stop = self.stop_request is not None and self.stop_request.is_set()
+        due = self.checkpoint_every and self._updates % self.checkpoint_every == 0
+        if (stop or due) and self._batches < self._steps:
+            state = self._save_within_epoch()
+            if stop:
+                raise StopRequested(state)
+
+    def _train_time_so_far(self, now):
+        spent = (self._train_end or now) - self._epoch_start
+        return spent - (self.validation.epoch_seconds if self.validation is not None else 0.0)
+
+    def _save_within_epoch(self):
+        now = time.perf_counter()
+        model = self.model
+        train_time = self._carried.get("epoch_train_seconds", 0.0) + self._train_time_so_far(now)
+        wall_time = self._carried.get("epoch_wall_seconds", 0.0) + now - self._epoch_start
+        state = {
+            **self._state(self._updates),
+            "epoch": self._epoch,
+            "batch": self._batches,
+            "wall_seconds": self.wall_seconds + wall_time,
+            "train_seconds": self.train_seconds + train_time,
+            "epoch_train_seconds": train_time,
+            "epoch_wall_seconds": wall_time,
+            "epoch_metric_sums": [[_value(m.total), _value(m.count)] for m in epoch_means(model)],
+        }
+        self.run_dir.save_checkpoint(model, state, keep=self.keep_checkpoints)
+        return state
+
+    def _state(self, updates):
+        state = {
+            "updates": updates,
+            "steps_per_epoch": self._steps,
+            "examples_per_epoch": self.examples_after(self._steps) if self._steps else None,
+            "started_utc": self.started_utc,
+        }
+        tracker = getattr(self.model, "noise_scale_tracker", None)
+        if tracker is not None:  # Keras saves no metric's state with the weights
+            state["noise_scale_state"] = [float(_value(v)) for v in tracker.variables]
+        return state
 
     def on_test_begin(self, logs=None):
         if self._train_end is None:
@@ -63,13 +159,11 @@ class EpochRecorder(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         now = time.perf_counter()
-        train_time = (self._train_end or now) - self._epoch_start
-        if self.validation is not None:
-            # Its evaluations within the epoch, and the one at its end when no
-            # test evaluation marked where training ended (it ran after that).
-            train_time -= self.validation.epoch_seconds
-            if self._train_end is None:
-                train_time -= self.validation.end_seconds
+        train_time = self._train_time_so_far(now)
+        if self.validation is not None and self._train_end is None:
+            # The evaluation at its end, when no test evaluation marked where
+            # training ended (it ran after that).
+            train_time -= self.validation.end_seconds
         self.train_seconds += train_time
         self.wall_seconds += now - self._epoch_start
         optimizer = inner_optimizer(self.model.optimizer)
@@ -87,30 +181,25 @@ class EpochRecorder(keras.callbacks.Callback):
             "validation_accuracy": logs.get("validation_accuracy", ""),
             "gradient_norm": _value(optimizer.gradient_norm) if hasattr(optimizer, "gradient_norm") else "",
             "skipped_steps": int(_value(optimizer.skipped_steps)) if hasattr(optimizer, "skipped_steps") else "",
-            "epoch_seconds": round(train_time, 3),
+            "epoch_seconds": round(self._carried.get("epoch_train_seconds", 0.0) + train_time, 3),
             "wall_seconds": round(self.wall_seconds, 3),
             **{k: logs.get(k, "") for k in NOISE_SCALE_KEYS},
         }
         self.rows.append(row)
-        steps = self.params.get("steps")
-        self.stopped_in_epoch = bool(steps) and self._batches < steps
+        self.stopped_in_epoch = bool(self._steps) and self._batches < self._steps
         if not self.stopped_in_epoch:
             # A cut epoch is not checkpointed: a resume trains it again from
             # its start, as an uninterrupted run would.
             state = {
+                **self._state(updates),
                 "epoch": epoch + 1,
-                "updates": updates,
-                "steps_per_epoch": steps,
-                "examples_per_epoch": self.examples_after(steps) if steps else None,
                 "wall_seconds": self.wall_seconds,
                 "train_seconds": self.train_seconds,
-                "started_utc": self.started_utc,
             }
-            tracker = getattr(self.model, "noise_scale_tracker", None)
-            if tracker is not None:  # Keras saves no metric's state with the weights
-                state["noise_scale_state"] = [float(_value(v)) for v in tracker.variables]
-            self.run_dir.save_checkpoint(self.model, state)
+            self.run_dir.save_checkpoint(self.model, state, keep=self.keep_checkpoints)
         self.run_dir.write_history(self.rows)
+        if self.stop_request is not None and self.stop_request.is_set() and not self.stopped_in_epoch:
+            raise StopRequested(dict(state, batch=0))
 
 
 class StopAfterUpdates(keras.callbacks.Callback):
@@ -213,8 +302,10 @@ class ValidationMonitor(keras.callbacks.Callback):
     loss short. Rows past the resumed checkpoint are dropped on resume, so
     the file always matches the checkpointed run."""
 
-    def __init__(self, run_dir, dataset, every, examples_after, num_train):
+    def __init__(self, run_dir, dataset, every, examples_after, num_train, steps_per_epoch=None, resume=None):
         super().__init__()
+        self.steps_per_epoch = steps_per_epoch  # of a whole epoch; Keras' params count a resumed one's rest
+        self.resume = resume if resume and resume.get("batch") else None  # a checkpoint within an epoch
         self.run_dir = run_dir
         self.dataset = dataset
         self.labels = dataset_labels(dataset)
@@ -247,7 +338,7 @@ class ValidationMonitor(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
-        self._batches = 0
+        self._batches = self.resume["batch"] if self.resume is not None and self.resume["epoch"] == epoch else 0
         self.epoch_seconds = 0.0  # spent evaluating within the epoch's training
         self.end_seconds = 0.0  # spent on the evaluation at the epoch's end
 
@@ -255,7 +346,7 @@ class ValidationMonitor(keras.callbacks.Callback):
         self._updates += 1
         self._batches += 1
         if self._batches % self.every == 0:  # the same places in every epoch
-            steps = self.params.get("steps") if self.params else None
+            steps = self.steps_per_epoch or (self.params.get("steps") if self.params else None)
             if steps and self._batches == steps:
                 return  # the epoch's end evaluates it
             self.last_seconds = 0.0

@@ -25,7 +25,17 @@ DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 # Fields that do not change what a run computes: a run may be resumed with
 # other values of these.
 JAX_CLUSTER_FIELDS = ("coordinator_address", "num_processes", "process_id")
-NOT_RESULT_FIELDS = ("model_dir", "verbose", "download", "data_dir", "max_updates", "noise_scale", *JAX_CLUSTER_FIELDS)
+NOT_RESULT_FIELDS = (
+    "model_dir",
+    "verbose",
+    "download",
+    "data_dir",
+    "max_updates",
+    "noise_scale",
+    "checkpoint_every",
+    "keep_checkpoints",
+    *JAX_CLUSTER_FIELDS,
+)
 # Not a setting: which named configuration the values came from.
 NOT_SETTINGS = NOT_RESULT_FIELDS + ("preset",)
 VERBOSITY = (0, 1, 2)
@@ -77,6 +87,10 @@ class TrainConfig:
     preset: str | None = None
     # Measure the gradient noise scale (it never changes the weights).
     noise_scale: bool = True
+    # A checkpoint every this many updates within epochs (0: at epoch ends only),
+    # and how many of those are kept besides the last epoch's.
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
 
     @classmethod
     def from_preset(cls, preset, **overrides):
@@ -126,6 +140,8 @@ class TrainConfig:
             ignored["image_size"] = "applies to --dataset=imagenet2012 only"
         if not self.validation_size:
             ignored["validations_per_epoch"] = "applies with --validation_size > 0 only"
+        if not self.checkpoint_every:
+            ignored["keep_checkpoints"] = "applies with --checkpoint_every > 0 only"
         if self.dataset not in TFDS_DATASETS:
             for name in ("data_dir", "download"):
                 ignored[name] = f"applies to the TFDS datasets ({', '.join(TFDS_DATASETS)}) only"
@@ -186,6 +202,8 @@ class TrainConfig:
                 "holds training images out of in-memory datasets; imagenet2012 is streamed from files",
             )
         checks.check_positive_int("validations_per_epoch", self.validations_per_epoch)
+        checks.check_int("checkpoint_every", self.checkpoint_every, 0, INT_LIMIT)
+        checks.check_int("keep_checkpoints", self.keep_checkpoints, 1, INT_LIMIT)
         if self.validations_per_epoch > 1 and not self.validation_size:
             raise ConfigError("validations_per_epoch", "needs a validation split: set --validation_size")
         if self.verbose is not None:

@@ -4,7 +4,9 @@
 written from: every field is written except those left unset (None) and
 those the configuration ignores (`TrainConfig.ignored_fields`, which the
 app refuses when given). Floats are written exactly (`repr`), and existing
-dataset folders and TFDS data_dirs as absolute paths.
+dataset folders and TFDS data_dirs as absolute paths. Without a preset the
+file says `--nomodel_defaults`, so that a field left unset stays unset
+rather than taking a ResNet's recipe.
 """
 
 import os
@@ -20,6 +22,8 @@ def _path(value):
 def flagfile_text(config, header=()):
     """The flagfile's text; `header` lines become comments at its top."""
     lines = [f"# {line}" for line in header]
+    if config.preset is None:  # the file holds the whole configuration: no model's recipe fills it in
+        lines.append("--nomodel_defaults")
     ignored = config.ignored_fields()
     for name, value in config.to_dict().items():
         if value is None or name in ignored:

@@ -42,12 +42,15 @@ from sngm_keras.training.rundir import RunDir
 log = logging.getLogger("sngm_keras")
 
 
-def train(config, extra_callbacks=()):
+def train(config, extra_callbacks=(), stop_request=None):
     """Runs (or resumes, or finds finished) the run of `config`; returns its summary.
 
     With --strategy=multi_worker this is one worker's part (see
     `sngm_keras.training.cluster`); the summary then says whether it is the
-    chief's.
+    chief's. `stop_request` (anything with `is_set()`, e.g. a
+    `threading.Event` a signal handler sets): once set, the update in flight
+    finishes, is checkpointed, and `stopping.StopRequested` is raised with
+    that checkpoint's state; the same configuration resumes there.
     """
     # Configuration: all of it checked before anything is read or written.
     backend = _check_config(config)
@@ -61,6 +64,7 @@ def train(config, extra_callbacks=()):
             log.info("%s already holds the finished run; nothing to do", run_dir.path)
             return _for_worker(dict(done, already_complete=True), cluster)
         start_epoch = min(state["epoch"], config.epochs) if state else 0
+        start_batch = state.get("batch", 0) if state else 0
 
         # Devices: a tf.distribute strategy or a Keras distribution.
         with devices.placed(config, backend, membership) as placement:
@@ -71,8 +75,14 @@ def train(config, extra_callbacks=()):
             # Each epoch keeps a last batch of whole micro-batches, so every B
             # built from the same micro-batch trains on the same examples.
             epoch_multiple = micro * placement.replicas
-            data = _make_data(config, placement, start_epoch, epoch_multiple, sharded=membership is not None)
+            sharded = membership is not None
+            data = _make_data(config, placement, start_epoch, epoch_multiple, sharded, start_batch)
             steps = steps_per_epoch(data.info, config.batch_size, epoch_multiple)
+            _check_checkpoint_every(config, steps)
+            # Resumed within an epoch: its rest, then the epochs after it from their start.
+            rest = None
+            if start_batch and start_epoch + 1 < config.epochs:
+                rest = _make_data(config, placement, start_epoch + 1, epoch_multiple, sharded)
             epoch_size = examples_per_epoch(data.info.num_train, config.batch_size, epoch_multiple)
             seen = functools.partial(examples_after, batch_size=config.batch_size, examples_per_epoch=epoch_size)
 
@@ -91,11 +101,12 @@ def train(config, extra_callbacks=()):
                 state,
                 start_epoch,
                 model,
-                data,
+                (data, rest),
                 steps,
                 seen,
                 extra_callbacks,
                 tensorboard=placement.tensorflow,
+                stop_request=stop_request,
             )
 
             # Outputs.
@@ -179,6 +190,18 @@ def _open_run(config, run_dir, backend, claim=False):
     return None, state
 
 
+def _check_checkpoint_every(config, steps):
+    updates = config.epochs * steps
+    if config.max_updates:
+        updates = min(updates, config.max_updates)
+    if config.checkpoint_every > updates:
+        raise ConfigError(
+            "checkpoint_every",
+            f"{config.checkpoint_every} updates is more than the run's {updates}; use a smaller N, or 0 for "
+            "checkpoints at epoch ends only",
+        )
+
+
 @as_config_errors()
 def micro_batch_size(config, replicas):
     """The micro-batch of each replica: --micro_batch_size, or the replica's
@@ -201,10 +224,11 @@ class _Data:
     validation: Any | None = None
 
 
-def _make_data(config, placement, start_epoch, epoch_multiple, sharded):
-    """The input of the run on `placement`: the tf.data feed on TensorFlow
-    (`sharded`: every worker keeps its replicas' rows), the PyDataset feed
-    on JAX."""
+def _make_data(config, placement, start_epoch, epoch_multiple, sharded, start_batch=0):
+    """The input of the run on `placement` from batch `start_batch` of epoch
+    `start_epoch` (to the end of that epoch only when `start_batch` > 0):
+    the tf.data feed on TensorFlow (`sharded`: every worker keeps its
+    replicas' rows), the PyDataset feed on JAX."""
     feed = "tf.data" if placement.backend == "tensorflow" else "pydataset"
     made = make_datasets(
         config.dataset,
@@ -215,7 +239,8 @@ def _make_data(config, placement, start_epoch, epoch_multiple, sharded):
         augment=config.augment,
         seed=config.seed,
         start_epoch=min(start_epoch, config.epochs - 1),
-        num_epochs=config.epochs,
+        num_epochs=start_epoch + 1 if start_batch else config.epochs,
+        start_batch=start_batch,
         image_size=config.image_size,
         validation_size=config.validation_size,
         feed=feed,
@@ -295,25 +320,32 @@ def _restore_noise_scale(model, state):
             variable.assign(value)
 
 
-def _fit(config, run_dir, state, start_epoch, model, data, steps, seen, extra_callbacks, tensorboard):
+def _fit(config, run_dir, state, start_epoch, model, datas, steps, seen, extra_callbacks, tensorboard, stop_request):
     """Resumes from `state`, fits to the last epoch (or --max_updates) and
     evaluates; returns (the epoch recorder, the history rows, the test
-    results). `seen(updates)`: the training examples those updates used."""
+    results). `datas`: the input from the checkpoint on, and, when it is
+    within an epoch, the input of the epochs after it (else None).
+    `seen(updates)`: the training examples those updates used."""
     import keras
 
     from sngm_keras.training import callbacks as cb
 
+    data, rest = datas
+    start_batch = state.get("batch", 0) if state else 0
     if state:
+        for name in state.get("passed_over", ()):
+            log.warning("checkpoint %s is incomplete; resuming from the one before it", name)
         model.load_weights(run_dir.weights_path(state))
         _check_epoch_layout(state, steps, seen(steps), data.info.num_train, config.batch_size, run_dir)
         _check_optimizer_restored(model, state, run_dir)
         _restore_noise_scale(model, state)
-        log.info("resumed from %s (epoch %d)", state["weights"], start_epoch)
+        where = f"epoch {start_epoch}" + (f", batch {start_batch} of epoch {start_epoch + 1}" if start_batch else "")
+        log.info("resumed from %s (%s)", state["weights"], where)
     rows = [r for r in run_dir.read_history() if int(r["epoch"]) <= start_epoch]
     monitor = None
     if data.validation is not None:
         every = max(1, steps // config.validations_per_epoch)
-        monitor = cb.ValidationMonitor(run_dir, data.validation, every, seen, data.info.num_train)
+        monitor = cb.ValidationMonitor(run_dir, data.validation, every, seen, data.info.num_train, steps, state)
     recorder = cb.EpochRecorder(
         run_dir,
         rows,
@@ -323,6 +355,11 @@ def _fit(config, run_dir, state, start_epoch, model, data, steps, seen, extra_ca
         base_train_seconds=state["train_seconds"] if state else 0.0,
         validation=monitor,
         started_utc=(state or {}).get("started_utc") or utc_now(),
+        steps_per_epoch=steps,
+        checkpoint_every=config.checkpoint_every,
+        keep_checkpoints=config.keep_checkpoints,
+        resume=state,
+        stop_request=stop_request,
     )
     # The monitor first: the recorder's history row takes its epoch-end figures.
     callbacks = [*([monitor] if monitor else []), recorder, cb.SkippedStepsMonitor(), *extra_callbacks]
@@ -332,18 +369,27 @@ def _fit(config, run_dir, state, start_epoch, model, data, steps, seen, extra_ca
         callbacks.append(keras.callbacks.TensorBoard(log_dir=run_dir.logs, update_freq="epoch"))
     else:
         log.info("TensorFlow is not installed: no TensorBoard logs")
-    if start_epoch < config.epochs and not _reached(model, config.max_updates):
-        model.fit(
-            data.train,
-            epochs=config.epochs,
-            initial_epoch=start_epoch,
-            steps_per_epoch=steps,
-            validation_data=data.test,
-            validation_freq=config.eval_every,
-            callbacks=callbacks,
-            verbose=keras_verbosity(config.verbose),
-            shuffle=False,
-        )
+
+    def fit(train, first_epoch, last_epoch, steps_per_epoch):
+        if first_epoch < last_epoch and not _reached(model, config.max_updates):
+            model.fit(
+                train,
+                epochs=last_epoch,
+                initial_epoch=first_epoch,
+                steps_per_epoch=steps_per_epoch,
+                validation_data=data.test,
+                validation_freq=config.eval_every,
+                callbacks=callbacks,
+                verbose=keras_verbosity(config.verbose),
+                shuffle=False,
+            )
+
+    if start_batch:  # the rest of the epoch the checkpoint is in, then the epochs after it
+        fit(data.train, start_epoch, start_epoch + 1, steps - start_batch)
+        if rest is not None and not recorder.stopped_in_epoch:
+            fit(rest.train, start_epoch + 1, config.epochs, steps)
+    else:
+        fit(data.train, start_epoch, config.epochs, steps)
     return recorder, rows, model.evaluate(data.test, verbose=0, return_dict=True)
 
 

@@ -2,8 +2,11 @@
 a half-written file behind and a different run never overwrites them.
 
     config.json          the run's configuration (checked on every start)
-    checkpoints/         epoch-NNNN.weights.h5 (model + optimizer) and state.json,
-                         and backend: the backend of a run not on TensorFlow
+    checkpoints/         epoch-NNNN.weights.h5 (model + optimizer) of the last epoch,
+                         update-NNNNNNNNN.weights.h5 within epochs (--checkpoint_every,
+                         a stop on SIGTERM or Ctrl-C), each with its .state.json;
+                         state.json (the newest's state), and backend: the
+                         backend of a run not on TensorFlow
     history.csv          one row per epoch
     validation.csv       every evaluation of the held-out validation split
                          (with --validation_size), several per epoch
@@ -17,6 +20,7 @@ a half-written file behind and a different run never overwrites them.
 """
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -56,6 +60,18 @@ OUTPUT_NAMES = (
 )
 # What a run writes; a folder holding anything else belongs to someone else.
 RUN_NAMES = OUTPUT_NAMES + ("config.json", "logs")
+
+
+_WEIGHTS_SUFFIX = ".weights.h5"
+_STATE_SUFFIX = ".state.json"  # each checkpoint's state, beside its weights
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_atomic(path, text):
@@ -162,26 +178,78 @@ class RunDir:
     # -- checkpoints ---------------------------------------------------------
 
     def load_state(self):
-        """The last checkpoint's state ({"epoch", "weights", ...}) or None."""
+        """The state ({"epoch", "batch", "weights", ...}) of the newest
+        complete checkpoint, or None. A checkpoint whose weights file is
+        missing or not the one written (a copy cut short, a full disk) is
+        passed over for the one before it; `passed_over` in the state names
+        those."""
         if not os.path.exists(self.state):
             return None
-        state = read_json(self.state)
-        if not os.path.exists(os.path.join(self.checkpoints, state["weights"])):
-            raise ConfigError("model_dir", f"checkpoint {state['weights']} named in {self.state} is missing")
-        return state
+        newest = read_json(self.state)
+        candidates = sorted(
+            {c["weights"]: c for c in [*self._sidecar_states(), newest]}.values(),
+            key=lambda c: c.get("updates", 0),
+            reverse=True,
+        )
+        passed_over = []
+        for state in candidates:
+            if self._complete(state):
+                return dict(state, passed_over=passed_over) if passed_over else state
+            passed_over.append(state["weights"])
+        raise ConfigError("model_dir", f"checkpoint {newest['weights']} named in {self.state} is missing or incomplete")
 
-    def save_checkpoint(self, model, state):
-        """Weights and optimizer of epoch `state["epoch"]`, then the state that
-        points to them, then the older files: a kill at any moment leaves the
-        previous checkpoint or the new one, complete."""
-        name = f"epoch-{state['epoch']:04d}.weights.h5"
+    def _sidecar_states(self):
+        names = [n for n in os.listdir(self.checkpoints) if n.endswith(_STATE_SUFFIX)]
+        return [read_json(os.path.join(self.checkpoints, n)) for n in names]
+
+    def _complete(self, state):
+        path = self.weights_path(state)
+        if not os.path.exists(path):
+            return False
+        if "weights_sha256" not in state:  # written before checkpoints carried their digest
+            return True
+        return os.path.getsize(path) == state["weights_bytes"] and _sha256(path) == state["weights_sha256"]
+
+    def save_checkpoint(self, model, state, keep=0):
+        """Weights and optimizer after `state["updates"]` updates: at the end
+        of epoch `state["epoch"]` as epoch-NNNN.weights.h5, within an epoch
+        (`state["batch"]` > 0) as update-NNNNNNNNN.weights.h5; then its state
+        beside it and in state.json, then the checkpoints no longer kept (all
+        but the last epoch's and the `keep` newest within epochs after it).
+        A kill at any moment leaves the checkpoints before it complete."""
+        within = state.get("batch", 0) > 0
+        name = f"update-{state['updates']:09d}.weights.h5" if within else f"epoch-{state['epoch']:04d}.weights.h5"
+        path = os.path.join(self.checkpoints, name)
         tmp = os.path.join(self.checkpoints, f"tmp-{os.getpid()}-{name}")
         model.save_weights(tmp)
-        os.replace(tmp, os.path.join(self.checkpoints, name))
-        write_atomic(self.state, json.dumps(dict(state, weights=name), indent=2))
-        for old in os.listdir(self.checkpoints):
-            if old.endswith(".weights.h5") and old != name:
-                os.remove(os.path.join(self.checkpoints, old))
+        os.replace(tmp, path)
+        state = dict(state, weights=name, weights_bytes=os.path.getsize(path), weights_sha256=_sha256(path))
+        text = json.dumps(state, indent=2)
+        write_atomic(os.path.join(self.checkpoints, name.removesuffix(_WEIGHTS_SUFFIX) + _STATE_SUFFIX), text)
+        write_atomic(self.state, text)
+        self._prune(keep)
+
+    def _prune(self, keep):
+        names = [n for n in os.listdir(self.checkpoints) if n.endswith(_WEIGHTS_SUFFIX) and not n.startswith("tmp-")]
+        epochs = sorted(n for n in names if n.startswith("epoch-"))
+        last_epoch = epochs[-1] if epochs else None
+        kept = {last_epoch} if last_epoch else set()
+        state = read_json(self.state)
+        within = sorted(n for n in names if n.startswith("update-") and self._after_last_epoch(n, last_epoch))
+        kept |= set(within[-keep:] if keep else []) | {state["weights"]}
+        for name in names:
+            if name not in kept:
+                stem = name.removesuffix(_WEIGHTS_SUFFIX)
+                for path in (name, stem + _STATE_SUFFIX):
+                    if os.path.exists(os.path.join(self.checkpoints, path)):
+                        os.remove(os.path.join(self.checkpoints, path))
+
+    def _after_last_epoch(self, name, last_epoch):
+        if last_epoch is None:
+            return True
+        sidecar = os.path.join(self.checkpoints, last_epoch.removesuffix(_WEIGHTS_SUFFIX) + _STATE_SUFFIX)
+        updates = read_json(sidecar)["updates"] if os.path.exists(sidecar) else 0
+        return int(name.removeprefix("update-").removesuffix(_WEIGHTS_SUFFIX)) > updates
 
     def check_backend(self, state, backend):
         """A run continues on the backend it started on (its data order and

@@ -52,11 +52,7 @@ class LargeBatchHyperModel(keras_tuner.HyperModel):
                 "tuning holds a validation split out of training images held in memory; "
                 "imagenet2012 is streamed, so use the sample, cifar10, cifar100 or an image folder",
             )
-        space.validate()
-        if config.micro_batch_size:
-            with as_config_errors():
-                for b in space.batch_sizes:
-                    checks.check_batch_split(b, config.micro_batch_size, name="batch_sizes")
+        space.validate().check_micro_batch(config.micro_batch_size)
         config.validate()
         with as_config_errors():
             self.validation_fraction = checks.check_fraction("validation_fraction", validation_fraction)

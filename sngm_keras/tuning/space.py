@@ -60,6 +60,13 @@ class SearchSpace:
         checks.check_values("batch_sizes", self.batch_sizes, checks.check_positive_int)
         return self
 
+    @as_config_errors()
+    def check_micro_batch(self, micro_batch_size):
+        """Every batch size of the space is made of micro-batches of `micro_batch_size` (None: one a batch)."""
+        if micro_batch_size:
+            for batch_size in self.batch_sizes:
+                checks.check_batch_split(batch_size, micro_batch_size, name="batch_sizes")
+
     def to_dict(self):
         return {f.name: list(getattr(self, f.name)) for f in dataclasses.fields(self)}
 

@@ -1,0 +1,116 @@
+"""Checkpoints within epochs (--checkpoint_every) and stops on a signal: a
+run killed anywhere resumes to exactly the weights, optimizer state and
+records of the run that was never stopped."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sngm_keras.training import ConfigError, TrainConfig, train
+from tests.interrupted_runs import CONFIG, KillAfter, Killed, assert_same_run, killed_and_resumed, records
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    train(TrainConfig(model_dir=str(model_dir), **CONFIG))
+    return records(str(model_dir))
+
+
+def test_killed_within_an_epoch_resumes_to_the_uninterrupted_run(tmp_path, uninterrupted):
+    state = killed_and_resumed(tmp_path / "run", at=13, every=4)
+    assert (state["epoch"], state["batch"], state["updates"]) == (1, 3, 12)  # epoch 2, batch 3 of 9
+    assert_same_run(records(str(tmp_path / "run")), uninterrupted)
+    # Kept: the last epoch's checkpoint and the two newest within epochs after it.
+    names = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+    assert names == ["epoch-0003.state.json", "epoch-0003.weights.h5", "state.json"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("at", [1, 9, 10, 17, 19])  # first batch; an epoch's end; next start; its last; past the decay
+def test_killed_anywhere_resumes_to_the_uninterrupted_run(tmp_path, uninterrupted, at):
+    state = killed_and_resumed(tmp_path / "run", at=at, every=1)
+    # An epoch's last update is checkpointed at the epoch's end, which the kill at 9 cut off.
+    resumed_at = at - 1 if at % 9 == 0 else at
+    assert state["updates"] == resumed_at and state.get("batch", 0) == resumed_at % 9
+    assert_same_run(records(str(tmp_path / "run")), uninterrupted)
+
+
+def test_checkpoints_kept_and_an_incomplete_one_passed_over(tmp_path, uninterrupted, caplog):
+    model_dir = tmp_path / "run"
+    config = TrainConfig(model_dir=str(model_dir), checkpoint_every=2, keep_checkpoints=3, **CONFIG)
+    with pytest.raises(Killed):
+        train(config, extra_callbacks=[KillAfter(17)])  # update 17: the newest checkpoint is 16's
+    names = sorted(n for n in os.listdir(model_dir / "checkpoints") if n.endswith(".weights.h5"))
+    assert names == [
+        "epoch-0001.weights.h5",
+        "update-000000012.weights.h5",
+        "update-000000014.weights.h5",
+        "update-000000016.weights.h5",
+    ]
+    newest = model_dir / "checkpoints" / "update-000000016.weights.h5"
+    newest.write_bytes(newest.read_bytes()[:-100])  # a copy cut short
+    with caplog.at_level("WARNING", logger="sngm_keras"):
+        train(config)
+    assert "checkpoint update-000000016.weights.h5 is incomplete; resuming from the one before it" in caplog.text
+    assert_same_run(records(str(model_dir)), uninterrupted)
+
+
+def test_checkpoint_every_longer_than_the_run_is_refused(tmp_path):
+    config = TrainConfig(model_dir=str(tmp_path / "run"), checkpoint_every=28, **CONFIG)
+    with pytest.raises(ConfigError, match=r"^--checkpoint_every: 28 updates is more than the run's 27; use"):
+        train(config)
+    assert not (tmp_path / "run").exists()
+    assert train(dataclasses.replace(config, checkpoint_every=2, max_updates=2))["updates"] == 2  # as long: accepted
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_update_in_flight_and_the_rerun_ends_as_the_uninterrupted_run(tmp_path, uninterrupted):
+    flags = [f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in CONFIG.items()]
+    command = [sys.executable, "-m", "apps.train", *flags, f"--model_dir={tmp_path / 'run'}"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    history = tmp_path / "run" / "history.csv"
+    while not history.exists() and process.poll() is None:  # stop it in its second epoch
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    sent = time.time()
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 143, err[-2000:]
+    assert time.time() - sent < 30
+    state = json.load(open(tmp_path / "run" / "checkpoints" / "state.json"))
+    assert err.splitlines() == [
+        f"stopped: SIGTERM: checkpointed at update {state['updates']} (epoch 2, batch {state['batch']} of 9) in "
+        f"{tmp_path / 'run'}; rerun the same command to resume there"
+    ]
+    rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert_same_run(records(str(tmp_path / "run")), uninterrupted)
+
+
+def run_jax(*args):
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.interrupted_runs", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+def test_on_jax_killed_within_an_epoch_resumes_to_the_uninterrupted_run(tmp_path):
+    (uninterrupted,) = run_jax(tmp_path / "whole", 0, 0)
+    resumed, result = run_jax(tmp_path / "run", 13, 4)
+    assert resumed == {"resumed_from": [1, 3, 12]} and result == uninterrupted
