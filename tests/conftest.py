@@ -14,11 +14,9 @@ _slow_deselected_by_workers = [0]
 
 def pytest_deselected(items):
     _slow_deselected.update(item.nodeid for item in items if item.get_closest_marker("slow") is not None)
-
-
-def pytest_sessionfinish(session):
-    if hasattr(session.config, "workeroutput"):
-        session.config.workeroutput["slow_deselected"] = len(_slow_deselected)
+    for item in items[:1]:
+        if hasattr(item.config, "workeroutput"):  # an xdist worker: its controller writes the summary
+            item.config.workeroutput["slow_deselected"] = len(_slow_deselected)
 
 
 @pytest.hookimpl(optionalhook=True)
