@@ -140,9 +140,6 @@ def _summary(config, model, recorder, rows, results, replicas, micro, info):
         # Picking the best epoch on the test split overstates the result; the
         # validation split picks (best_validation_epoch).
         "max_test_accuracy_over_epochs_not_for_selection": max(tested + [test_accuracy]),
-        # The same under its old name, for the study tables of apps.reproduce
-        # processes started before the rename (they read it from each run).
-        "best_test_accuracy": max(tested + [test_accuracy]),
         "test_loss": float(results["loss"]),
         "train_loss": float(rows[-1]["train_loss"]) if rows else None,
         "updates": updates,
