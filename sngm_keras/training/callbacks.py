@@ -125,16 +125,16 @@ class EpochRecorder(keras.callbacks.Callback):
     def _save_within_epoch(self):
         now = time.perf_counter()
         model = self.model
-        train_time = self._carried.get("epoch_train_seconds", 0.0) + self._train_time_so_far(now)
-        wall_time = self._carried.get("epoch_wall_seconds", 0.0) + now - self._epoch_start
+        # The totals resumed from already hold the time the epoch had before the resume.
+        train_time, wall_time = self._train_time_so_far(now), now - self._epoch_start
         state = {
             **self._state(self._updates),
             "epoch": self._epoch,
             "batch": self._batches,
             "wall_seconds": self.wall_seconds + wall_time,
             "train_seconds": self.train_seconds + train_time,
-            "epoch_train_seconds": train_time,
-            "epoch_wall_seconds": wall_time,
+            "epoch_train_seconds": self._carried.get("epoch_train_seconds", 0.0) + train_time,
+            "epoch_wall_seconds": self._carried.get("epoch_wall_seconds", 0.0) + wall_time,
             "epoch_metric_sums": [[_value(m.total), _value(m.count)] for m in epoch_means(model)],
         }
         self.run_dir.save_checkpoint(model, state, keep=self.keep_checkpoints)
