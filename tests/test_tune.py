@@ -12,12 +12,14 @@ import time
 
 import keras_tuner as kt
 import pytest
+from keras_tuner.src import utils as kt_utils
 
 from sngm_keras import tuning
 from sngm_keras.accumulation import MicroBatchModel
 from sngm_keras.data import load_arrays
 from sngm_keras.optimizers import LARS
 from sngm_keras.training import ConfigError, TrainConfig
+from sngm_keras.tuning import search
 
 try:
     import scipy.optimize  # noqa: F401
@@ -268,6 +270,44 @@ def test_resume_trusts_the_trial_files_after_a_kill_between_writes(tmp_path):
     oracle.verbose = 0
     again = oracle.create_trial("tuner0")  # the started trial runs (again), with its values
     assert again.trial_id == "1" and again.hyperparameters.values == second.hyperparameters.values
+
+
+def test_keras_tuner_state_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    hypermodel = tuning.LargeBatchHyperModel(base_config(tmp_path), tuning.SearchSpace(batch_sizes=(500,)))
+    tuner = tuning.make_tuner(hypermodel, "random", max_trials=3, directory=str(tmp_path), project_name="p")
+    path = tmp_path / "p" / "oracle.json"
+    before = path.read_text()
+    assert json.loads(before)["start_order"] == []
+    tuner.oracle.start_order.append("0")
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args):
+        raise Killed
+
+    with search.atomic_json_writes():
+        monkeypatch.setattr(os, "replace", killed)  # stopped after writing the new state, before it replaced the old
+        with pytest.raises(Killed):
+            tuner.oracle.save()
+        monkeypatch.undo()
+    assert path.read_text() == before
+    assert kt_utils.save_json is not None and kt_utils.save_json.__module__ == "keras_tuner.src.utils"
+
+
+@pytest.mark.parametrize("name", ["oracle.json", "tuner0.json"])
+def test_a_damaged_state_file_is_named_and_kept(tmp_path, name):
+    hypermodel = tuning.LargeBatchHyperModel(base_config(tmp_path), tuning.SearchSpace(batch_sizes=(500,)))
+    tuning.make_tuner(hypermodel, "random", max_trials=3, directory=str(tmp_path), project_name="p")
+    (tmp_path / "p" / name).write_text("")  # what Keras Tuner's own writer leaves when killed mid-write
+    with pytest.raises(ConfigError) as error:
+        tuning.make_tuner(hypermodel, "random", max_trials=3, directory=str(tmp_path), project_name="p")
+    assert error.value.field == "project_name"
+    assert str(error.value).endswith(
+        f"{tmp_path / 'p' / name} is empty or damaged (the search was stopped while writing it); "
+        "use another --project_name, or --overwrite to discard this search"
+    )
+    assert (tmp_path / "p" / name).read_text() == "" and (tmp_path / "p" / "search.json").exists()
 
 
 # -- apps.tune end to end ----------------------------------------------------------

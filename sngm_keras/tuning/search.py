@@ -7,17 +7,21 @@ trial that was running is run again; `recover_interrupted` repairs the state
 a kill between two of Keras Tuner's writes leaves). It records the search's
 settings in search.json there and refuses to resume a search made with other
 settings (`ConfigError` on "project_name"), and it never lets Keras Tuner's
-`overwrite` discard a search unless asked to. Each trial's wall time is kept
+`overwrite` discard a search unless asked to. Keras Tuner's own JSON files
+are written atomically here, so a kill never leaves one half-written. Each trial's wall time is kept
 in its trial.json as the metric "wall_seconds", and the reports are
 rewritten after each trial.
 """
 
+import contextlib
+import glob
 import json
 import os
 import shutil
 import time
 
 import keras_tuner
+from keras_tuner.src import utils as keras_tuner_utils
 
 from sngm_keras import checks
 from sngm_keras.training.errors import ConfigError, as_config_errors
@@ -34,6 +38,10 @@ class _SearchTuner:
     final_epochs = None
     write_reports_after_trials = True
     _trial_started = None  # (trial id, time.perf_counter()) of the trial begun last
+
+    def search(self, *args, **kwargs):
+        with atomic_json_writes():
+            return super().search(*args, **kwargs)
 
     def on_trial_begin(self, trial):
         self._trial_started = (trial.trial_id, time.perf_counter())
@@ -67,6 +75,46 @@ class BayesianTuner(_SearchTuner, keras_tuner.BayesianOptimization):
 
 class HyperbandTuner(_SearchTuner, keras_tuner.Hyperband):
     pass
+
+
+@contextlib.contextmanager
+def atomic_json_writes():
+    """Keras Tuner's oracle.json, tuner0.json and trial.json written whole or not at all.
+
+    Keras Tuner truncates a file and then writes it: killed in between, it
+    leaves an empty oracle.json that no resume can read. Every state file
+    goes through `keras_tuner.src.utils.save_json` (`Stateful.save`), a
+    private function, replaced here while a search runs.
+    """
+    original = keras_tuner_utils.save_json
+
+    def save_json(path, obj):
+        text = json.dumps(obj)
+        write_atomic(path, text)
+        return text
+
+    keras_tuner_utils.save_json = save_json
+    try:
+        yield
+    finally:
+        keras_tuner_utils.save_json = original
+
+
+def check_state_files(project_dir):
+    """ConfigError naming the first of Keras Tuner's state files that cannot be read."""
+    names = ["oracle.json", "tuner0.json"] + sorted(glob.glob("trial_*/trial.json", root_dir=project_dir))
+    for name in names:
+        path = os.path.join(project_dir, name)
+        if not os.path.exists(path):
+            continue
+        try:
+            read_json(path)
+        except (OSError, ValueError):
+            raise ConfigError(
+                "project_name",
+                f"{path} is empty or damaged (the search was stopped while writing it); "
+                "use another --project_name, or --overwrite to discard this search",
+            ) from None
 
 
 def claim_search(project_dir, settings):
@@ -136,6 +184,7 @@ def make_tuner(
     if overwrite and os.path.isdir(project_dir):
         shutil.rmtree(project_dir)
     claim_search(project_dir, dict(hypermodel.settings(), tuner=tuner, objective=objective))
+    check_state_files(project_dir)
 
     common = dict(
         hypermodel=hypermodel,
@@ -145,20 +194,21 @@ def make_tuner(
         overwrite=False,
         seed=hypermodel.config.seed + 1,
     )
-    if tuner == "random":
-        result = RandomSearchTuner(max_trials=max_trials, **common)
-    elif tuner == "bayesian":
-        result = BayesianTuner(max_trials=max_trials, **common)
-    else:
-        # Successive halving up to epochs_per_trial; brackets repeat until max_trials.
-        result = HyperbandTuner(max_epochs=hypermodel.config.epochs, hyperband_iterations=None, **common)
-    result.oracle.max_trials = max_trials  # not part of the oracle's saved state: a resume may raise it
-    result.final_epochs = final_epochs
-    recover_interrupted(result.oracle)
-    # Keras Tuner reloads a search only once tuner0.json exists, which it
-    # first writes after a trial ended: a kill just before that would start
-    # the search afresh.
-    result.save()
+    with atomic_json_writes():
+        if tuner == "random":
+            result = RandomSearchTuner(max_trials=max_trials, **common)
+        elif tuner == "bayesian":
+            result = BayesianTuner(max_trials=max_trials, **common)
+        else:
+            # Successive halving up to epochs_per_trial; brackets repeat until max_trials.
+            result = HyperbandTuner(max_epochs=hypermodel.config.epochs, hyperband_iterations=None, **common)
+        result.oracle.max_trials = max_trials  # not part of the oracle's saved state: a resume may raise it
+        result.final_epochs = final_epochs
+        recover_interrupted(result.oracle)
+        # Keras Tuner reloads a search only once tuner0.json exists, which it
+        # first writes after a trial ended: a kill just before that would start
+        # the search afresh.
+        result.save()
     return result
 
 
