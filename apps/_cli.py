@@ -65,7 +65,7 @@ class Terminated(Exception):
 @contextlib.contextmanager
 def stopping_on_signals(request):
     """While inside, SIGTERM and SIGINT (Ctrl-C) ask `request` (a
-    `sngm_keras.training.callbacks.StopRequest`) to stop the run once the
+    `sngm_keras.training.stopping.StopRequest`) to stop the run once the
     update in flight is checkpointed. Before training has started, or at a
     second signal, SIGINT raises KeyboardInterrupt and SIGTERM `Terminated`
     at once. Yields the list of signals received."""
@@ -74,7 +74,7 @@ def stopping_on_signals(request):
     def handler(signum, frame):
         received.append(signum)
         if request.training and not request.is_set():
-            request.set()
+            request.set(signum)
             return
         raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
 

@@ -138,4 +138,6 @@ def quiet_tensorflow_start(argv=None, environ=None):
     # no dataset_info.json" before the app's own line on missing data).
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
     logging.getLogger("absl").setLevel(logging.ERROR)
+    # JAX's "Starting/Connecting to JAX distributed service" of a multi-worker run.
+    logging.getLogger("jax").setLevel(logging.WARNING)
     return True

@@ -13,7 +13,6 @@ is written before the data, the devices and the model are ready. See
 `sngm_keras.training` for what is written.
 """
 
-import contextlib
 import dataclasses
 import os
 import signal
@@ -23,7 +22,7 @@ from absl import flags
 
 from apps._cli import fail, run, show_reading, stopping_on_signals
 from apps._startup import finish_library_imports
-from sngm_keras.training.config import DATASETS, TrainConfig
+from sngm_keras.training.config import DATASETS, DEFAULT_CHECKPOINT_EVERY, TrainConfig
 from sngm_keras.training.presets import PRESETS, model_defaults
 
 FLAGS = flags.FLAGS
@@ -124,8 +123,9 @@ flags.DEFINE_bool(
 flags.DEFINE_integer(
     "checkpoint_every",
     _D.checkpoint_every,
-    "Also checkpoint every N updates within epochs, to resume there exactly (0: at epoch ends only). SIGTERM "
-    "and Ctrl-C checkpoint the update they stop at in any case.",
+    "Also checkpoint every N updates within epochs, to resume there exactly (0: at epoch ends only; default: "
+    f"every {DEFAULT_CHECKPOINT_EVERY} where the run is that long). SIGTERM and Ctrl-C checkpoint the update they "
+    "stop at in any case.",
 )
 flags.DEFINE_integer(
     "keep_checkpoints", _D.keep_checkpoints, "How many checkpoints within epochs to keep, besides the last epoch's."
@@ -199,17 +199,18 @@ def main():
         from sngm_keras.training import train
 
         request = StopRequest()
-        # Under multi_worker a stop is every worker's at once; a signal there ends the process as before.
-        signals = stopping_on_signals(request) if config.strategy != "multi_worker" else contextlib.nullcontext([])
-        with progress.reported_to(show_reading), signals as received:
+        with progress.reported_to(show_reading), stopping_on_signals(request) as received:
             summary = train(config, stop_request=request)
     except (ConfigError, DataError) as error:
         fail(str(error))
     except WorkerLost as error:
         fail(str(error), code=1)
     except StopRequested as stop:
-        print(f"stopped: {stopped_line(stop.state, received[-1], config.model_dir)}", file=sys.stderr)
-        sys.exit(128 + received[-1])
+        # In a cluster a signal to any worker stops them all, each with that signal's code.
+        worker, signum = (None, received[-1]) if received else min(request.stopped_by.items())
+        folder = config.model_dir if stop.chief else "the chief's --model_dir"
+        print(f"stopped: {stopped_line(stop.state, signum, folder, worker)}", file=sys.stderr)
+        sys.exit(128 + signum)
     if summary.get("already_complete"):
         state = "was already complete" if summary["complete"] else "had already stopped at --max_updates"
     else:
@@ -226,9 +227,12 @@ def main():
         print(line)
 
 
-def stopped_line(state, signum, model_dir):
-    """Where a run stopped by a signal checkpointed, and how it resumes."""
-    name = signal.Signals(signum).name
+def stopped_line(state, signum, model_dir, worker=None):
+    """Where a run stopped by a signal (to another `worker` of its cluster)
+    checkpointed, and how it resumes."""
+    name = signal.Signals(signum).name if signum > 0 else "a stop request"
+    if worker is not None:
+        name += f" to worker {worker}"
     if state.get("batch"):
         where = f"epoch {state['epoch'] + 1}, batch {state['batch']} of {state['steps_per_epoch']}"
     else:

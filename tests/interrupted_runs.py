@@ -1,7 +1,7 @@
 """Runs stopped as a kill would stop them, and what they leave: shared by
-tests/test_step_checkpoints.py and the JAX run it starts
-(`python -m tests.interrupted_runs MODEL_DIR AT EVERY`, which prints the
-records' digest). No TensorFlow import: it runs on either backend."""
+tests/test_step_checkpoints.py and the runs it starts in processes of
+their own, on JAX or on two logical CPUs (`python -m tests.interrupted_runs
+MODEL_DIR AT EVERY [OVERRIDES]`, which prints the records' digest). No TensorFlow import: it runs on either backend."""
 
 import csv
 import hashlib
@@ -94,11 +94,14 @@ def digest(run_records):
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-if __name__ == "__main__":  # MODEL_DIR AT EVERY: 0 for the uninterrupted run
+if __name__ == "__main__":  # MODEL_DIR AT EVERY [OVERRIDES as JSON]: AT 0 for the uninterrupted run
     model_dir, at, every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    overrides = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
     if at:
-        state = killed_and_resumed(model_dir, at, every)
+        state = killed_and_resumed(model_dir, at, every, **overrides)
         print(json.dumps({"resumed_from": [state["epoch"], state.get("batch", 0), state["updates"]]}))
     else:
-        train(TrainConfig(model_dir=model_dir, **CONFIG))
-    print(json.dumps({"digest": digest(records(model_dir))}))
+        train(TrainConfig(model_dir=model_dir, **{**CONFIG, **overrides}))
+    with open(os.path.join(model_dir, "summary.json")) as f:
+        replicas = json.load(f)["replicas"]
+    print(json.dumps({"digest": digest(records(model_dir)), "replicas": replicas}))

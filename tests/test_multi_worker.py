@@ -119,6 +119,7 @@ def succeeded(results):
         assert code == 0, err[-3000:]
         # TensorFlow's collective-ops INFO lines show only with --verbosity.
         noise = [line for line in (out + err).splitlines() if "INFO:tensorflow" in line or "ollective" in line]
+        noise += [line for line in err.splitlines() if "distributed service" in line]  # JAX's runtime starting
         assert not noise, noise[:3]
     assert "test accuracy" in results[0][1] and "the results are in the chief's --model_dir" in results[1][1]
 
@@ -177,6 +178,44 @@ def test_tensorflow_two_workers_killed_resume_to_the_single_process_weights(tmp_
     for a, b in zip(weights(chief_dir), weights(tmp_path / "single")):
         np.testing.assert_array_equal(a, b)
     only_the_chief_wrote(tmp_path / "run", left_by_the_kill)
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_sigterm_to_one_worker_stops_both_at_one_update_and_the_pair_resumes(tmp_path, backend):
+    """SIGTERM to worker 1 within an epoch: both workers checkpoint the same
+    update and exit 143, each with one line; the same commands again end
+    with the weights of the pair that was never stopped."""
+    args = [*RUN, "--epochs=3", "--deterministic"]
+    workers = tf_workers if backend == "tensorflow" else jax_workers
+    whole = workers(tmp_path, "whole", args)
+    assert [code for code, _, _ in finish(whole)] == [0, 0]
+    chief, other = workers(tmp_path, "run", args)
+    history = tmp_path / "run" / "worker0" / "history.csv"
+    deadline = time.time() + TIMEOUT
+    while not history.exists() and chief.poll() is None and time.time() < deadline:  # in the second epoch
+        time.sleep(0.05)
+    other.send_signal(signal.SIGTERM)
+    results = finish([chief, other])
+    assert [code for code, _, _ in results] == [143, 143], results[0][2][-2000:] + results[1][2][-2000:]
+    state = json.load(open(tmp_path / "run" / "worker0" / "checkpoints" / "state.json"))
+    assert 5 <= state["updates"] < 15
+    where = f"update {state['updates']} (epoch {state['epoch'] + 1}, batch {state['batch']} of 5)"
+    if not state.get("batch"):
+        where = f"update {state['updates']} (the end of epoch {state['epoch']})"
+    folder = tmp_path / "run" / "worker"
+    lines = [err.strip().splitlines() for _, _, err in results]
+    assert lines[0] == [
+        f"stopped: SIGTERM to worker 1: checkpointed at {where} in {folder}0; rerun the same command to resume there"
+    ]
+    assert lines[1] == [
+        f"stopped: SIGTERM: checkpointed at {where} in the chief's --model_dir; rerun the same command to resume there"
+    ]
+
+    results = finish(workers(tmp_path, "run", args))
+    succeeded(results)
+    for a, b in zip(weights(tmp_path / "run" / "worker0"), weights(tmp_path / "whole" / "worker0")):
+        np.testing.assert_array_equal(a, b)
+    only_the_chief_wrote(tmp_path / "run")
 
 
 def test_jax_two_processes_equal_one(tmp_path):

@@ -70,6 +70,11 @@ def test_checkpoint_every_longer_than_the_run_is_refused(tmp_path):
         train(config)
     assert not (tmp_path / "run").exists()
     assert train(dataclasses.replace(config, checkpoint_every=2, max_updates=2))["updates"] == 2  # as long: accepted
+    # The default (every 100) is no mistake in a shorter run: it writes no checkpoint within its epochs.
+    default = dataclasses.replace(config, checkpoint_every=None, model_dir=str(tmp_path / "default"))
+    assert default.updates_between_checkpoints() == 100
+    assert train(default)["updates"] == 27
+    assert not [n for n in os.listdir(tmp_path / "default" / "checkpoints") if n.startswith("update-")]
 
 
 @pytest.mark.slow
@@ -95,8 +100,9 @@ def test_sigterm_checkpoints_the_update_in_flight_and_the_rerun_ends_as_the_unin
     assert_same_run(records(str(tmp_path / "run")), uninterrupted)
 
 
-def run_jax(*args):
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+def run_alone(backend, *args):
+    """`python -m tests.interrupted_runs ARGS` in a process of its own on `backend`; its JSON lines."""
+    env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu")
     result = subprocess.run(
         [sys.executable, "-m", "tests.interrupted_runs", *map(str, args)],
         cwd=ROOT,
@@ -111,6 +117,17 @@ def run_jax(*args):
 
 @pytest.mark.slow
 def test_on_jax_killed_within_an_epoch_resumes_to_the_uninterrupted_run(tmp_path):
-    (uninterrupted,) = run_jax(tmp_path / "whole", 0, 0)
-    resumed, result = run_jax(tmp_path / "run", 13, 4)
+    (uninterrupted,) = run_alone("jax", tmp_path / "whole", 0, 0)
+    resumed, result = run_alone("jax", tmp_path / "run", 13, 4)
+    assert resumed == {"resumed_from": [1, 3, 12]} and result == uninterrupted
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_two_replicas_with_micro_batches_killed_within_an_epoch_resume_to_the_uninterrupted_run(tmp_path, backend):
+    # B = 500 on two logical CPUs: 250 a replica, as two micro-batches of 125.
+    two = json.dumps({"strategy": "mirrored", "num_cpu_devices": 2, "micro_batch_size": 125})
+    (uninterrupted,) = run_alone(backend, tmp_path / "whole", 0, 0, two)
+    assert uninterrupted["replicas"] == 2
+    resumed, result = run_alone(backend, tmp_path / "run", 13, 4, two)
     assert resumed == {"resumed_from": [1, 3, 12]} and result == uninterrupted

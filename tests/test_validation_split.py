@@ -9,7 +9,7 @@ import pytest
 
 from sngm_keras.data import DataError, hold_out_validation, load_arrays, make_datasets
 from sngm_keras.training import ConfigError, TrainConfig, train
-from sngm_keras.training.callbacks import logits_loss_and_accuracy
+from sngm_keras.training.validation_monitor import logits_loss_and_accuracy
 
 
 def test_hold_out_is_a_fixed_disjoint_subset_of_the_training_images():

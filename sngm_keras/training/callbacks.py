@@ -1,12 +1,12 @@
 """Keras callbacks of a training run: per-epoch history and checkpoints,
-update-count stopping and its progress bar, a warning when non-finite steps were skipped, and
-evaluations of a held-out validation split within epochs."""
+update-count stopping and its progress bar, and a warning when non-finite
+steps were skipped (the validation split's evaluations are
+`sngm_keras.training.validation_monitor`'s)."""
 
 import logging
 import time
 
 import keras
-import numpy as np
 
 from sngm_keras.noise_scale import NOISE_SCALE_KEYS
 from sngm_keras.training.factory import inner_optimizer
@@ -15,7 +15,7 @@ from sngm_keras.training.stopping import StopRequested
 log = logging.getLogger("sngm_keras")
 
 
-def _value(x):
+def scalar_value(x):
     return float(keras.ops.convert_to_numpy(x))
 
 
@@ -85,7 +85,7 @@ class EpochRecorder(keras.callbacks.Callback):
     stopped_in_epoch = False  # the last epoch was cut short (--max_updates)
 
     def on_train_begin(self, logs=None):
-        self._updates = int(_value(inner_optimizer(self.model.optimizer).iterations))
+        self._updates = int(scalar_value(inner_optimizer(self.model.optimizer).iterations))
         self._steps = self.steps_per_epoch or self.params.get("steps")
         if self.stop_request is not None:
             self.stop_request.training = True
@@ -135,7 +135,7 @@ class EpochRecorder(keras.callbacks.Callback):
             "train_seconds": self.train_seconds + train_time,
             "epoch_train_seconds": self._carried.get("epoch_train_seconds", 0.0) + train_time,
             "epoch_wall_seconds": self._carried.get("epoch_wall_seconds", 0.0) + wall_time,
-            "epoch_metric_sums": [[_value(m.total), _value(m.count)] for m in epoch_means(model)],
+            "epoch_metric_sums": [[scalar_value(m.total), scalar_value(m.count)] for m in epoch_means(model)],
         }
         self.run_dir.save_checkpoint(model, state, keep=self.keep_checkpoints)
         return state
@@ -149,7 +149,7 @@ class EpochRecorder(keras.callbacks.Callback):
         }
         tracker = getattr(self.model, "noise_scale_tracker", None)
         if tracker is not None:  # Keras saves no metric's state with the weights
-            state["noise_scale_state"] = [float(_value(v)) for v in tracker.variables]
+            state["noise_scale_state"] = [float(scalar_value(v)) for v in tracker.variables]
         return state
 
     def on_test_begin(self, logs=None):
@@ -167,20 +167,20 @@ class EpochRecorder(keras.callbacks.Callback):
         self.train_seconds += train_time
         self.wall_seconds += now - self._epoch_start
         optimizer = inner_optimizer(self.model.optimizer)
-        updates = int(_value(optimizer.iterations))
+        updates = int(scalar_value(optimizer.iterations))
         row = {
             "epoch": epoch + 1,
             "updates": updates,
             "grad_per_n": round(self.examples_after(updates) / self.num_train, 6),
-            "learning_rate": _value(optimizer.learning_rate),
+            "learning_rate": scalar_value(optimizer.learning_rate),
             "train_loss": logs.get("loss"),
             "train_accuracy": logs.get("accuracy"),
             "test_loss": logs.get("val_loss", ""),
             "test_accuracy": logs.get("val_accuracy", ""),
             "validation_loss": logs.get("validation_loss", ""),
             "validation_accuracy": logs.get("validation_accuracy", ""),
-            "gradient_norm": _value(optimizer.gradient_norm) if hasattr(optimizer, "gradient_norm") else "",
-            "skipped_steps": int(_value(optimizer.skipped_steps)) if hasattr(optimizer, "skipped_steps") else "",
+            "gradient_norm": scalar_value(optimizer.gradient_norm) if hasattr(optimizer, "gradient_norm") else "",
+            "skipped_steps": int(scalar_value(optimizer.skipped_steps)) if hasattr(optimizer, "skipped_steps") else "",
             "epoch_seconds": round(self._carried.get("epoch_train_seconds", 0.0) + train_time, 3),
             "wall_seconds": round(self.wall_seconds, 3),
             **{k: logs.get(k, "") for k in NOISE_SCALE_KEYS},
@@ -213,7 +213,7 @@ class StopAfterUpdates(keras.callbacks.Callback):
         self.max_updates = max_updates
 
     def on_train_begin(self, logs=None):
-        self._updates = int(_value(inner_optimizer(self.model.optimizer).iterations))
+        self._updates = int(scalar_value(inner_optimizer(self.model.optimizer).iterations))
 
     def on_train_batch_end(self, batch, logs=None):
         self._updates += 1
@@ -236,7 +236,7 @@ class UpdatesProgbar(keras.callbacks.ProgbarLogger):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        self._updates = int(_value(inner_optimizer(self.model.optimizer).iterations))
+        self._updates = int(scalar_value(inner_optimizer(self.model.optimizer).iterations))
 
     def on_epoch_begin(self, epoch, logs=None):
         self.target = min(self._steps, max(self.max_updates - self._updates, 1))
@@ -259,7 +259,7 @@ class SkippedStepsMonitor(keras.callbacks.Callback):
 
     def _count(self):
         optimizer = inner_optimizer(self.model.optimizer)
-        return int(_value(optimizer.skipped_steps)) if hasattr(optimizer, "skipped_steps") else 0
+        return int(scalar_value(optimizer.skipped_steps)) if hasattr(optimizer, "skipped_steps") else 0
 
     def on_epoch_end(self, epoch, logs=None):
         count = self._count()
@@ -271,92 +271,3 @@ class SkippedStepsMonitor(keras.callbacks.Callback):
                 count,
             )
         self._seen = count
-
-
-def dataset_labels(dataset):
-    """The labels of an evaluation dataset (tf.data or `PyDataset` of `(x, y)` batches), in order."""
-    if isinstance(dataset, keras.utils.PyDataset):
-        batches = (dataset[i] for i in range(len(dataset)))
-    else:
-        batches = iter(dataset)
-    return np.concatenate([np.asarray(keras.ops.convert_to_numpy(y)).reshape(-1) for _, y in batches])
-
-
-def logits_loss_and_accuracy(logits, labels):
-    """Mean sparse cross-entropy on logits and accuracy, in float64."""
-    logits = np.asarray(logits, np.float64)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    labels = np.asarray(labels, np.int64)
-    loss = -log_probs[np.arange(len(labels)), labels].mean()
-    return float(loss), float(np.mean(logits.argmax(axis=1) == labels))
-
-
-class ValidationMonitor(keras.callbacks.Callback):
-    """Evaluates the held-out validation split every `every` updates and at
-    the end of every epoch; writes each evaluation to validation.csv and adds
-    `validation_loss` / `validation_accuracy` to the epoch's logs.
-
-    It goes through `predict`, not `evaluate`: `evaluate` resets the compiled
-    metrics, which in the middle of an epoch would cut the epoch's training
-    loss short. Rows past the resumed checkpoint are dropped on resume, so
-    the file always matches the checkpointed run."""
-
-    def __init__(self, run_dir, dataset, every, examples_after, num_train, steps_per_epoch=None, resume=None):
-        super().__init__()
-        self.steps_per_epoch = steps_per_epoch  # of a whole epoch; Keras' params count a resumed one's rest
-        self.resume = resume if resume and resume.get("batch") else None  # a checkpoint within an epoch
-        self.run_dir = run_dir
-        self.dataset = dataset
-        self.labels = dataset_labels(dataset)
-        self.every = every
-        self.examples_after = examples_after  # updates -> training examples they used
-        self.num_train = num_train
-        self.rows = []
-
-    def on_train_begin(self, logs=None):
-        self._updates = int(_value(inner_optimizer(self.model.optimizer).iterations))
-        self.rows = [r for r in self.run_dir.read_validation() if int(r["updates"]) <= self._updates]
-
-    def _evaluate(self, epoch):
-        if self.rows and int(self.rows[-1]["updates"]) == self._updates:
-            return self.rows[-1]
-        started = time.perf_counter()
-        logits = keras.ops.convert_to_numpy(self.model.predict(self.dataset, verbose=0))
-        loss, accuracy = logits_loss_and_accuracy(logits, self.labels)
-        row = {
-            "updates": self._updates,
-            "epoch": round(epoch, 6),
-            "grad_per_n": round(self.examples_after(self._updates) / self.num_train, 6),
-            "validation_loss": loss,
-            "validation_accuracy": accuracy,
-        }
-        self.rows.append(row)
-        self.run_dir.write_validation(self.rows)
-        self.last_seconds = time.perf_counter() - started
-        return row
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-        self._batches = self.resume["batch"] if self.resume is not None and self.resume["epoch"] == epoch else 0
-        self.epoch_seconds = 0.0  # spent evaluating within the epoch's training
-        self.end_seconds = 0.0  # spent on the evaluation at the epoch's end
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._updates += 1
-        self._batches += 1
-        if self._batches % self.every == 0:  # the same places in every epoch
-            steps = self.steps_per_epoch or (self.params.get("steps") if self.params else None)
-            if steps and self._batches == steps:
-                return  # the epoch's end evaluates it
-            self.last_seconds = 0.0
-            self._evaluate(self._epoch + (self._batches / steps if steps else 0))
-            self.epoch_seconds += self.last_seconds
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.last_seconds = 0.0
-        row = self._evaluate(epoch + 1)
-        self.end_seconds = self.last_seconds
-        if logs is not None:
-            logs["validation_loss"] = row["validation_loss"]
-            logs["validation_accuracy"] = row["validation_accuracy"]

@@ -18,6 +18,7 @@ class Membership:
 
     def __init__(self, cluster, backend, strategy=None):
         self.cluster, self.backend, self.strategy = cluster, backend, strategy
+        self._tf_sum = None  # traced once: `sum_over_workers` may run after every update
 
     def broadcast(self, arrays):
         """The chief's `arrays` (a list of numpy arrays) on every worker."""
@@ -26,6 +27,18 @@ class Membership:
 
             return [_numpy(a) for a in multihost_utils.broadcast_one_to_all(list(arrays))]
         return _tf_broadcast(self.strategy, self.cluster.is_chief, arrays)
+
+    def sum_over_workers(self, values):
+        """The element-wise sum of every worker's `values` (a list of ints), on every worker."""
+        import numpy as np
+
+        if self.backend == "jax":
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(np.asarray(values, np.int32))).sum(axis=0).tolist()
+        if self._tf_sum is None:
+            self._tf_sum = _tf_summer(self.strategy)
+        return self._tf_sum(np.asarray(values, np.float64)).astype(np.int64).tolist()
 
 
 def join(config, cluster, backend):
@@ -38,10 +51,26 @@ def join(config, cluster, backend):
         import keras
 
         keras.distribution.initialize(cluster.coordinator_address, cluster.num_workers, cluster.index)
+        _restore_sigterm_handler()
         return Membership(cluster, backend)
     import tensorflow as tf
 
-    return Membership(cluster, backend, tf.distribute.MultiWorkerMirroredStrategy())
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    _restore_sigterm_handler()
+    return Membership(cluster, backend, strategy)
+
+
+def _restore_sigterm_handler():
+    """Gives SIGTERM back to the handler the process had. The coordination
+    service agent of TensorFlow and of JAX's distributed runtime installs
+    its own SIGTERM handler in C++ (a preemption notifier), which would
+    swallow the signal; Python still reports its own handler as installed."""
+    import signal
+    import threading
+
+    handler = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread() and handler is not None:
+        signal.signal(signal.SIGTERM, handler)
 
 
 def agree(membership, run_dir, open_run):
@@ -138,6 +167,22 @@ def _tf_broadcast(strategy, is_chief, arrays):
 
     summed = reduce()
     return [strategy.experimental_local_results(s)[0].numpy().astype(d) for s, d in zip(summed, dtypes)]
+
+
+def _tf_summer(strategy):
+    """A function: a float64 vector -> its sum over the workers (the first local replica's)."""
+    import tensorflow as tf
+
+    @tf.function
+    def reduce(vector):
+        def fn():
+            context = tf.distribute.get_replica_context()
+            first = tf.equal(context.replica_id_in_sync_group % _local_replicas(strategy), 0)
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.where(first, vector, tf.zeros_like(vector)))
+
+        return strategy.run(fn)
+
+    return lambda vector: strategy.experimental_local_results(reduce(tf.constant(vector)))[0].numpy()
 
 
 def _local_replicas(strategy):

@@ -33,11 +33,12 @@ from sngm_keras.data import examples_after, examples_per_epoch, make_datasets, s
 from sngm_keras.training import cluster as cluster_lib
 from sngm_keras.training import devices
 from sngm_keras.training import membership as membership_lib
-from sngm_keras.training.config import ConfigError, keras_verbosity
+from sngm_keras.training.config import ConfigError
 from sngm_keras.training.errors import as_config_errors
+from sngm_keras.training.fitting import fit_run
 from sngm_keras.training.outputs import write_outputs
-from sngm_keras.training.provenance import utc_now
 from sngm_keras.training.rundir import RunDir
+from sngm_keras.training.stopping import AgreedStopRequest, StopRequested
 
 log = logging.getLogger("sngm_keras")
 
@@ -50,7 +51,9 @@ def train(config, extra_callbacks=(), stop_request=None):
     chief's. `stop_request` (anything with `is_set()`, e.g. a
     `threading.Event` a signal handler sets): once set, the update in flight
     finishes, is checkpointed, and `stopping.StopRequested` is raised with
-    that checkpoint's state; the same configuration resumes there.
+    that checkpoint's state; the same configuration resumes there. In a
+    cluster a `stopping.StopRequest` set on one worker stops every worker
+    at the same update.
     """
     # Configuration: all of it checked before anything is read or written.
     backend = _check_config(config)
@@ -63,6 +66,9 @@ def train(config, extra_callbacks=(), stop_request=None):
         if done is not None:
             log.info("%s already holds the finished run; nothing to do", run_dir.path)
             return _for_worker(dict(done, already_complete=True), cluster)
+        if membership is not None and stop_request is not None:
+            index, workers = cluster.index, cluster.num_workers
+            stop_request = AgreedStopRequest(stop_request, membership.sum_over_workers, index, workers)
         start_epoch = min(state["epoch"], config.epochs) if state else 0
         start_batch = state.get("batch", 0) if state else 0
 
@@ -95,19 +101,23 @@ def train(config, extra_callbacks=(), stop_request=None):
             started = time.perf_counter()
             run_dir.claim(config)
             run_dir.record_backend(state, backend)
-            recorder, rows, results = _fit(
-                config,
-                run_dir,
-                state,
-                start_epoch,
-                model,
-                (data, rest),
-                steps,
-                seen,
-                extra_callbacks,
-                tensorboard=placement.tensorflow,
-                stop_request=stop_request,
-            )
+            try:
+                recorder, rows, results = fit_run(
+                    config,
+                    run_dir,
+                    state,
+                    start_epoch,
+                    model,
+                    (data, rest),
+                    steps,
+                    seen,
+                    extra_callbacks,
+                    tensorboard=placement.tensorflow,
+                    stop_request=stop_request,
+                )
+            except StopRequested as stop:
+                stop.chief = cluster is None or cluster.is_chief
+                raise
 
             # Outputs.
             summary = write_outputs(
@@ -194,7 +204,7 @@ def _check_checkpoint_every(config, steps):
     updates = config.epochs * steps
     if config.max_updates:
         updates = min(updates, config.max_updates)
-    if config.checkpoint_every > updates:
+    if config.checkpoint_every is not None and config.checkpoint_every > updates:  # the default fits any run
         raise ConfigError(
             "checkpoint_every",
             f"{config.checkpoint_every} updates is more than the run's {updates}; use a smaller N, or 0 for "
@@ -268,132 +278,3 @@ def _check_even_eval_batches(data, replicas):
                 f"{name} batches of {test.batch_size} (the last of {last}) do not split over {replicas} "
                 "devices; pick an --eval_batch_size that does",
             )
-
-
-def _check_epoch_layout(state, steps, examples, num_train, batch_size, run_dir):
-    """Refuses a resume whose epochs would hold other batches than the run's
-    first part did (other replicas, hence another epoch_multiple; or a
-    checkpoint of a version that dropped each epoch's last partial batch):
-    its schedule, counted in updates, would no longer fit."""
-    saved = state.get("steps_per_epoch"), state.get("examples_per_epoch")
-    if saved == (None, None):  # checkpoints before these fields: whole batches only, unless they fit this layout
-        whole = num_train // batch_size
-        if whole != steps and state.get("updates") == state["epoch"] * whole:
-            saved = whole, whole * batch_size
-    if saved != (None, None) and saved != (steps, examples):
-        raise ConfigError(
-            "model_dir",
-            f"{run_dir.path}: its checkpoint was trained with epochs of {saved[0]} updates over {saved[1]} "
-            f"examples, this run's epochs would take {steps} over {examples} (other replicas, or a checkpoint "
-            "of a version that dropped each epoch's last partial batch); resume it as it was trained, or train "
-            "it anew in another --model_dir",
-        )
-
-
-def _check_optimizer_restored(model, state, run_dir):
-    """Keras loads the weights but skips, with a warning only, an optimizer
-    state that does not fit the optimizer (one written by a version whose
-    optimizer keeps other variables): the run would go on with its momentum
-    and its schedule reset. Its update count tells."""
-    import keras
-
-    from sngm_keras.training.factory import inner_optimizer
-
-    optimizer = inner_optimizer(model.optimizer)
-    restored = int(keras.ops.convert_to_numpy(optimizer.iterations))
-    if "updates" in state and restored != state["updates"]:
-        raise ConfigError(
-            "model_dir",
-            f"{run_dir.path}: its checkpoint's optimizer state (after {state['updates']} updates) does not "
-            f"fit this version's {optimizer.name}, which keeps other variables; resume it with the version "
-            "that wrote it, or train it anew in another --model_dir",
-        )
-
-
-def _restore_noise_scale(model, state):
-    """The noise scale's moving averages as the checkpoint left them, so a
-    resumed run averages over the steps before the resume too."""
-    tracker = getattr(model, "noise_scale_tracker", None)
-    saved = state.get("noise_scale_state")
-    if tracker is not None and saved is not None and len(saved) == len(tracker.variables):
-        for variable, value in zip(tracker.variables, saved):
-            variable.assign(value)
-
-
-def _fit(config, run_dir, state, start_epoch, model, datas, steps, seen, extra_callbacks, tensorboard, stop_request):
-    """Resumes from `state`, fits to the last epoch (or --max_updates) and
-    evaluates; returns (the epoch recorder, the history rows, the test
-    results). `datas`: the input from the checkpoint on, and, when it is
-    within an epoch, the input of the epochs after it (else None).
-    `seen(updates)`: the training examples those updates used."""
-    import keras
-
-    from sngm_keras.training import callbacks as cb
-
-    data, rest = datas
-    start_batch = state.get("batch", 0) if state else 0
-    if state:
-        for name in state.get("passed_over", ()):
-            log.warning("checkpoint %s is incomplete; resuming from the one before it", name)
-        model.load_weights(run_dir.weights_path(state))
-        _check_epoch_layout(state, steps, seen(steps), data.info.num_train, config.batch_size, run_dir)
-        _check_optimizer_restored(model, state, run_dir)
-        _restore_noise_scale(model, state)
-        where = f"epoch {start_epoch}" + (f", batch {start_batch} of epoch {start_epoch + 1}" if start_batch else "")
-        log.info("resumed from %s (%s)", state["weights"], where)
-    rows = [r for r in run_dir.read_history() if int(r["epoch"]) <= start_epoch]
-    monitor = None
-    if data.validation is not None:
-        every = max(1, steps // config.validations_per_epoch)
-        monitor = cb.ValidationMonitor(run_dir, data.validation, every, seen, data.info.num_train, steps, state)
-    recorder = cb.EpochRecorder(
-        run_dir,
-        rows,
-        seen,
-        data.info.num_train,
-        base_wall_seconds=state["wall_seconds"] if state else 0.0,
-        base_train_seconds=state["train_seconds"] if state else 0.0,
-        validation=monitor,
-        started_utc=(state or {}).get("started_utc") or utc_now(),
-        steps_per_epoch=steps,
-        checkpoint_every=config.checkpoint_every,
-        keep_checkpoints=config.keep_checkpoints,
-        resume=state,
-        stop_request=stop_request,
-    )
-    # The monitor first: the recorder's history row takes its epoch-end figures.
-    callbacks = [*([monitor] if monitor else []), recorder, cb.SkippedStepsMonitor(), *extra_callbacks]
-    if config.max_updates:
-        callbacks += [cb.StopAfterUpdates(config.max_updates), cb.UpdatesProgbar(config.max_updates)]
-    if tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=run_dir.logs, update_freq="epoch"))
-    else:
-        log.info("TensorFlow is not installed: no TensorBoard logs")
-
-    def fit(train, first_epoch, last_epoch, steps_per_epoch):
-        if first_epoch < last_epoch and not _reached(model, config.max_updates):
-            model.fit(
-                train,
-                epochs=last_epoch,
-                initial_epoch=first_epoch,
-                steps_per_epoch=steps_per_epoch,
-                validation_data=data.test,
-                validation_freq=config.eval_every,
-                callbacks=callbacks,
-                verbose=keras_verbosity(config.verbose),
-                shuffle=False,
-            )
-
-    if start_batch:  # the rest of the epoch the checkpoint is in, then the epochs after it
-        fit(data.train, start_epoch, start_epoch + 1, steps - start_batch)
-        if rest is not None and not recorder.stopped_in_epoch:
-            fit(rest.train, start_epoch + 1, config.epochs, steps)
-    else:
-        fit(data.train, start_epoch, config.epochs, steps)
-    return recorder, rows, model.evaluate(data.test, verbose=0, return_dict=True)
-
-
-def _reached(model, max_updates):
-    from sngm_keras.training.factory import inner_optimizer
-
-    return bool(max_updates) and int(inner_optimizer(model.optimizer).iterations.numpy()) >= max_updates
