@@ -167,7 +167,7 @@ def write_flagfile(run_id, config, output_dir):
 
 def train(run_id, config, output_dir):
     """Trains (or resumes) one run through apps.train, with its flagfile beside it."""
-    from sngm_keras.training.rundir import RunDir
+    from sngm_keras.training.rundir import RunDir, describe_position
 
     flagfile = write_flagfile(run_id, config, output_dir)
     print(f"\n== {run_id}", flush=True)
@@ -182,7 +182,7 @@ def train(run_id, config, output_dir):
     if returncode:
         state = RunDir(config.model_dir).load_state()
         resume = (
-            f"; rerunning the same command resumes it from epoch {state['epoch']}"
+            f"; rerunning the same command resumes it from {describe_position(state)}"
             if state
             else "; see its output above"
         )

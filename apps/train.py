@@ -233,13 +233,11 @@ def stopped_line(state, signum, model_dir, worker=None):
     name = signal.Signals(signum).name if signum > 0 else "a stop request"
     if worker is not None:
         name += f" to worker {worker}"
-    if state.get("batch"):
-        where = f"epoch {state['epoch'] + 1}, batch {state['batch']} of {state['steps_per_epoch']}"
-    else:
-        where = f"the end of epoch {state['epoch']}"
+    from sngm_keras.training.rundir import describe_position
+
     return (
-        f"{name}: checkpointed at update {state['updates']} ({where}) in {model_dir}; rerun the same command to "
-        "resume there"
+        f"{name}: checkpointed at update {state['updates']} ({describe_position(state)}) in {model_dir}; rerun the "
+        "same command to resume there"
     )
 
 

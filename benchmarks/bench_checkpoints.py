@@ -17,9 +17,12 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import tempfile
 import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags
 
@@ -129,6 +132,7 @@ def main():
             "checkpoint_bytes": size,
             "checkpoint_write_seconds": statistics.median(writes),
         }
+        shutil.rmtree(folder)
         results["runs"].append(row)
         print(
             f"B={batch_size}: {row['seconds_per_update']:.3f} s/update; a checkpoint every {n} update(s) trains at "

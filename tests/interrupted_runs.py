@@ -82,7 +82,7 @@ def records(model_dir):
 
 
 def assert_same_run(a, b):
-    for x, y in zip(a[0] + a[1], b[0] + b[1]):
+    for x, y in zip(a[0] + a[1], b[0] + b[1], strict=True):
         np.testing.assert_array_equal(x, y)
     assert a[2] == b[2] and a[3] == b[3]
 

@@ -277,14 +277,18 @@ def run_app(module, *args, env=None, wait=True):
 
 
 @pytest.mark.parametrize(
-    "name", ["bench_accumulation", "bench_app_batches", "bench_batch_shape", "bench_optimizer", "bench_train"]
+    "name, flag",
+    [
+        *((name, "repeats") for name in ("bench_accumulation", "bench_app_batches", "bench_batch_shape")),
+        *((name, "repeats") for name in ("bench_optimizer", "bench_train", "bench_checkpoints")),
+        ("bench_stop_agreement", "calls"),
+    ],
 )
-def test_a_benchmarks_flag_mistake_is_one_line_from_the_repository_root(name):
-    result = run_app(f"benchmarks.{name}", "--repeats=x")
+def test_a_benchmarks_flag_mistake_is_one_line_from_the_repository_root(name, flag):
+    result = run_app(f"benchmarks.{name}", f"--{flag}=x")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [
-        "error: flag --repeats=x: invalid literal for int() with base 10: 'x'"
-    ]
+    expected = f"error: flag --{flag}=x: invalid literal for int() with base 10: 'x'"
+    assert result.stderr.strip().splitlines() == [expected]
 
 
 @pytest.mark.parametrize("module", ["apps.train", "apps.tune", "apps.reproduce"])

@@ -64,8 +64,9 @@ def test_a_second_checkpoint_in_a_resumed_epoch_counts_its_time_once(monkeypatch
     recorder.on_train_begin()
     recorder.on_epoch_begin(0)
     clock[0] += 3.0
-    recorder.on_train_batch_end(0)
-    recorder.on_train_batch_end(1)  # update 6: checkpointed
+    for update in (5, 6):  # update 6: checkpointed
+        optimizer.iterations = update  # as the optimizer counts its updates
+        recorder.on_train_batch_end(update - 5)
     state = run_dir.state
     assert (state["epoch"], state["batch"], state["updates"]) == (0, 6, 6)
     assert state["train_seconds"] == pytest.approx(108.0) and state["wall_seconds"] == pytest.approx(109.0)

@@ -199,8 +199,9 @@ def test_sigterm_to_one_worker_stops_both_at_one_update_and_the_pair_resumes(tmp
     assert [code for code, _, _ in results] == [143, 143], results[0][2][-2000:] + results[1][2][-2000:]
     state = json.load(open(tmp_path / "run" / "worker0" / "checkpoints" / "state.json"))
     assert 5 <= state["updates"] < 15
-    where = f"update {state['updates']} (epoch {state['epoch'] + 1}, batch {state['batch']} of 5)"
-    if not state.get("batch"):
+    if state.get("batch"):
+        where = f"update {state['updates']} (epoch {state['epoch'] + 1}, batch {state['batch']} of 5)"
+    else:
         where = f"update {state['updates']} (the end of epoch {state['epoch']})"
     folder = tmp_path / "run" / "worker"
     lines = [err.strip().splitlines() for _, _, err in results]
@@ -213,7 +214,7 @@ def test_sigterm_to_one_worker_stops_both_at_one_update_and_the_pair_resumes(tmp
 
     results = finish(workers(tmp_path, "run", args))
     succeeded(results)
-    for a, b in zip(weights(tmp_path / "run" / "worker0"), weights(tmp_path / "whole" / "worker0")):
+    for a, b in zip(weights(tmp_path / "run" / "worker0"), weights(tmp_path / "whole" / "worker0"), strict=True):
         np.testing.assert_array_equal(a, b)
     only_the_chief_wrote(tmp_path / "run")
 

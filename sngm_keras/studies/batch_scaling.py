@@ -32,6 +32,7 @@ import os
 
 from sngm_keras import checks
 from sngm_keras.studies import lr_grid
+from sngm_keras.studies.folder import finished
 from sngm_keras.studies.lr_grid import learned
 from sngm_keras.training.config import TrainConfig
 from sngm_keras.training.errors import as_config_errors
@@ -225,11 +226,6 @@ class Study:
                 entry["fastest"] = min(reached, key=lambda r: r["steps_to_target"]) if reached else None
             table.append(entry)
         return table
-
-
-def finished(config):
-    """The summary of the finished run of `config`, or None."""
-    return RunDir(config.model_dir).finished_summary(config.max_updates)
 
 
 def select(configs, summaries):

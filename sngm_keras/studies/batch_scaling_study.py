@@ -6,8 +6,9 @@ import os
 
 from sngm_keras.model_names import MODEL_NAMES
 from sngm_keras.studies import batch_scaling_report, folder
-from sngm_keras.studies.batch_scaling import BATCH_SIZES, LR_FACTORS, MAX_EXTENSIONS, METHODS, TARGET, Study, finished
+from sngm_keras.studies.batch_scaling import BATCH_SIZES, LR_FACTORS, MAX_EXTENSIONS, METHODS, TARGET, Study
 from sngm_keras.studies.estimate import median_speed, run_cost, runs_left
+from sngm_keras.studies.folder import finished
 from sngm_keras.training.config import ConfigError
 
 # The two-convolution network's speed on a 2-core CPU (training images/s),

@@ -23,10 +23,15 @@ def _not_writable(output_dir, error):
     return ConfigError("output_dir", f"{output_dir} is not writable ({error.strerror or error})")
 
 
-def check_output(output_dir, study, epochs_scale, runs=()):
+def finished(config):
+    """The summary of the finished run of `config`, or None."""
+    return RunDir(config.model_dir).finished_summary(config.max_updates)
+
+
+def check_output(output_dir, study, epochs_scale):
     """Reads, never writes: raises ConfigError unless the table study may
     run in output_dir (a new or empty folder, or the same study at the same
-    scale), and each of `runs` may run in its folder (`RunDir.check`)."""
+    scale)."""
     path = _study_json(output_dir)
     wanted = {"study": study, "epochs_scale": epochs_scale}
     _check_folder(output_dir)
@@ -40,8 +45,6 @@ def check_output(output_dir, study, epochs_scale, runs=()):
             )
     else:
         _check_unclaimed(output_dir)
-    for run in runs:
-        RunDir(run.config.model_dir).check(run.config)
 
 
 def _check_unclaimed(output_dir):

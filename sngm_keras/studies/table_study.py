@@ -9,7 +9,6 @@ from sngm_keras.studies.report import counted
 from sngm_keras.studies.table_report import curve_groups, results_markdown
 from sngm_keras.studies.tables import extend_grids, is_finished, resolve_rates, swept_rows, training_order
 from sngm_keras.training.config import ConfigError
-from sngm_keras.training.rundir import RunDir
 
 
 class TableStudy:
@@ -34,7 +33,7 @@ class TableStudy:
         overrides = dict(overrides or {})
         if name in tables.VALIDATION_SIZE and "validation_size" not in overrides:
             overrides["validation_size"] = tables.VALIDATION_SIZE[name]
-        self.name, self.output_dir, self.overrides = name, output_dir, overrides
+        self.name, self.output_dir = name, output_dir
         self.epochs_scale, self.lr_grid = epochs_scale, lr_grid
         self.grid_rows, self.rows = grid_rows, rows
         self._planned = tables.plan(name, output_dir, epochs_scale, lr_grid, overrides, models, grid_rows, rows)
@@ -142,7 +141,7 @@ def _estimate(runs, images_per_second):
     costs the same at any rate)."""
     left, finished = {}, {}
     for planned in runs:
-        summary = RunDir(planned.config.model_dir).finished_summary(planned.config.max_updates)
+        summary = folder.finished(planned.config)
         (finished if summary else left).setdefault(planned.group, []).append(summary or planned.config)
     lines = []
     for model, configs in left.items():

@@ -9,6 +9,7 @@ import os
 
 from sngm_keras import checks
 from sngm_keras.studies import lr_grid
+from sngm_keras.studies.folder import finished
 from sngm_keras.training.config import ConfigError, TrainConfig
 from sngm_keras.training.errors import as_config_errors
 from sngm_keras.training.rundir import RunDir
@@ -185,7 +186,7 @@ def extend_grids(runs, max_extensions):
     for row in swept_rows(runs):
         factors, _ = lr_grid.extend(
             [r.lr_factor for r in row],
-            lambda factor, row=row: _finished_summary(_at_factor(row[0], factor)),
+            lambda factor, row=row: finished(_at_factor(row[0], factor).config),
             _choose,
             max_extensions,
         )
@@ -243,12 +244,8 @@ def resolve_rates(runs):
     return resolved
 
 
-def _finished_summary(run):
-    return RunDir(run.config.model_dir).finished_summary(run.config.max_updates)
-
-
 def is_finished(run):
-    return _finished_summary(run) is not None
+    return finished(run.config) is not None
 
 
 def collect(runs):
@@ -256,10 +253,9 @@ def collect(runs):
     the best `validation_score` (a tie: the run listed first)."""
     every = []
     for run in runs:
-        run_dir = RunDir(run.config.model_dir)
-        summary = run_dir.finished_summary(run.config.max_updates)
+        summary = finished(run.config)
         if summary is not None:
-            every.append({"run": run, "summary": summary, "history": run_dir.read_history()})
+            every.append({"run": run, "summary": summary, "history": RunDir(run.config.model_dir).read_history()})
     rows = {}
     for entry in every:
         rows.setdefault((entry["run"].group, entry["run"].row), []).append(entry)

@@ -127,8 +127,10 @@ class EpochRecorder(keras.callbacks.Callback):
         model = self.model
         # The totals resumed from already hold the time the epoch had before the resume.
         train_time, wall_time = self._train_time_so_far(now), now - self._epoch_start
+        # The optimizer's count, not the batches: a loss-scaled step that overflowed made no update.
+        updates = int(scalar_value(inner_optimizer(model.optimizer).iterations))
         state = {
-            **self._state(self._updates),
+            **self._state(updates),
             "epoch": self._epoch,
             "batch": self._batches,
             "wall_seconds": self.wall_seconds + wall_time,

@@ -8,7 +8,6 @@ checkpoint when it resumes.
 """
 
 import json
-import os
 
 from sngm_keras.training.errors import ConfigError
 
@@ -18,15 +17,20 @@ class Membership:
 
     def __init__(self, cluster, backend, strategy=None):
         self.cluster, self.backend, self.strategy = cluster, backend, strategy
-        self._tf_sum = None  # traced once: `sum_over_workers` may run after every update
+        self._tf_sum = None  # TensorFlow's all-reduce, traced once: `sum_over_workers` may run after every update
 
     def broadcast(self, arrays):
         """The chief's `arrays` (a list of numpy arrays) on every worker."""
+        import numpy as np
+
         if self.backend == "jax":
             from jax.experimental import multihost_utils
 
             return [_numpy(a) for a in multihost_utils.broadcast_one_to_all(list(arrays))]
-        return _tf_broadcast(self.strategy, self.cluster.is_chief, arrays)
+        # A sum in which the other workers give zeros, in float64 so that
+        # every float32 and every integer below 2**53 comes back exactly.
+        local = [np.asarray(a, np.float64) if self.cluster.is_chief else np.zeros(np.shape(a)) for a in arrays]
+        return [total.astype(np.asarray(a).dtype) for total, a in zip(self._tf_total(local), arrays)]
 
     def sum_over_workers(self, values):
         """The element-wise sum of every worker's `values` (a list of ints), on every worker."""
@@ -36,9 +40,12 @@ class Membership:
             from jax.experimental import multihost_utils
 
             return np.asarray(multihost_utils.process_allgather(np.asarray(values, np.int32))).sum(axis=0).tolist()
+        return self._tf_total([np.asarray(values, np.float64)])[0].astype(np.int64).tolist()
+
+    def _tf_total(self, arrays):
         if self._tf_sum is None:
             self._tf_sum = _tf_summer(self.strategy)
-        return self._tf_sum(np.asarray(values, np.float64)).astype(np.int64).tolist()
+        return self._tf_sum(arrays)
 
 
 def join(config, cluster, backend):
@@ -107,13 +114,14 @@ def agree(membership, run_dir, open_run):
 
 
 def _checkpoint_files(run_dir):
-    """The bytes of the chief's last checkpoint, (weights, state), or ()."""
-    if not os.path.exists(run_dir.state):
+    """The bytes of the checkpoint the chief resumes from (its newest
+    complete one, `RunDir.load_state`), (weights, state), or ()."""
+    state = run_dir.load_state()
+    if state is None:
         return ()
-    with open(run_dir.state, "rb") as f:
-        state = f.read()
-    with open(run_dir.weights_path(json.loads(state)), "rb") as f:
-        return f.read(), state
+    state = {k: v for k, v in state.items() if k != "passed_over"}
+    with open(run_dir.weights_path(state), "rb") as f:
+        return f.read(), json.dumps(state).encode()
 
 
 def _write_checkpoint(run_dir, weights, state):
@@ -145,44 +153,27 @@ def _numpy(value):
     return np.asarray(value)
 
 
-def _tf_broadcast(strategy, is_chief, arrays):
-    """The chief's arrays on every worker: one all-reduce (sum) in which the
-    other workers give zeros, in float64 so that every float32 and every
-    integer below 2**53 comes back exactly."""
-    import numpy as np
+def _tf_summer(strategy):
+    """A function: a list of float64 arrays -> each one's sum over the
+    workers (the first local replica's), as numpy arrays; one all-reduce."""
     import tensorflow as tf
 
-    dtypes = [np.asarray(a).dtype for a in arrays]
-    local = [tf.constant(np.asarray(a, np.float64) if is_chief else np.zeros(np.shape(a), np.float64)) for a in arrays]
-
     @tf.function
-    def reduce():
+    def reduce(arrays):
         def fn():
             context = tf.distribute.get_replica_context()
             # Only the first local replica contributes.
             first = tf.equal(context.replica_id_in_sync_group % _local_replicas(strategy), 0)
-            return context.all_reduce(tf.distribute.ReduceOp.SUM, [tf.where(first, t, tf.zeros_like(t)) for t in local])
+            masked = [tf.where(first, a, tf.zeros_like(a)) for a in arrays]
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, masked)
 
         return strategy.run(fn)
 
-    summed = reduce()
-    return [strategy.experimental_local_results(s)[0].numpy().astype(d) for s, d in zip(summed, dtypes)]
+    def total(arrays):
+        summed = reduce([tf.constant(a, tf.float64) for a in arrays])
+        return [strategy.experimental_local_results(s)[0].numpy() for s in summed]
 
-
-def _tf_summer(strategy):
-    """A function: a float64 vector -> its sum over the workers (the first local replica's)."""
-    import tensorflow as tf
-
-    @tf.function
-    def reduce(vector):
-        def fn():
-            context = tf.distribute.get_replica_context()
-            first = tf.equal(context.replica_id_in_sync_group % _local_replicas(strategy), 0)
-            return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.where(first, vector, tf.zeros_like(vector)))
-
-        return strategy.run(fn)
-
-    return lambda vector: strategy.experimental_local_results(reduce(tf.constant(vector)))[0].numpy()
+    return total
 
 
 def _local_replicas(strategy):

@@ -32,7 +32,7 @@ def _table2():
             base, **_LARGE, optimizer="lars", lr_schedule="poly", power=1.1, learning_rate=lars
         )
         # The pytorch-lars code the paper ran (every variable adapted); its rate is
-        # the one the study selects for the row above (`study.RATE_FROM`).
+        # the one the study selects for the row above (`tables.RATE_FROM`).
         presets[f"table2_{model}_lars_pytorch_b4096"] = dict(presets[f"table2_{model}_lars_b4096"], pytorch_lars=True)
         presets[f"table2_{model}_lars_warmup_b4096"] = dict(
             base,

@@ -83,6 +83,14 @@ def write_atomic(path, text):
     os.replace(tmp, path)
 
 
+def describe_position(state):
+    """Where a checkpoint's `state` stands, in words: "epoch 2, batch 61 of
+    351" within an epoch, "the end of epoch 1" at one."""
+    if state.get("batch"):
+        return f"epoch {state['epoch'] + 1}, batch {state['batch']} of {state['steps_per_epoch']}"
+    return f"the end of epoch {state['epoch']}"
+
+
 def differences(recorded, wanted, ignore=()):
     """The keys (sorted) whose values differ between two settings dicts."""
     return sorted(k for k in set(wanted) | set(recorded) if k not in ignore and wanted.get(k) != recorded.get(k))
