@@ -135,6 +135,8 @@ def main():
         print(f"run {state} on this worker; the results are in the chief's --model_dir")
         return
     print(finished_line(state, summary, config.model_dir))
+    if summary.get("batch_sizes_used"):
+        print(f"batches grown by the gradient noise scale: {summary['batch_sizes_used']}")
     for line in noise_scale_lines(summary, noise_scale_epochs(config.model_dir), config.batch_size):
         print(line)
 

@@ -25,6 +25,8 @@ Pure Python: the apps check their flags with it before Keras loads.
 
 import math
 
+from sngm_keras import checks
+
 GROWTH_MODES = ("none", "noise_scale")
 LR_SCALINGS = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
 
@@ -97,3 +99,34 @@ def describe_batch_sizes(epoch_batch_sizes, epochs_done=None):
         span = f"epoch {first + 1}" if first == last else f"epochs {first + 1}-{last + 1}"
         parts.append(f"{size} ({span})")
     return ", ".join(parts)
+
+
+def check_growth_settings(mode, batch_size, micro_batch_size, max_batch_size, factor, lr_scaling, noise_scale=True):
+    """Raises `checks.InvalidValue`, named after the flag at fault, unless
+    these settings can grow a batch: the noise scale measured, two or more
+    micro-batches of a given size an update, a maximum not below the start."""
+    checks.check_choice("batch_growth", mode, GROWTH_MODES)
+    checks.check_choice("lr_batch_scaling", lr_scaling, tuple(LR_SCALINGS))
+    checks.check_positive("batch_growth_factor", factor)
+    if max_batch_size is not None:
+        checks.check_positive_int("max_batch_size", max_batch_size)
+    if mode == "none":
+        return
+    if not noise_scale:
+        raise checks.InvalidValue(
+            "noise_scale", "off, but --batch_growth=noise_scale grows the batch by it; drop --nonoise_scale"
+        )
+    if micro_batch_size is None or batch_size < 2 * micro_batch_size:
+        raise checks.InvalidValue(
+            "micro_batch_size",
+            "must be given, at most --batch_size / 2: --batch_growth=noise_scale needs two or more micro-batches "
+            f"an update (the noise scale compares them), of a fixed size (here at most {batch_size // 2})",
+        )
+    if max_batch_size is not None and max_batch_size < batch_size:
+        raise checks.InvalidValue(
+            "max_batch_size", f"{max_batch_size} is below --batch_size={batch_size}, the first batch"
+        )
+    if max_batch_size is not None and max_batch_size % micro_batch_size:
+        raise checks.InvalidValue(
+            "max_batch_size", f"{max_batch_size} is not a multiple of --micro_batch_size={micro_batch_size}"
+        )

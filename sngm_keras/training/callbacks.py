@@ -46,7 +46,9 @@ class EpochRecorder(keras.callbacks.Callback):
     state: fit then starts at epoch `resume["epoch"]` (0-based) with the
     epoch's first `resume["batch"]` batches left out, and after the first
     update the sums are added back, so the epoch's figures are those of an
-    uninterrupted epoch. Training time excludes evaluation, so
+    uninterrupted epoch. `batch_size_of(epoch)` gives history.csv's
+    batch_size, `extra_state()` more of each checkpoint's state (a growing
+    batch's). Training time excludes evaluation, so
     `examples_per_second` is the training throughput. `started_utc`, when
     the run first started, is kept in the state so a resumed run reports it
     too."""
@@ -66,8 +68,14 @@ class EpochRecorder(keras.callbacks.Callback):
         keep_checkpoints=2,
         resume=None,
         stop_request=None,
+        batch_size_of=None,
+        examples_per_epoch=None,
+        extra_state=None,
     ):
         super().__init__()
+        self.batch_size_of = batch_size_of  # epoch -> its batch size (history.csv's batch_size)
+        self.examples_per_epoch = examples_per_epoch  # default: those of the updates of an epoch from the start
+        self.extra_state = extra_state  # () -> more of the checkpoint's state (a growing batch's)
         self.validation = validation  # a ValidationMonitor, whose time within epochs is not training
         self.run_dir = run_dir
         self.rows = rows
@@ -146,8 +154,9 @@ class EpochRecorder(keras.callbacks.Callback):
         state = {
             "updates": updates,
             "steps_per_epoch": self._steps,
-            "examples_per_epoch": self.examples_after(self._steps) if self._steps else None,
+            "examples_per_epoch": self.examples_per_epoch or (self._steps and self.examples_after(self._steps)) or None,
             "started_utc": self.started_utc,
+            **(self.extra_state() if self.extra_state is not None else {}),
         }
         tracker = getattr(self.model, "noise_scale_tracker", None)
         if tracker is not None:  # Keras saves no metric's state with the weights
@@ -175,6 +184,7 @@ class EpochRecorder(keras.callbacks.Callback):
             "updates": updates,
             "grad_per_n": round(self.examples_after(updates) / self.num_train, 6),
             "learning_rate": scalar_value(optimizer.learning_rate),
+            "batch_size": self.batch_size_of(epoch) if self.batch_size_of is not None else "",
             "train_loss": logs.get("loss"),
             "train_accuracy": logs.get("accuracy"),
             "test_loss": logs.get("val_loss", ""),

@@ -14,6 +14,7 @@ import json
 import numbers
 
 from sngm_keras import checks
+from sngm_keras.batch_growth import check_growth_settings
 from sngm_keras.training.config_checks import (
     DATASETS,
     TFDS_DATASETS,
@@ -133,6 +134,22 @@ class TrainConfig:
         "they stop at in any case.",
     )
     keep_checkpoints: int = _field(2, "How many checkpoints within epochs to keep, besides the last epoch's.")
+    # Batch growth (sngm_keras.batch_growth): --batch_size is the first batch.
+    batch_growth: str = _field(
+        "none",
+        "none, or noise_scale: at each epoch's end the next epoch's batch becomes --batch_growth_factor x the "
+        "measured gradient noise scale B_simple, rounded down to micro-batch x replicas x 2^k, within "
+        "[--batch_size, --max_batch_size], never smaller than the current one; every epoch trains on the same "
+        "examples, in micro-batches of --micro_batch_size.",
+    )
+    max_batch_size: int | None = _field(None, "The largest batch --batch_growth may reach (default: an epoch's).")
+    batch_growth_factor: float = _field(1.0, "--batch_growth's target batch is this factor x B_simple.")
+    lr_batch_scaling: str = _field(
+        "none",
+        "As --batch_growth grows B from B0: the rate times (B / B0)^k, k = 0 (none), 1/2 (sqrt) or 1 (linear). "
+        "The schedule counts in examples in any case. none: the batch-scaling study found each optimizer's best "
+        "rate nearly flat in B (fitted k -0.15 to 0.15).",
+    )
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -197,6 +214,9 @@ class TrainConfig:
             ignored["validations_per_epoch"] = "applies with --validation_size > 0 only"
         if self.checkpoint_every == 0:
             ignored["keep_checkpoints"] = "applies with --checkpoint_every > 0 only"
+        if self.batch_growth == "none":
+            for name in ("max_batch_size", "batch_growth_factor", "lr_batch_scaling"):
+                ignored[name] = "applies with --batch_growth=noise_scale only"
         if self.dataset not in TFDS_DATASETS:
             for name in ("data_dir", "download"):
                 ignored[name] = f"applies to the TFDS datasets ({', '.join(TFDS_DATASETS)}) only"
@@ -277,6 +297,8 @@ class TrainConfig:
             if self.dataset != "imagenet2012":
                 raise ConfigError("image_size", "applies to --dataset=imagenet2012 only")
         checks.check_int("seed", self.seed, 0, INT_LIMIT)
+        growth = ("batch_growth", "batch_size", "micro_batch_size", "max_batch_size", "batch_growth_factor")
+        check_growth_settings(*(getattr(self, n) for n in growth), self.lr_batch_scaling, self.noise_scale)
         described = _describe_cluster(self)
         if described is None or described.is_chief:
             check_model_dir(self.model_dir)  # a worker that is not the chief keeps no files

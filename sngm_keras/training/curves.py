@@ -80,8 +80,9 @@ def plot_noise_scale(rows, batch_size, path, title="Gradient noise scale"):
 
 def noise_scale_figure(rows, batch_size, title="Gradient noise scale"):
     """The gradient noise scale B_simple at the end of each epoch against
-    #grad/n, with the run's batch size for reference; None when the rows
-    hold no finite measurement."""
+    #grad/n, with the run's batch size for reference (a list: the batch of
+    each epoch, of a batch grown during the run); None when the rows hold
+    no finite measurement."""
     measured = [r for r in rows if r.get("gradient_noise_scale") not in (None, "")]
     finite = [r for r in measured if 0 < float(r["gradient_noise_scale"]) < float("inf")]
     if not finite:
@@ -95,9 +96,16 @@ def noise_scale_figure(rows, batch_size, title="Gradient noise scale"):
         markersize=3,
         label="B_simple (McCandlish et al. 2018)",
     )
-    ax.axhline(batch_size, color="gray", linestyle="--", label=f"batch size B = {batch_size}")
+    if isinstance(batch_size, list):  # epoch e trained at batch_size[e], from the end of epoch e - 1
+        ends = [float(r["grad_per_n"]) for r in rows[: len(batch_size)]]
+        label = f"batch size B, {batch_size[0]} to {batch_size[-1]}"
+        ax.step([0.0, *ends], [*batch_size, batch_size[-1]], where="post", color="gray", linestyle="--", label=label)
+        sizes = list(batch_size)
+    else:
+        ax.axhline(batch_size, color="gray", linestyle="--", label=f"batch size B = {batch_size}")
+        sizes = [batch_size]
     ax.set(xlabel=X_LABEL, ylabel="gradient noise scale", yscale="log", title=title)
-    ax.set_ylim(*log_limits(scales + [batch_size]))
+    ax.set_ylim(*log_limits(scales + sizes))
     ax.yaxis.set_major_locator(ticker.LogLocator(subs=log_tick_multiples(*ax.get_ylim())))
     ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}"))
     ax.yaxis.set_minor_formatter(ticker.NullFormatter())

@@ -22,8 +22,12 @@ def make_schedule(config, steps_per_epoch):
     )
 
 
-def make_optimizer(config, steps_per_epoch):
+def make_optimizer(config, steps_per_epoch, growth=None):
+    """The optimizer of `config`; with a `BatchGrowth`, its schedule counted
+    in examples (`steps_per_epoch` at the first batch)."""
     schedule = make_schedule(config, steps_per_epoch)
+    if growth is not None:
+        schedule = growth.schedule(schedule)
     common = dict(learning_rate=schedule, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.optimizer == "sngm":
         return SNGM(**common)
@@ -32,12 +36,12 @@ def make_optimizer(config, steps_per_epoch):
     return MSGD(**common)
 
 
-def compile_for_training(model, config, steps_per_epoch, jit_compile=False):
+def compile_for_training(model, config, steps_per_epoch, jit_compile=False, growth=None):
     """Compiles `model` with the configured optimizer, sparse cross-entropy on
     logits and accuracy, and builds the optimizer so a checkpoint can be
     loaded into it before the first step."""
     model.compile(
-        optimizer=make_optimizer(config, steps_per_epoch),
+        optimizer=make_optimizer(config, steps_per_epoch, growth),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         jit_compile=jit_compile,
@@ -46,28 +50,29 @@ def compile_for_training(model, config, steps_per_epoch, jit_compile=False):
     return model
 
 
-def build_training_model(config, info, steps_per_epoch, micro_batch_size, placement, preprocessing=None):
+def build_training_model(config, info, steps_per_epoch, micro_batch_size, placement, preprocessing=None, growth=None):
     """The network of `config` in a `MicroBatchModel`, compiled, on `placement`.
 
     With `preprocessing` (the PyDataset feed) it is a
     `PreprocessedMicroBatchModel` and the whole step is always jitted, JAX's
     way (--jit_compile is TensorFlow's choice). On TensorFlow XLA cannot
     compile the all-reduce under a strategy: there the micro-batch loop is
-    compiled alone, on one device the whole step."""
+    compiled alone, on one device the whole step. `growth`: a
+    `sngm_keras.batch_growth_fit.BatchGrowth`, whose schedule it compiles."""
     from sngm_keras.accumulation import MicroBatchModel, PreprocessedMicroBatchModel
     from sngm_keras.models import build_model
 
     if preprocessing is not None:
         net = build_model(config.model, info.num_classes, info.image_shape, seed=config.seed)
         model = PreprocessedMicroBatchModel(net, micro_batch_size, preprocessing, noise_scale=config.noise_scale)
-        return compile_for_training(model, config, steps_per_epoch, True)
+        return compile_for_training(model, config, steps_per_epoch, True, growth)
     jit_whole_step = config.jit_compile and placement.replicas == 1
     with placement.scope():
         net = build_model(config.model, info.num_classes, info.image_shape, seed=config.seed)
         model = MicroBatchModel(
             net, micro_batch_size, jit_compile=config.jit_compile and not jit_whole_step, noise_scale=config.noise_scale
         )
-        return compile_for_training(model, config, steps_per_epoch, jit_whole_step)
+        return compile_for_training(model, config, steps_per_epoch, jit_whole_step, growth)
 
 
 def inner_optimizer(optimizer):

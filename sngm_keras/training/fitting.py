@@ -62,12 +62,16 @@ def _restore_noise_scale(model, state):
             variable.assign(value)
 
 
-def fit_run(config, run_dir, state, start_epoch, model, datas, steps, seen, extra_callbacks, tensorboard, stop_request):
+def fit_run(
+    config, run_dir, state, start_epoch, model, datas, steps, seen, extra_callbacks, tensorboard, stop_request, growth
+):
     """Resumes from `state`, fits to the last epoch (or --max_updates) and
     evaluates; returns (the epoch recorder, the history rows, the test
     results). `datas`: the input from the checkpoint on, and, when it is
-    within an epoch, the input of the epochs after it (else None).
-    `seen(updates)`: the training examples those updates used."""
+    within an epoch, the input of the epochs after it (else None); with a
+    `growth` (`BatchGrowth`), in its place `(batch size, epoch) -> the input
+    from that epoch on`. `seen(updates)`: the training examples those
+    updates used."""
     import keras
 
     from sngm_keras.training import callbacks as cb
@@ -78,7 +82,11 @@ def fit_run(config, run_dir, state, start_epoch, model, datas, steps, seen, extr
         for name in state.get("passed_over", ()):
             log.warning("checkpoint %s is incomplete; resuming from the one before it", name)
         model.load_weights(run_dir.weights_path(state))
-        _check_epoch_layout(state, steps, seen(steps), data.info.num_train, config.batch_size, run_dir)
+        if growth is None:
+            _check_epoch_layout(state, steps, seen(steps), data.info.num_train, config.batch_size, run_dir)
+        else:  # its epochs' steps follow its batches: their examples must be the same
+            saved_steps = state.get("steps_per_epoch", steps)
+            _check_epoch_layout(state, saved_steps, growth.examples_per_epoch, 0, config.batch_size, run_dir)
         _check_optimizer_restored(model, state, run_dir)
         _restore_noise_scale(model, state)
         where = f"epoch {start_epoch}" + (f", batch {start_batch} of epoch {start_epoch + 1}" if start_batch else "")
@@ -102,6 +110,9 @@ def fit_run(config, run_dir, state, start_epoch, model, datas, steps, seen, extr
         keep_checkpoints=config.keep_checkpoints,
         resume=state,
         stop_request=stop_request,
+        batch_size_of=growth.batch_size_at if growth else lambda epoch: config.batch_size,
+        examples_per_epoch=growth.examples_per_epoch if growth else None,
+        extra_state=growth.state if growth else None,
     )
     # The monitor first: the recorder's history row takes its epoch-end figures.
     callbacks = [*([monitor] if monitor else []), recorder, cb.SkippedStepsMonitor(), *extra_callbacks]
@@ -126,13 +137,46 @@ def fit_run(config, run_dir, state, start_epoch, model, datas, steps, seen, extr
                 shuffle=False,
             )
 
-    if start_batch:  # the rest of the epoch the checkpoint is in, then the epochs after it
+    if growth is not None:
+        _fit_growing(config, model, data, rest, growth, start_epoch, start_batch, callbacks, recorder, monitor)
+    elif start_batch:  # the rest of the epoch the checkpoint is in, then the epochs after it
         fit(data.train, start_epoch, start_epoch + 1, steps - start_batch)
         if rest is not None and not recorder.stopped_in_epoch:
             fit(rest.train, start_epoch + 1, config.epochs, steps)
     else:
         fit(data.train, start_epoch, config.epochs, steps)
     return recorder, rows, model.evaluate(data.test, verbose=0, return_dict=True)
+
+
+def _fit_growing(config, model, data, make_data, growth, start_epoch, start_batch, callbacks, recorder, monitor):
+    """The fits of a growing batch (`batch_growth_fit.fit_with_batch_growth`):
+    one per stretch of epochs at one batch, the epoch's steps and the
+    validation's places within it set for each."""
+    from sngm_keras.batch_growth_fit import fit_with_batch_growth
+
+    def train_data(size, epoch, batch):
+        return data.train if (epoch, batch) == (start_epoch, start_batch) else make_data(size, epoch).train
+
+    def before_fit(size, steps):
+        recorder.steps_per_epoch = steps
+        if monitor is not None:
+            monitor.steps_per_epoch, monitor.every = steps, max(1, steps // config.validations_per_epoch)
+
+    fit_with_batch_growth(
+        model,
+        train_data,
+        growth,
+        config.epochs,
+        initial_epoch=start_epoch,
+        initial_batch=start_batch,
+        callbacks=callbacks,
+        before_fit=before_fit,
+        keep_going=lambda: not recorder.stopped_in_epoch and not _reached(model, config.max_updates),
+        validation_data=data.test,
+        validation_freq=config.eval_every,
+        verbose=keras_verbosity(config.verbose),
+        shuffle=False,
+    )
 
 
 def _reached(model, max_updates):

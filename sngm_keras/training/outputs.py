@@ -25,7 +25,8 @@ def write_outputs(config, run_dir, model, recorder, rows, results, replicas, mic
 
     if rows:
         plot_curves({curves_title(config): {_label(config): rows}}, run_dir.curves)
-        plot_noise_scale(rows, config.batch_size, run_dir.noise_scale_plot, title=noise_scale_title(config))
+        sizes = epoch_batch_sizes(rows) if config.batch_growth != "none" else None
+        plot_noise_scale(rows, sizes or config.batch_size, run_dir.noise_scale_plot, title=noise_scale_title(config))
     write_atomic(run_dir.summary, json.dumps(summary, indent=2))
     return summary
 
@@ -34,7 +35,7 @@ def curves_title(config):
     """curves.png's title: what was trained on what, with what (and the preset's name)."""
     lines = [
         f"{config.model} on {dataset_name(config)}",
-        f"{config.optimizer.upper()}, B = {config.batch_size}, learning rate {config.learning_rate:g}",
+        f"{config.optimizer.upper()}, B = {_batch_label(config)}, learning rate {config.learning_rate:g}",
     ]
     return "\n".join([config.preset] + lines if config.preset else lines)
 
@@ -49,7 +50,33 @@ def dataset_name(config):
 
 
 def _label(config):
-    return f"{config.optimizer.upper()}, B={config.batch_size}"
+    return f"{config.optimizer.upper()}, B={_batch_label(config)}"
+
+
+def _batch_label(config):
+    if config.batch_growth == "none":
+        return str(config.batch_size)
+    return f"{config.batch_size} grown by the noise scale"
+
+
+def epoch_batch_sizes(rows):
+    """The batch of each epoch in history rows ([] where they do not say)."""
+    sizes = [r.get("batch_size") for r in rows]
+    return [int(s) for s in sizes] if sizes and all(s not in (None, "") for s in sizes) else []
+
+
+def _growth_summary(config, rows):
+    """A growing batch's record: the batch and the rate of every epoch, and the batches in words."""
+    if config.batch_growth == "none":
+        return {}
+    from sngm_keras.batch_growth import describe_batch_sizes
+
+    sizes = epoch_batch_sizes(rows)
+    return {
+        "epoch_batch_sizes": sizes,
+        "epoch_learning_rates": [float(r["learning_rate"]) for r in rows],
+        "batch_sizes_used": describe_batch_sizes(sizes),
+    }
 
 
 # Significant digits of summary.json's measured floats: float32 holds about
@@ -162,6 +189,7 @@ def _summary(config, model, recorder, rows, results, replicas, micro, info):
         **_versions(),
         "flags": config.to_dict(),
         **_noise_scale_summary(rows),
+        **_growth_summary(config, rows),
     }
 
 

@@ -31,7 +31,7 @@ from typing import Any
 from sngm_keras import checks
 from sngm_keras.data import examples_after, examples_per_epoch, make_datasets, steps_per_epoch
 from sngm_keras.training import cluster as cluster_lib
-from sngm_keras.training import devices
+from sngm_keras.training import devices, growing
 from sngm_keras.training import membership as membership_lib
 from sngm_keras.training.config import ConfigError
 from sngm_keras.training.errors import as_config_errors
@@ -82,20 +82,30 @@ def train(config, extra_callbacks=(), stop_request=None):
             # built from the same micro-batch trains on the same examples.
             epoch_multiple = micro * placement.replicas
             sharded = membership is not None
-            data = _make_data(config, placement, start_epoch, epoch_multiple, sharded, start_batch)
+            # A growing batch (--batch_growth): the resumed epoch's.
+            batch_size = growing.batch_size_at(config, state, start_epoch)
+            data = _make_data(config, placement, start_epoch, epoch_multiple, sharded, start_batch, batch_size)
             steps = steps_per_epoch(data.info, config.batch_size, epoch_multiple)
             _check_checkpoint_every(config, steps)
+            epoch_size = examples_per_epoch(data.info.num_train, config.batch_size, epoch_multiple)
+            agree = (membership.sum_over_workers, cluster.is_chief) if membership is not None else None
+            growth = growing.make_growth(
+                config, state, start_epoch, micro, placement.replicas, backend, epoch_size, agree
+            )
             # Resumed within an epoch: its rest, then the epochs after it from their start.
             rest = None
-            if start_batch and start_epoch + 1 < config.epochs:
+            if start_batch and start_epoch + 1 < config.epochs and growth is None:
                 rest = _make_data(config, placement, start_epoch + 1, epoch_multiple, sharded)
-            epoch_size = examples_per_epoch(data.info.num_train, config.batch_size, epoch_multiple)
             seen = functools.partial(examples_after, batch_size=config.batch_size, examples_per_epoch=epoch_size)
+            if growth is not None:
+                seen = growth.examples_after
+                # Each stretch of epochs at one batch: the input at that batch, from its first epoch on.
+                rest = lambda size, epoch: _make_data(config, placement, epoch, epoch_multiple, sharded, 0, size)
 
             # Model and optimizer.
             from sngm_keras.training.factory import build_training_model
 
-            model = build_training_model(config, data.info, steps, micro, placement, data.preprocessing)
+            model = build_training_model(config, data.info, steps, micro, placement, data.preprocessing, growth)
 
             # Fit: the folder is claimed only now, when everything above has worked.
             started = time.perf_counter()
@@ -114,6 +124,7 @@ def train(config, extra_callbacks=(), stop_request=None):
                     extra_callbacks,
                     tensorboard=placement.tensorflow,
                     stop_request=stop_request,
+                    growth=growth,
                 )
             except StopRequested as stop:
                 stop.chief = cluster is None or cluster.is_chief
@@ -234,9 +245,10 @@ class _Data:
     validation: Any | None = None
 
 
-def _make_data(config, placement, start_epoch, epoch_multiple, sharded, start_batch=0):
-    """The input of the run on `placement` from batch `start_batch` of epoch
-    `start_epoch` (to the end of that epoch only when `start_batch` > 0):
+def _make_data(config, placement, start_epoch, epoch_multiple, sharded, start_batch=0, batch_size=None):
+    """The input of the run on `placement` in batches of `batch_size`
+    (default --batch_size) from batch `start_batch` of epoch `start_epoch`
+    (to the end of that epoch only when `start_batch` > 0):
     the tf.data feed on TensorFlow (`sharded`: every worker keeps its
     replicas' rows), the PyDataset feed on JAX."""
     feed = "tf.data" if placement.backend == "tensorflow" else "pydataset"
@@ -244,7 +256,7 @@ def _make_data(config, placement, start_epoch, epoch_multiple, sharded, start_ba
         config.dataset,
         data_dir=config.data_dir,
         download=config.download,
-        batch_size=config.batch_size,
+        batch_size=batch_size or config.batch_size,
         eval_batch_size=config.eval_batch_size,
         augment=config.augment,
         seed=config.seed,

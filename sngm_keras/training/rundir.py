@@ -32,6 +32,7 @@ HISTORY_FIELDS = (
     "updates",
     "grad_per_n",
     "learning_rate",
+    "batch_size",
     "train_loss",
     "train_accuracy",
     "test_loss",
