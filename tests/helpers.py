@@ -3,6 +3,7 @@ the distributed worker's subprocess, comparisons. Test modules import these
 from here, never from each other. No TensorFlow import: the JAX workers
 (`python -m tests.test_accumulation_jax`, the JAX scripts) import it too."""
 
+import json
 import os
 import socket
 import subprocess
@@ -67,3 +68,18 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_alone(backend, *args):
+    """`python -m tests.interrupted_runs ARGS` in a process of its own on `backend`; its JSON lines."""
+    env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu")
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.interrupted_runs", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from sngm_keras.training import ConfigError, TrainConfig, train
+from tests.helpers import run_alone
 from tests.interrupted_runs import CONFIG, KillAfter, Killed, assert_same_run, killed_and_resumed, records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,21 +102,6 @@ def test_sigterm_checkpoints_the_update_in_flight_and_the_rerun_ends_as_the_unin
     rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert_same_run(records(str(tmp_path / "run")), uninterrupted)
-
-
-def run_alone(backend, *args):
-    """`python -m tests.interrupted_runs ARGS` in a process of its own on `backend`; its JSON lines."""
-    env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu")
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.interrupted_runs", *map(str, args)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
 
 @pytest.mark.slow
