@@ -5,6 +5,7 @@ its table (results.md) and curves (curves.png).
     python -m apps.reproduce --study=table2 --data_dir=DIR --lr_grid=0.5,1,2
     python -m apps.reproduce --study=table2 --epochs_scale=0.05   # a quick look
     python -m apps.reproduce --study=batch_scaling --data_dir=DIR  # Shallue-style batch scaling
+    python -m apps.reproduce --study=batch_growth --data_dir=DIR   # fixed batches against one grown by the noise scale
 
 The studies are `sngm_keras.studies`'s; this app is their command line, and
 each run goes through `python -m apps.train` with a flagfile kept beside it.
@@ -25,7 +26,9 @@ from apps._cli import fail, run
 from apps._config_flags import define_config_flags
 from apps._study_runs import export, note_new
 from apps._study_runs import train as train_run
+from sngm_keras.studies import batch_growth as growth
 from sngm_keras.studies import batch_scaling as scaling
+from sngm_keras.studies.batch_growth_study import BatchGrowthStudy
 from sngm_keras.studies.batch_scaling_study import BatchScalingStudy
 from sngm_keras.studies.loop import train_runs
 from sngm_keras.studies.report import write_report
@@ -34,7 +37,7 @@ from sngm_keras.studies.tables import STUDIES
 from sngm_keras.training.config import ConfigError
 
 FLAGS = flags.FLAGS
-STUDY_NAMES = (*STUDIES, "batch_scaling")
+STUDY_NAMES = (*STUDIES, "batch_scaling", "batch_growth")
 flags.DEFINE_string("study", None, f"One of {', '.join(STUDY_NAMES)}.")
 flags.DEFINE_string("output_dir", None, "Where the runs, results.md and curves.png go (default runs/<study>).")
 flags.DEFINE_float("epochs_scale", 1.0, "Multiply every run's epochs (and decay / warm-up epochs) by this.")
@@ -76,10 +79,24 @@ flags.DEFINE_integer(
     "(default: 5000 for table2 and batch_scaling, none for the others).",
 )
 # batch_scaling
-flags.DEFINE_list("methods", list(scaling.METHODS), "batch_scaling: the optimizers compared.")
-flags.DEFINE_list("batch_sizes", [str(b) for b in scaling.BATCH_SIZES], "batch_scaling: the batch sizes B.")
-flags.DEFINE_integer("epochs", None, "batch_scaling: the epoch budget of every run (default 10).")
-flags.DEFINE_float("target_accuracy", scaling.TARGET, "batch_scaling: validation accuracy of steps-to-target.")
+flags.DEFINE_list(
+    "methods",
+    list(scaling.METHODS),
+    f"batch_scaling: the optimizers compared (batch_growth: {','.join(growth.METHODS)}).",
+)
+flags.DEFINE_list(
+    "batch_sizes",
+    [str(b) for b in scaling.BATCH_SIZES],
+    f"batch_scaling: the batch sizes B; batch_growth: the start and the maximum ({growth.START},{growth.MAXIMUM}).",
+)
+flags.DEFINE_integer(
+    "epochs", None, f"batch_scaling: the epoch budget of every run (default 10; batch_growth {growth.EPOCHS})."
+)
+flags.DEFINE_float(
+    "target_accuracy",
+    scaling.TARGET,
+    f"batch_scaling: validation accuracy of steps-to-target (batch_growth: {growth.TARGET}).",
+)
 flags.DEFINE_integer(
     "max_extensions",
     None,
@@ -161,7 +178,7 @@ def _batch_sizes():
 
 def _study(output_dir, grid, overrides):
     """The study the flags name, planned and its folder checked (ConfigError)."""
-    if FLAGS.study != "batch_scaling":
+    if FLAGS.study not in ("batch_scaling", "batch_growth"):
         return TableStudy(
             FLAGS.study,
             output_dir,
@@ -178,6 +195,17 @@ def _study(output_dir, grid, overrides):
             fail(f"--{name}: table studies only; batch_scaling takes --methods and --batch_sizes")
     if FLAGS.epochs is not None:
         overrides["epochs"] = FLAGS.epochs
+    if FLAGS.study == "batch_growth":
+        return BatchGrowthStudy(
+            output_dir,
+            methods=FLAGS.methods if FLAGS["methods"].present else growth.METHODS,
+            batch_sizes=_batch_sizes() if FLAGS["batch_sizes"].present else (growth.START, growth.MAXIMUM),
+            lr_factors=grid,
+            target=FLAGS.target_accuracy if FLAGS["target_accuracy"].present else growth.TARGET,
+            max_extensions=FLAGS.max_extensions,
+            models=FLAGS.models,
+            overrides=overrides,
+        )
     return BatchScalingStudy(
         output_dir,
         methods=FLAGS.methods,
