@@ -29,7 +29,7 @@ def test_the_plan_compares_fixed_batches_with_a_grown_one(tmp_path):
     out = reproduce("--dry_run", f"--output_dir={tmp_path / 'study'}", "--lr_grid=0.5,1,2")
     lines = out.splitlines()
     assert lines[0].startswith("study batch_growth (resnet20 on cifar10): 6 cells x 3 rates = 18 runs")
-    runs = [line.split()[0] for line in lines if "to run" in line]
+    runs = [line.split()[0] for line in lines if line.endswith(" to run")]
     assert runs[:3] == ["msgd_b128_lr0.05", "msgd_b128_lr0.1", "msgd_b128_lr0.2"]
     assert "sngm_b4096_lr1.6" in runs and "sngm_b128to4096_lr3.2" in runs and len(runs) == 18
     assert not os.path.exists(tmp_path / "study")  # a dry run writes nothing
@@ -59,5 +59,7 @@ def test_a_tiny_study_grows_its_batch_and_reports_it(tmp_path):
     assert summary["flags"]["batch_growth"] == "noise_scale" and summary["flags"]["max_batch_size"] == 512
     assert summary["epoch_batch_sizes"][0] == 128 and len(summary["epoch_batch_sizes"]) == 2
     results = (study / "results.md").read_text()
-    assert "| SNGM | 128 grown to <= 512 | 0.2 |" in results and "| SNGM | 512 | 0.2 |" in results
+    # One rate a cell: each chosen on its grid's edge.
+    assert "| SNGM | 128 grown to <= 512 | 0.2 (edge of grid) |" in results
+    assert "| SNGM | 512 | 0.2 (edge of grid) |" in results and "| sngm_b128to512_lr0.2 | yes |" in results
     assert (study / "batch_growth.png").exists()

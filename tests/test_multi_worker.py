@@ -236,6 +236,32 @@ def test_jax_two_processes_equal_one(tmp_path):
     assert max_diff(weights(chief), weights(tmp_path / "single")) < 1e-5
 
 
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_two_workers_grow_the_batch_alike_and_equal_one_process(tmp_path, backend):
+    """--batch_growth from B = 1000 to at most 2000 (a factor so large that
+    the first measure asks for the maximum): both workers train epoch 2 at
+    2000 (a worker at another batch would break the next all-reduce), to
+    the weights of one process."""
+    growth = ["--batch_growth=noise_scale", "--batch_growth_factor=10000", "--max_batch_size=2000", "--epochs=2"]
+    args = [*RUN, *growth, "--eval_batch_size=500"]
+    env = {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"} if backend == "jax" else None
+    # One process: micro-batches of 250 on TensorFlow (the noise scale's small batch on either), 500 on JAX.
+    single_micro = "--micro_batch_size=250" if backend == "tensorflow" else "--micro_batch_size=500"
+    single = start([*args, single_micro, f"--model_dir={tmp_path / 'single'}"], env=env)
+    workers = tf_workers if backend == "tensorflow" else jax_workers
+    results = finish(workers(tmp_path, "two", args))
+    succeeded(results)
+    assert finish([single])[0][0] == 0
+    assert "batches grown by the gradient noise scale: 1000 (epoch 1), 2000 (epoch 2)" in results[0][1]
+    chief = tmp_path / "two" / "worker0"
+    summary = json.load(open(chief / "summary.json"))
+    assert summary["epoch_batch_sizes"] == [1000, 2000] and summary["updates"] == 5 + 3
+    assert json.load(open(tmp_path / "single" / "summary.json"))["epoch_batch_sizes"] == [1000, 2000]
+    # 8 SNGM updates summed in another order: 9e-5 (TensorFlow) and 3e-4 (JAX) apart where measured;
+    # a rate or a batch that differed would move the weights by far more.
+    assert max_diff(weights(chief), weights(tmp_path / "single")) < 1e-3
+
+
 # -------------------------------------------------------- cluster descriptions
 
 
