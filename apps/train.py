@@ -92,7 +92,21 @@ flags.DEFINE_integer(
     _D.validations_per_epoch,
     "Evaluate the validation split this many times per epoch (validation.csv).",
 )
-flags.DEFINE_integer("image_size", None, "ImageNet image size (default 224).")
+flags.DEFINE_integer(
+    "image_size",
+    None,
+    "Side of the square images trained on: imagenet2012 (default 224) and image folders streamed from their files "
+    "(default: the images' own size when they all have one, else 224 for the ImageNet ResNets).",
+)
+flags.DEFINE_bool(
+    "stream",
+    _D.stream,
+    "--dataset=DIR: stream the images from their files with ImageNet's random-resized crops even when they have one "
+    "size and fit in memory (images of different sizes are always streamed).",
+)
+flags.DEFINE_bool(
+    "skip_bad_images", _D.skip_bad_images, "--dataset=DIR: leave out the files that do not decode instead of stopping."
+)
 flags.DEFINE_integer(
     "verbose",
     None,

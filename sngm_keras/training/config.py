@@ -12,11 +12,15 @@ import os
 import sys
 
 from sngm_keras import checks
+from sngm_keras.training.dataset_fields import (  # noqa: F401 - DATASETS, TFDS_DATASETS: the apps take them from here
+    DATASETS,
+    TFDS_DATASETS,
+    check_dataset_fields,
+    ignored_dataset_fields,
+)
 from sngm_keras.training.errors import ConfigError, as_config_errors
 from sngm_keras.training.presets import PRESETS
 
-DATASETS = ("sample", "cifar10", "cifar100", "imagenet2012")
-TFDS_DATASETS = DATASETS[1:]
 OPTIMIZERS = ("sngm", "msgd", "lars")
 SCHEDULES = ("poly", "step", "constant")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
@@ -46,6 +50,9 @@ MAX_CPU_DEVICES = 256
 # each costing well under 1% of the training time in between (see README's
 # Resume section for the measurement).
 DEFAULT_CHECKPOINT_EVERY = 100
+# Settings added after runs were named by their digest: left out of it at
+# these values, so that the runs before them keep their folders' names.
+ADDED_SETTINGS = {"stream": False, "skip_bad_images": False}
 
 
 @dataclasses.dataclass
@@ -83,6 +90,10 @@ class TrainConfig:
     validation_size: int = 0
     validations_per_epoch: int = 1
     image_size: int | None = None
+    # Image folders: stream them from their files even when they would fit in
+    # memory; leave out the files that do not decode instead of stopping.
+    stream: bool = False
+    skip_bad_images: bool = False
     verbose: int | None = None  # Keras' fit verbosity; None: 1 on a terminal, else 2
     # --strategy=multi_worker on JAX (see sngm_keras.training.cluster)
     coordinator_address: str | None = None
@@ -126,7 +137,8 @@ class TrainConfig:
 
     def settings_digest(self):
         """A short hash of `result_fields()`: equal for equal settings."""
-        text = json.dumps(self.result_fields(), sort_keys=True)
+        fields = {k: v for k, v in self.result_fields().items() if k not in ADDED_SETTINGS or ADDED_SETTINGS[k] != v}
+        text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:8]
 
     def ignored_fields(self):
@@ -145,16 +157,11 @@ class TrainConfig:
                 ignored[name] = f"applies to --lr_schedule=step only, not {schedule}"
         if self.optimizer != "lars":
             ignored["trust_coefficient"] = f"applies to --optimizer=lars only, not --optimizer={self.optimizer}"
-        if self.dataset != "imagenet2012":
-            ignored["image_size"] = "applies to --dataset=imagenet2012 only"
         if not self.validation_size:
             ignored["validations_per_epoch"] = "applies with --validation_size > 0 only"
         if self.checkpoint_every == 0:
             ignored["keep_checkpoints"] = "applies with --checkpoint_every > 0 only"
-        if self.dataset not in TFDS_DATASETS:
-            for name in ("data_dir", "download"):
-                ignored[name] = f"applies to the TFDS datasets ({', '.join(TFDS_DATASETS)}) only"
-        return ignored
+        return {**ignored, **ignored_dataset_fields(self)}
 
     @as_config_errors()
     def validate(self):
@@ -167,7 +174,7 @@ class TrainConfig:
                 setattr(self, field.name, value)
             if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
                 raise ConfigError(field.name, f"must be at most {INT_LIMIT}, got {value}")
-        _check_dataset(self.dataset, self.data_dir)
+        check_dataset_fields(self)
         from sngm_keras.model_names import MODEL_NAMES
 
         checks.check_choice("model", self.model, MODEL_NAMES)
@@ -218,10 +225,6 @@ class TrainConfig:
             raise ConfigError("validations_per_epoch", "needs a validation split: set --validation_size")
         if self.verbose is not None:
             checks.check_choice("verbose", self.verbose, VERBOSITY)
-        if self.image_size is not None:
-            checks.check_positive_int("image_size", self.image_size)
-            if self.dataset != "imagenet2012":
-                raise ConfigError("image_size", "applies to --dataset=imagenet2012 only")
         checks.check_int("seed", self.seed, 0, INT_LIMIT)
         if not _check_cluster(self):
             return self  # a worker that is not the chief keeps no files: model_dir is the chief's
@@ -271,27 +274,6 @@ def keras_verbosity(verbose):
     if verbose is not None:
         return verbose
     return 1 if sys.stdout.isatty() else 2
-
-
-def _check_dataset(dataset, data_dir):
-    if dataset in DATASETS:
-        if data_dir is not None and not os.path.isdir(os.path.expanduser(data_dir)):
-            raise ConfigError("data_dir", f"{data_dir} is not a folder")
-        return
-    path = os.path.expanduser(str(dataset))
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ConfigError("dataset", f"{dataset} is not a folder; give a folder holding train/ and test/")
-    if not os.path.isdir(path):
-        if os.sep in str(dataset) or str(dataset).startswith((".", "~")):
-            raise ConfigError("dataset", f"no folder {dataset} (it should hold train/ and test/ of class folders)")
-        raise ConfigError(
-            "dataset",
-            f"unknown {dataset!r}, and no folder of that name; choose one of {', '.join(DATASETS)} or a folder "
-            "holding train/ and test/",
-        )
-    for split in ("train", "test"):
-        if not os.path.isdir(os.path.join(path, split)):
-            raise ConfigError("dataset", f"folder {dataset} has no {split}/ sub-folder of class folders")
 
 
 def _check_model_dir(model_dir):
