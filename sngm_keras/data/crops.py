@@ -31,11 +31,16 @@ def crop_window(tf, shape, key):
     return tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
 
 
+def scale_and_offset(tf, mean, std):
+    """``(scale, offset)`` per channel: ``x * scale + offset = (x / 255 - mean) / std``."""
+    scale = tf.constant([1.0 / (255.0 * s) for s in std], tf.float32)
+    return scale, tf.constant([-m / s for m, s in zip(mean, std)], tf.float32)
+
+
 def normalizer(tf, mean, std, image_size):
     """float32 image of any size -> ``image_size`` square, bilinear, then
     ``(x / 255 - mean) / std`` per channel."""
-    scale = tf.constant([1.0 / (255.0 * s) for s in std], tf.float32)
-    offset = tf.constant([-m / s for m, s in zip(mean, std)], tf.float32)
+    scale, offset = scale_and_offset(tf, mean, std)
     size = tf.constant([image_size, image_size])
 
     def normalize(image, resize=True):
