@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from sngm_keras import data
 from sngm_keras.data import DataError, constants, crops, make_datasets, progress
 from sngm_keras.data.folder_listing import list_folder
 from sngm_keras.training import ConfigError, TrainConfig
@@ -239,3 +240,30 @@ def test_the_config_takes_image_size_and_stream_for_folders(tmp_path):
     assert (
         TrainConfig(dataset="sample").settings_digest() != TrainConfig(dataset="sample", stream=True).settings_digest()
     )
+
+
+def test_the_resized_folder_tool_keeps_splits_and_classes_at_random_sizes(tmp_path):
+    from tools.make_resized_folder import write_resized
+
+    images = np.random.default_rng(1).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    images[0] = (10, 200, 90)
+    arrays = data.ArraySplits(
+        x_train=images[:8],
+        y_train=np.array([0, 1] * 4, np.int32),
+        x_test=images[8:],
+        y_test=np.array([1, 0], np.int32),
+        num_classes=2,
+        class_names=("ant", "bee"),
+        image_shape=(32, 32, 3),
+    )
+    sizes = write_resized(arrays, tmp_path / "mixed", 32, 96, seed=2)
+    listing = list_folder(tmp_path / "mixed", "mixed")
+    assert listing.class_names == ("ant", "bee") and (len(listing.train), len(listing.test)) == (8, 2)
+    assert sorted(listing.train.labels) == [0] * 4 + [1] * 4 and set(listing.train.formats) == {"JPEG"}
+    sides = np.concatenate([listing.train.sizes, listing.test.sizes])
+    assert sides.min() >= 32 and sides.max() <= 96 and len({tuple(s) for s in sides}) > 5
+    assert sorted((w, h) for h, w in listing.train.sizes) == sorted(sizes["train"])
+    first = Image.open(tmp_path / "mixed" / "train" / "ant" / "00000.jpg")
+    assert first.size == sizes["train"][0]
+    # Resized, not replaced: the first image's colour survives the resize (and JPEG).
+    np.testing.assert_allclose(np.asarray(first.convert("RGB")).mean((0, 1)), (10, 200, 90), atol=4)

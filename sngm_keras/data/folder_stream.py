@@ -173,9 +173,15 @@ def streamed_datasets(
         ds = tf.data.Dataset.range(first, end).flat_map(lambda epoch: epoch_rows(epoch, skip))
         ds = ds.map(train_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if not last:  # whole batches keep a static batch dimension
-            return ds.batch(batch_size // parts, drop_remainder=True).map(finish)
+            return ds.batch(batch_size // parts, drop_remainder=True).map(
+                finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+            )
         sizes = [batch_size // parts] * (whole_batches - skip) * replica_batches + [last // parts] * replica_batches
-        return ds.batch(math.gcd(batch_size, last) // parts).rebatch(sizes).map(finish)
+        return (
+            ds.batch(math.gcd(batch_size, last) // parts)
+            .rebatch(sizes)
+            .map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        )
 
     train_ds = epochs(start_epoch, start_epoch + 1, start_batch) if start_batch else None
     rest = epochs(start_epoch + bool(start_batch), num_epochs, 0)
