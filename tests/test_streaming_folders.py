@@ -2,6 +2,12 @@
 images of any sizes and modes, ImageNet's crops, the same batches across a
 resume and across replicas, and the messy files of real folders."""
 
+import json
+import os
+import subprocess
+import sys
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,6 +18,7 @@ from sngm_keras.data import DataError, constants, crops, make_datasets, progress
 from sngm_keras.data.folder_listing import list_folder
 from sngm_keras.training import ConfigError, TrainConfig
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLOR = (200, 100, 50)
 GRAY = round(0.299 * 200 + 0.587 * 100 + 0.114 * 50)  # Pillow's (ITU-R 601-2) luma of COLOR
 
@@ -267,3 +274,71 @@ def test_the_resized_folder_tool_keeps_splits_and_classes_at_random_sizes(tmp_pa
     assert first.size == sizes["train"][0]
     # Resized, not replaced: the first image's colour survives the resize (and JPEG).
     np.testing.assert_allclose(np.asarray(first.convert("RGB")).mean((0, 1)), (10, 200, 90), atol=4)
+
+
+def _app(*args):
+    command = [sys.executable, "-m", "apps.train", *args]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _small_run(root, model_dir, *extra):
+    return _app(
+        f"--dataset={root}",
+        "--model=twoconv",
+        "--batch_size=8",
+        "--micro_batch_size=4",
+        "--eval_batch_size=4",
+        "--epochs=1",
+        "--verbose=0",
+        f"--model_dir={model_dir}",
+        *extra,
+    )
+
+
+def test_the_app_trains_on_a_folder_of_mixed_sizes(tmp_path):
+    root = make_folder(tmp_path / "images", per_class=8)
+    refused = _small_run(root, tmp_path / "refused")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert (
+        refused.stderr.strip().splitlines()[-1].startswith(f"error: images in {root}/train have different sizes (")
+    ), refused.stderr[-2000:]
+    assert not (tmp_path / "refused").exists()
+    result = _small_run(root, tmp_path / "run", "--image_size=16")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"listing {root}: 20 images in 2 classes" in result.stdout
+    summary = json.load(open(tmp_path / "run" / "summary.json"))
+    assert summary["updates"] == 2 and summary["num_train"] == 16 and summary["num_test"] == 4
+    net = keras.models.load_model(tmp_path / "run" / "final.keras")
+    assert net.input_shape == (None, 16, 16, 3)
+
+
+@pytest.mark.slow
+def test_two_replicas_train_as_one_device_on_a_streamed_folder(tmp_path):
+    root = make_folder(tmp_path / "images", per_class=8)
+    runs = {
+        "one": _small_run(root, tmp_path / "one", "--image_size=16", "--strategy=one_device"),
+        "two": _small_run(root, tmp_path / "two", "--image_size=16", "--strategy=mirrored", "--num_cpu_devices=2"),
+    }
+    for name, result in runs.items():
+        assert result.returncode == 0, (name, result.stderr[-3000:])
+    summaries = {name: json.load(open(tmp_path / name / "summary.json")) for name in runs}
+    assert summaries["two"]["replicas"] == 2 and summaries["one"]["replicas"] == 1
+    weights = {name: keras.models.load_model(tmp_path / name / "final.keras").get_weights() for name in runs}
+    for one, two in zip(weights["one"], weights["two"]):
+        np.testing.assert_allclose(one, two, rtol=1e-4, atol=1e-5)  # the same batches, split over two replicas
+    assert summaries["one"]["test_accuracy"] == pytest.approx(summaries["two"]["test_accuracy"])
+
+
+@pytest.mark.slow
+def test_jax_trains_from_the_same_streamed_pipeline(tmp_path):
+    root = make_folder(tmp_path / "images", per_class=8)
+    command = [sys.executable, "-m", "apps.train", f"--dataset={root}", "--model=twoconv", "--image_size=16"]
+    command += ["--batch_size=8", "--micro_batch_size=4", "--eval_batch_size=4", "--epochs=1", "--verbose=0"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, KERAS_BACKEND="jax")
+    result = subprocess.run(
+        [*command, f"--model_dir={tmp_path / 'run'}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.load(open(tmp_path / "run" / "summary.json"))
+    assert summary["updates"] == 2 and summary["num_train"] == 16 and "jax" in json.dumps(summary).lower()

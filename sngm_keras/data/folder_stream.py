@@ -246,4 +246,11 @@ def streamed_folder(source, *, stream, skip_bad_images, default_image_size, imag
             "supported for folders read into memory only (images of one size)"
         )
     listing, image_size = plan
+    try:
+        import_tf()
+    except ImportError:
+        raise DataError(
+            f"{source.name} is streamed from its files (its images differ in size, or streaming was asked for), "
+            "which needs TensorFlow's tf.data: pip install tensorflow-cpu (a folder of images of one size needs none)"
+        ) from None
     return streamed_datasets(listing, image_size=image_size, **args)
