@@ -20,7 +20,9 @@ import time
 
 from absl import flags
 
+from apps import _config_flags
 from apps._cli import fail, run
+from apps._config_flags import define_config_flags
 from apps._study_runs import export, note_new
 from apps._study_runs import train as train_run
 from sngm_keras.studies import batch_scaling as scaling
@@ -37,18 +39,10 @@ flags.DEFINE_string("study", None, f"One of {', '.join(STUDY_NAMES)}.")
 flags.DEFINE_string("output_dir", None, "Where the runs, results.md and curves.png go (default runs/<study>).")
 flags.DEFINE_float("epochs_scale", 1.0, "Multiply every run's epochs (and decay / warm-up epochs) by this.")
 flags.DEFINE_list("lr_grid", None, "Factors of each row's initial learning rate to sweep; best reported.")
-flags.DEFINE_string("data_dir", None, "TFDS data_dir passed to every run.")
-flags.DEFINE_bool("download", False, "Let TFDS download the dataset.")
-flags.DEFINE_string("dataset", None, "Override the study's dataset (e.g. a folder).")
-flags.DEFINE_integer("max_updates", None, "Stop every run after this many updates (smoke tests).")
-flags.DEFINE_string("strategy", None, "Passed to every run.")
-flags.DEFINE_integer("num_cpu_devices", None, "Passed to every run.")
-flags.DEFINE_bool("jit_compile", None, "Passed to every run.")
-flags.DEFINE_integer(
-    "verbose",
-    None,
-    "Keras progress of every run: 0 silent, 1 a progress bar, 2 a line per epoch (default: 1 on a terminal, else 2).",
-)
+# Settings given to every run of the study, declared from TrainConfig's fields.
+PASSED = ("data_dir", "download", "dataset", "max_updates", "strategy", "num_cpu_devices", "jit_compile", "verbose")
+define_config_flags(PASSED, defaults=dict.fromkeys(PASSED), help_suffix=" Given to every run (default: the study's).")
+flags.adopt_module_key_flags(_config_flags)  # listed by --help as this app's own
 flags.DEFINE_bool("dry_run", False, "Print the plan (and for batch_scaling a time estimate) and stop.")
 flags.DEFINE_bool("report_only", False, "Write results.md and the figure from the runs finished so far; train nothing.")
 flags.DEFINE_bool(
@@ -99,8 +93,6 @@ flags.DEFINE_float(
     "--dry_run: training speed assumed for the time estimate (default: the median of the finished runs of "
     "the same model; batch_scaling on the two-conv network assumes 2000 before any).",
 )
-
-PASSED = ("data_dir", "download", "dataset", "max_updates", "strategy", "num_cpu_devices", "jit_compile", "verbose")
 
 
 # How errors about a run's settings name this app's flags.

@@ -20,135 +20,38 @@ import sys
 
 from absl import flags
 
+from apps import _config_flags
 from apps._cli import fail, run, show_reading, stopping_on_signals
+from apps._config_flags import define_config_flags, given_config_values
 from apps._startup import finish_library_imports
-from sngm_keras.training.config import DATASETS, DEFAULT_CHECKPOINT_EVERY, TrainConfig
+from sngm_keras.training.config import TrainConfig, help_of
 from sngm_keras.training.presets import PRESETS, model_defaults
 
 FLAGS = flags.FLAGS
-_D = TrainConfig()
+FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset"]
 
 flags.DEFINE_string("preset", None, f"A named configuration: {', '.join(PRESETS)}.")
-flags.DEFINE_string(
-    "dataset", _D.dataset, f"{', '.join(DATASETS)}, or a folder with train/ and test/ of class folders."
+define_config_flags(
+    FIELDS,
+    defaults={"model_dir": None},  # the settings' folder, `default_model_dir`
+    helps={
+        "model": help_of("model")
+        + " Without --preset a ResNet brings the paper's recipe for --optimizer as its defaults (CIFAR ResNets "
+        "Table 2's: cifar10, 160 epochs, B=4096 as 32x128 for sngm and lars, B=128 for msgd, weight decay 1e-4, "
+        "the paper's rate and schedule; ImageNet ResNets Table 3's), in place of the defaults shown here, which "
+        "are twoconv's (the demo's); explicit flags override either.",
+        "model_dir": help_of("model_dir")
+        + " Default: runs/<preset> for a preset as it is, else runs/<preset or model_optimizer_bB>-<hash of the "
+        "settings>.",
+    },
 )
-flags.DEFINE_string("data_dir", None, "TFDS data_dir (prepared or download target).")
-flags.DEFINE_bool("download", _D.download, "Let TFDS download the dataset.")
-flags.DEFINE_string(
-    "model",
-    _D.model,
-    "resnet20/32/44/56/110, resnet18/34/50, or twoconv. Without --preset a ResNet brings the paper's recipe for "
-    "--optimizer as its defaults (CIFAR ResNets Table 2's: cifar10, 160 epochs, B=4096 as 32x128 for sngm and "
-    "lars, B=128 for msgd, weight decay 1e-4, the paper's rate and schedule; ImageNet ResNets Table 3's), in "
-    "place of the defaults shown here, which are twoconv's (the demo's); explicit flags override either.",
-)
-flags.DEFINE_string("optimizer", _D.optimizer, "sngm, msgd or lars.")
-flags.DEFINE_integer("batch_size", _D.batch_size, "Effective batch size B (examples per parameter update).")
-flags.DEFINE_integer(
-    "micro_batch_size", None, "Examples per forward/backward pass and replica (default: B / replicas)."
-)
-flags.DEFINE_float("learning_rate", _D.learning_rate, "Initial learning rate.")
-flags.DEFINE_float("momentum", _D.momentum, "Momentum beta in [0, 1).")
-flags.DEFINE_float("weight_decay", _D.weight_decay, "L2 weight decay added to the gradient.")
-flags.DEFINE_float("trust_coefficient", _D.trust_coefficient, "LARS trust coefficient eta.")
-flags.DEFINE_bool(
-    "pytorch_lars",
-    _D.pytorch_lars,
-    "LARS as the pytorch-lars code: every variable adapted and "
-    "decayed, zero-norm variables frozen (default: biases and BatchNorm excluded).",
-)
-flags.DEFINE_string("lr_schedule", _D.lr_schedule, "poly, step or constant.")
-flags.DEFINE_float("power", _D.power, "Power of the poly schedule.")
-flags.DEFINE_list("decay_epochs", list(map(str, _D.decay_epochs)), "Epochs where --lr_schedule=step divides the rate.")
-flags.DEFINE_float("decay_factor", _D.decay_factor, "What --lr_schedule=step divides the rate by.")
-flags.DEFINE_integer("warmup_epochs", _D.warmup_epochs, "Linear warm-up epochs (poly schedule).")
-flags.DEFINE_float("warmup_learning_rate", _D.warmup_learning_rate, "Learning rate the warm-up starts from.")
-flags.DEFINE_integer("epochs", _D.epochs, "Epochs to train.")
-flags.DEFINE_integer("max_updates", None, "Stop after this many parameter updates.")
-flags.DEFINE_string("strategy", _D.strategy, "auto, one_device, mirrored or multi_worker.")
-flags.DEFINE_integer("num_cpu_devices", _D.num_cpu_devices, "Split the CPU into N logical devices (for mirrored).")
-flags.DEFINE_string(
-    "model_dir",
-    None,
-    "Where checkpoints and results go (default: runs/<preset> for a preset as "
-    "it is, else runs/<preset or model_optimizer_bB>-<hash of the settings>).",
-)
-flags.DEFINE_integer("seed", _D.seed, "Seed of initialization, data order and augmentation.")
-flags.DEFINE_bool("augment", _D.augment, "Training augmentation.")
-flags.DEFINE_bool("deterministic", _D.deterministic, "Deterministic TensorFlow ops (bit-identical resumes).")
-flags.DEFINE_bool(
-    "jit_compile", _D.jit_compile, "XLA: the whole step on one device, the micro-batch loop under a strategy."
-)
-flags.DEFINE_string("dtype_policy", _D.dtype_policy, "float32, mixed_float16 or mixed_bfloat16.")
-flags.DEFINE_integer("eval_every", _D.eval_every, "Evaluate on the test split every N epochs.")
-flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size, "Batch size of evaluation.")
-flags.DEFINE_integer(
-    "validation_size",
-    _D.validation_size,
-    "Hold this many training images out (a fixed random subset) as a validation split.",
-)
-flags.DEFINE_integer(
-    "validations_per_epoch",
-    _D.validations_per_epoch,
-    "Evaluate the validation split this many times per epoch (validation.csv).",
-)
-flags.DEFINE_integer(
-    "image_size",
-    None,
-    "Side of the square images trained on: imagenet2012 (default 224) and image folders streamed from their files "
-    "(default: the images' own size when they all have one, else 224 for the ImageNet ResNets).",
-)
-flags.DEFINE_bool(
-    "stream",
-    _D.stream,
-    "--dataset=DIR: stream the images from their files with ImageNet's random-resized crops even when they have one "
-    "size and fit in memory (images of different sizes are always streamed).",
-)
-flags.DEFINE_bool(
-    "skip_bad_images", _D.skip_bad_images, "--dataset=DIR: leave out the files that do not decode instead of stopping."
-)
-flags.DEFINE_integer(
-    "verbose",
-    None,
-    "Keras progress: 0 silent, 1 a progress bar, 2 a line per epoch "
-    "(default: 1 on a terminal, 2 when the output goes to a file or pipe).",
-)
-flags.DEFINE_string(
-    "coordinator_address",
-    None,
-    "--strategy=multi_worker on JAX: process 0's host:port (else KERAS_DISTRIBUTION_JOB_ADDRESSES).",
-)
-flags.DEFINE_integer(
-    "num_processes",
-    None,
-    "--strategy=multi_worker on JAX: the number of processes (else KERAS_DISTRIBUTION_NUM_PROCESSES).",
-)
-flags.DEFINE_integer(
-    "process_id",
-    None,
-    "--strategy=multi_worker on JAX: this process's id, 0 the chief (else KERAS_DISTRIBUTION_PROCESS_ID).",
-)
+flags.adopt_module_key_flags(_config_flags)  # listed by --help as this app's own
 flags.DEFINE_bool(
     "model_defaults",
     True,
     "Without --preset, let a ResNet bring the paper's recipe as its defaults (see --model); "
     "--nomodel_defaults keeps the defaults shown here.",
 )
-flags.DEFINE_integer(
-    "checkpoint_every",
-    _D.checkpoint_every,
-    "Also checkpoint every N updates within epochs, to resume there exactly (0: at epoch ends only; default: "
-    f"every {DEFAULT_CHECKPOINT_EVERY} where the run is that long). SIGTERM and Ctrl-C checkpoint the update they "
-    "stop at in any case.",
-)
-flags.DEFINE_integer(
-    "keep_checkpoints", _D.keep_checkpoints, "How many checkpoints within epochs to keep, besides the last epoch's."
-)
-flags.DEFINE_bool(
-    "noise_scale", _D.noise_scale, "Measure the gradient noise scale B_simple (needs 2+ micro-batches a step)."
-)
-
-FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset"]
 
 
 def default_model_dir(config):
@@ -165,13 +68,8 @@ def default_model_dir(config):
 def config_from_flags():
     """The validated configuration of the flags; refuses flags the
     configuration would ignore."""
-    present = [name for name in FIELDS if FLAGS[name].present]
-    overrides = {name: FLAGS[name].value for name in present}
-    if "decay_epochs" in overrides:
-        try:
-            overrides["decay_epochs"] = tuple(int(e) for e in overrides["decay_epochs"])
-        except ValueError:
-            fail(f"--decay_epochs: not a list of integers: {','.join(FLAGS.decay_epochs)}")
+    overrides = given_config_values(FIELDS)
+    present = list(overrides)
     if FLAGS.preset is None and FLAGS.model_defaults:
         defaults = model_defaults(FLAGS.model, FLAGS.optimizer)
         if defaults and "learning_rate" not in defaults and "learning_rate" not in overrides:
@@ -179,7 +77,7 @@ def config_from_flags():
         overrides = {**defaults, **overrides}
     config = TrainConfig.from_preset(FLAGS.preset, **overrides)
     if "model_dir" not in overrides:
-        config.model_dir = default_model_dir(config)
+        config = dataclasses.replace(config, model_dir=default_model_dir(config))
     config.validate()
     ignored = config.ignored_fields()
     for name in present:

@@ -27,12 +27,14 @@ import sys
 
 from absl import flags
 
+from apps import _config_flags
 from apps._cli import fail, run, show_reading
+from apps._config_flags import define_config_flags
 from apps._startup import finish_library_imports
-from sngm_keras.training.config import DATASETS, INT_LIMIT, TrainConfig, keras_verbosity  # noqa: E402
+from sngm_keras.training.config import INT_LIMIT, TrainConfig, help_of
+from sngm_keras.training.config_checks import keras_verbosity
 
 FLAGS = flags.FLAGS
-_D = TrainConfig()
 
 flags.DEFINE_string("tuner", "random", "random, bayesian or hyperband.")
 flags.DEFINE_integer("max_trials", 10, "Trials of the whole search (a resumed search counts those done).")
@@ -48,22 +50,21 @@ flags.DEFINE_list("momentum_choices", ["0.9", "0.95", "0.99"], "Momentum values 
 flags.DEFINE_list("power_range", ["1", "2"], "MIN,MAX of the poly schedule's power (uniform).")
 flags.DEFINE_list("wd_range", ["1e-5", "1e-3"], "MIN,MAX of the weight decay (log-uniform).")
 flags.DEFINE_list("batch_sizes", None, "Batch sizes to choose from (default 500 for the sample, else 4096).")
-flags.DEFINE_string(
-    "dataset", _D.dataset, f"{', '.join(d for d in DATASETS if d != 'imagenet2012')}, or a folder of train/, test/."
-)
-flags.DEFINE_string("data_dir", None, "TFDS data_dir (prepared or download target).")
-flags.DEFINE_bool("download", _D.download, "Let TFDS download the dataset.")
-flags.DEFINE_string("model", _D.model, "resnet20/32/44/56/110, resnet18/34/50, or twoconv.")
-flags.DEFINE_string("optimizer", _D.optimizer, "sngm, msgd or lars.")
-flags.DEFINE_integer("micro_batch_size", None, "Examples per forward/backward pass (default: the whole batch).")
-flags.DEFINE_float("trust_coefficient", _D.trust_coefficient, "LARS trust coefficient eta.")
-flags.DEFINE_integer("seed", _D.seed, "Seed of initialization, data order, augmentation, held-out split and search.")
-flags.DEFINE_bool("augment", _D.augment, "Training augmentation.")
-flags.DEFINE_integer(
+# The settings of every trial's training run, declared from TrainConfig's fields.
+TRIAL_FLAGS = (
+    "dataset",
+    "data_dir",
+    "download",
+    "model",
+    "optimizer",
+    "micro_batch_size",
+    "trust_coefficient",
+    "seed",
+    "augment",
     "verbose",
-    None,
-    "0 silent, 1 Keras Tuner's and Keras' progress, 2 a line per epoch (default: 1 on a terminal, else 2).",
 )
+define_config_flags(TRIAL_FLAGS, helps={"seed": help_of("seed") + " Also of the held-out split and of the search."})
+flags.adopt_module_key_flags(_config_flags)  # listed by --help as this app's own
 
 # ConfigError fields of the base TrainConfig that are other flags here.
 _RENAMED = {"epochs": "epochs_per_trial", "model_dir": "directory", "batch_size": "batch_sizes"}

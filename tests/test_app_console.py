@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from sngm_keras.training.config import ConfigError, TrainConfig, keras_backend
+from sngm_keras.training.config import ConfigError, TrainConfig
+from sngm_keras.training.config_checks import keras_backend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -100,7 +101,7 @@ def test_keras_backend_is_read_as_keras_reads_it(tmp_path):
     keras.json; both agree with what Keras then picks."""
     (tmp_path / "keras.json").write_text(json.dumps({"backend": "jax"}))
     code = (
-        "import sys, apps; from sngm_keras.training.config import keras_backend; before = keras_backend(); "
+        "import sys, apps; from sngm_keras.training.config_checks import keras_backend; before = keras_backend(); "
         "assert 'keras' not in sys.modules; import keras; print(before, keras.backend.backend())"
     )
     for extra, expected in (({}, "jax"), ({"KERAS_BACKEND": "tensorflow"}, "tensorflow")):

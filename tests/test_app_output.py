@@ -15,7 +15,7 @@ import pytest
 import sngm_keras
 from apps import _startup
 from sngm_keras.training import ConfigError, TrainConfig
-from sngm_keras.training.config import keras_verbosity
+from sngm_keras.training.config_checks import keras_verbosity
 from sngm_keras.training.curves import curves_figure, noise_scale_figure
 from sngm_keras.training.outputs import curves_title, noise_scale_title
 

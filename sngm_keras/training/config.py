@@ -1,23 +1,21 @@
-"""`TrainConfig`: everything a training run depends on, validated up front.
+"""`TrainConfig`: everything a training run depends on, validated once, up front.
 
-Field names are the training app's flag names, so a `ConfigError` names the
-flag at fault. Validation runs before any data is read or model built.
+Field names are the training app's flag names, and each field's help text is
+its flag's (`help_of`), so a `ConfigError` names the flag at fault and the
+apps derive their flags from the fields. A config is frozen: `validate()`
+checks it once (a copy made with `dataclasses.replace` is checked again), and
+`train()` uses the checked one, with the cluster it described. Validation
+runs before any data is read or model built.
 """
 
 import dataclasses
 import hashlib
 import json
 import numbers
-import os
-import sys
 
 from sngm_keras import checks
-from sngm_keras.training.dataset_fields import (  # noqa: F401 - DATASETS, TFDS_DATASETS: the apps take them from here
-    DATASETS,
-    TFDS_DATASETS,
-    check_dataset_fields,
-    ignored_dataset_fields,
-)
+from sngm_keras.training.config_checks import DATASETS, check_model_dir, keras_backend
+from sngm_keras.training.dataset_fields import check_dataset_fields, ignored_dataset_fields
 from sngm_keras.training.errors import ConfigError, as_config_errors
 from sngm_keras.training.presets import PRESETS
 
@@ -53,60 +51,105 @@ DEFAULT_CHECKPOINT_EVERY = 100
 # Settings added after runs were named by their digest: left out of it at
 # these values, so that the runs before them keep their folders' names.
 ADDED_SETTINGS = {"stream": False, "skip_bad_images": False}
+_JAX_CLUSTER = "--strategy=multi_worker on JAX"
 
 
-@dataclasses.dataclass
+def _field(default, help):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def help_of(name):
+    """The help text of TrainConfig's field `name` (its flag's)."""
+    return TrainConfig.__dataclass_fields__[name].metadata["help"]
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    dataset: str = "sample"
-    data_dir: str | None = None
-    download: bool = False
-    model: str = "twoconv"
-    optimizer: str = "sngm"
-    batch_size: int = 500
-    micro_batch_size: int | None = None
-    learning_rate: float = 0.2
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    trust_coefficient: float = 0.001
-    pytorch_lars: bool = False
-    lr_schedule: str = "poly"
-    power: float = 1.1
-    decay_epochs: tuple[int, ...] = (80, 120)
-    decay_factor: float = 10.0
-    warmup_epochs: int = 0
-    warmup_learning_rate: float = 0.0
-    epochs: int = 30
-    max_updates: int | None = None
-    strategy: str = "auto"
-    num_cpu_devices: int = 0
-    model_dir: str = "runs/demo"
-    seed: int = 0
-    augment: bool = True
-    deterministic: bool = False
-    jit_compile: bool = False
-    dtype_policy: str = "float32"
-    eval_every: int = 1
-    eval_batch_size: int = 1000
-    validation_size: int = 0
-    validations_per_epoch: int = 1
-    image_size: int | None = None
-    # Image folders: stream them from their files even when they would fit in
-    # memory; leave out the files that do not decode instead of stopping.
-    stream: bool = False
-    skip_bad_images: bool = False
-    verbose: int | None = None  # Keras' fit verbosity; None: 1 on a terminal, else 2
+    dataset: str = _field("sample", f"{', '.join(DATASETS)}, or a folder with train/ and test/ of class folders.")
+    data_dir: str | None = _field(None, "TFDS data_dir (prepared or download target).")
+    download: bool = _field(False, "Let TFDS download the dataset.")
+    model: str = _field("twoconv", "resnet20/32/44/56/110, resnet18/34/50, or twoconv.")
+    optimizer: str = _field("sngm", "sngm, msgd or lars.")
+    batch_size: int = _field(500, "Effective batch size B (examples per parameter update).")
+    micro_batch_size: int | None = _field(
+        None, "Examples per forward/backward pass and replica (default: B / replicas)."
+    )
+    learning_rate: float = _field(0.2, "Initial learning rate.")
+    momentum: float = _field(0.9, "Momentum beta in [0, 1).")
+    weight_decay: float = _field(5e-4, "L2 weight decay added to the gradient.")
+    trust_coefficient: float = _field(0.001, "LARS trust coefficient eta.")
+    pytorch_lars: bool = _field(
+        False,
+        "LARS as the pytorch-lars code: every variable adapted and decayed, zero-norm variables frozen (default: "
+        "biases and BatchNorm excluded).",
+    )
+    lr_schedule: str = _field("poly", "poly, step or constant.")
+    power: float = _field(1.1, "Power of the poly schedule.")
+    decay_epochs: tuple[int, ...] = _field((80, 120), "Epochs where --lr_schedule=step divides the rate.")
+    decay_factor: float = _field(10.0, "What --lr_schedule=step divides the rate by.")
+    warmup_epochs: int = _field(0, "Linear warm-up epochs (poly schedule).")
+    warmup_learning_rate: float = _field(0.0, "Learning rate the warm-up starts from.")
+    epochs: int = _field(30, "Epochs to train.")
+    max_updates: int | None = _field(None, "Stop after this many parameter updates.")
+    strategy: str = _field("auto", "auto, one_device, mirrored or multi_worker.")
+    num_cpu_devices: int = _field(0, "Split the CPU into N logical devices (for mirrored).")
+    model_dir: str = _field("runs/demo", "Where checkpoints and results go.")
+    seed: int = _field(0, "Seed of initialization, data order and augmentation.")
+    augment: bool = _field(True, "Training augmentation.")
+    deterministic: bool = _field(False, "Deterministic TensorFlow ops (bit-identical resumes).")
+    jit_compile: bool = _field(False, "XLA: the whole step on one device, the micro-batch loop under a strategy.")
+    dtype_policy: str = _field("float32", "float32, mixed_float16 or mixed_bfloat16.")
+    eval_every: int = _field(1, "Evaluate on the test split every N epochs.")
+    eval_batch_size: int = _field(1000, "Batch size of evaluation.")
+    validation_size: int = _field(
+        0, "Hold this many training images out (a fixed random subset) as a validation split."
+    )
+    validations_per_epoch: int = _field(1, "Evaluate the validation split this many times per epoch (validation.csv).")
+    image_size: int | None = _field(
+        None,
+        "Side of the square images trained on: imagenet2012 (default 224) and image folders streamed from their "
+        "files (default: the images' own size when they all have one, else 224 for the ImageNet ResNets).",
+    )
+    stream: bool = _field(
+        False,
+        "--dataset=DIR: stream the images from their files with ImageNet's random-resized crops even when they "
+        "have one size and fit in memory (images of different sizes are always streamed).",
+    )
+    skip_bad_images: bool = _field(False, "--dataset=DIR: leave out the files that do not decode instead of stopping.")
+    verbose: int | None = _field(
+        None,
+        "Keras progress: 0 silent, 1 a progress bar, 2 a line per epoch (default: 1 on a terminal, 2 when the "
+        "output goes to a file or pipe).",
+    )
     # --strategy=multi_worker on JAX (see sngm_keras.training.cluster)
-    coordinator_address: str | None = None
-    num_processes: int | None = None
-    process_id: int | None = None
-    preset: str | None = None
-    # Measure the gradient noise scale (it never changes the weights).
-    noise_scale: bool = True
-    # A checkpoint every this many updates within epochs (0: at epoch ends only;
-    # None: every DEFAULT_CHECKPOINT_EVERY, where the run is that long), and
-    # how many of those are kept besides the last epoch's.
-    checkpoint_every: int | None = None
-    keep_checkpoints: int = 2
+    coordinator_address: str | None = _field(
+        None, f"{_JAX_CLUSTER}: process 0's host:port (else KERAS_DISTRIBUTION_JOB_ADDRESSES)."
+    )
+    num_processes: int | None = _field(
+        None, f"{_JAX_CLUSTER}: the number of processes (else KERAS_DISTRIBUTION_NUM_PROCESSES)."
+    )
+    process_id: int | None = _field(
+        None, f"{_JAX_CLUSTER}: this process's id, 0 the chief (else KERAS_DISTRIBUTION_PROCESS_ID)."
+    )
+    preset: str | None = _field(None, "A named configuration (sngm_keras.training.PRESETS).")
+    # It never changes the weights.
+    noise_scale: bool = _field(True, "Measure the gradient noise scale B_simple (needs 2+ micro-batches a step).")
+    checkpoint_every: int | None = _field(
+        None,
+        "Also checkpoint every N updates within epochs, to resume there exactly (0: at epoch ends only; default: "
+        f"every {DEFAULT_CHECKPOINT_EVERY} where the run is that long). SIGTERM and Ctrl-C checkpoint the update "
+        "they stop at in any case.",
+    )
+    keep_checkpoints: int = _field(2, "How many checkpoints within epochs to keep, besides the last epoch's.")
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, numbers.Number) and hasattr(value, "item"):
+                # A NumPy scalar: the checks take it as a number, config.json needs Python's.
+                object.__setattr__(self, field.name, value.item())
+        if not isinstance(self.decay_epochs, tuple):
+            object.__setattr__(self, "decay_epochs", tuple(self.decay_epochs))
 
     def updates_between_checkpoints(self):
         """`checkpoint_every`, its default filled in."""
@@ -163,15 +206,23 @@ class TrainConfig:
             ignored["keep_checkpoints"] = "applies with --checkpoint_every > 0 only"
         return {**ignored, **ignored_dataset_fields(self)}
 
-    @as_config_errors()
     def validate(self):
-        """Raises ConfigError for the first bad field; returns self."""
+        """Raises ConfigError for the first bad field; returns self. Checks
+        once: a config is frozen, so a second call has nothing new to see."""
+        if "_cluster" not in self.__dict__:
+            object.__setattr__(self, "_cluster", self._check())
+        return self
+
+    def cluster(self):
+        """This process's `cluster.Cluster` under --strategy=multi_worker
+        (None otherwise), as validation described it."""
+        return self.validate()._cluster
+
+    @as_config_errors()
+    def _check(self):
+        """Checks every field; returns the described cluster."""
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, numbers.Number) and hasattr(value, "item"):
-                # A NumPy scalar: the checks take it as a number, config.json needs Python's.
-                value = value.item()
-                setattr(self, field.name, value)
             if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
                 raise ConfigError(field.name, f"must be at most {INT_LIMIT}, got {value}")
         check_dataset_fields(self)
@@ -226,69 +277,19 @@ class TrainConfig:
         if self.verbose is not None:
             checks.check_choice("verbose", self.verbose, VERBOSITY)
         checks.check_int("seed", self.seed, 0, INT_LIMIT)
-        if not _check_cluster(self):
-            return self  # a worker that is not the chief keeps no files: model_dir is the chief's
-        _check_model_dir(self.model_dir)
-        return self
+        described = _describe_cluster(self)
+        if described is None or described.is_chief:
+            check_model_dir(self.model_dir)  # a worker that is not the chief keeps no files
+        return described
 
 
-def _check_cluster(config):
-    """Raises ConfigError for a bad cluster description; False on a worker
-    that is not the chief of a multi_worker run."""
+def _describe_cluster(config):
+    """The `cluster.Cluster` of `config` (None unless multi_worker); raises
+    ConfigError for a bad cluster description."""
     from sngm_keras.training import cluster
 
     backend = keras_backend()
     for field in JAX_CLUSTER_FIELDS:
         if getattr(config, field) is not None and (config.strategy != "multi_worker" or backend != "jax"):
             raise ConfigError(field, "applies to --strategy=multi_worker on the jax backend")
-    described = cluster.describe(config, backend)
-    return described is None or described.is_chief
-
-
-def keras_backend():
-    """Keras' backend, without importing Keras (which imports the backend):
-    KERAS_BACKEND, else the "backend" of keras.json in KERAS_HOME (default
-    ~/.keras), else tensorflow, as keras/src/backend/config.py decides."""
-    if "keras" in sys.modules:
-        return sys.modules["keras"].backend.backend()
-    backend = os.environ.get("KERAS_BACKEND")
-    if backend:
-        return backend
-    if "KERAS_HOME" in os.environ:
-        home = os.environ["KERAS_HOME"]
-    else:
-        base = os.path.expanduser("~")
-        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
-    try:
-        with open(os.path.expanduser(os.path.join(home, "keras.json"))) as file:
-            backend = json.load(file).get("backend")
-    except (OSError, ValueError, AttributeError):
-        backend = None
-    return backend or "tensorflow"
-
-
-def keras_verbosity(verbose):
-    """Keras' `fit` verbosity for a configured one: None means a progress bar
-    on a terminal and one line per epoch otherwise (a bar's control codes
-    fill a log file)."""
-    if verbose is not None:
-        return verbose
-    return 1 if sys.stdout.isatty() else 2
-
-
-def _check_model_dir(model_dir):
-    """Checks without writing: the folder is created when the run claims it
-    (`RunDir.claim`), which turns a refusal of the file system into a
-    ConfigError too."""
-    if not model_dir:
-        raise ConfigError("model_dir", "must not be empty")
-    path = os.path.abspath(os.path.expanduser(model_dir))
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ConfigError("model_dir", f"{model_dir} exists and is not a folder")
-    parent = path
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ConfigError("model_dir", f"{model_dir} cannot be created: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError("model_dir", f"{model_dir} is not writable")
+    return cluster.describe(config, backend)

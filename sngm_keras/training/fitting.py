@@ -4,7 +4,8 @@ the recorder, validation and stopping callbacks, to the last epoch or
 
 import logging
 
-from sngm_keras.training.config import ConfigError, keras_verbosity
+from sngm_keras.training.config import ConfigError
+from sngm_keras.training.config_checks import keras_verbosity
 from sngm_keras.training.provenance import utc_now
 from sngm_keras.training.validation_monitor import ValidationMonitor
 

@@ -58,7 +58,7 @@ def train(config, extra_callbacks=(), stop_request=None):
     """
     # Configuration: all of it checked before anything is read or written.
     backend = _check_config(config)
-    cluster = cluster_lib.describe(config, backend)
+    cluster = config.cluster()
     lost_worker = cluster_lib.worker_lost_as_error(backend) if cluster else contextlib.nullcontext()
     with cluster_lib.worker_model_dir(config, cluster) as config, lost_worker:
         # The run folder: finished, to resume, or new (a cluster's workers join first to agree on it).
