@@ -104,4 +104,4 @@ if __name__ == "__main__":  # MODEL_DIR AT EVERY [OVERRIDES as JSON]: AT 0 for t
         train(TrainConfig(model_dir=model_dir, **{**CONFIG, **overrides}))
     with open(os.path.join(model_dir, "summary.json")) as f:
         replicas = json.load(f)["replicas"]
-    print(json.dumps({"digest": digest(records(model_dir)), "replicas": replicas}))
+    print(json.dumps({"digest": digest(records(model_dir)), "replicas": replicas, "backend": keras.backend.backend()}))

@@ -326,7 +326,7 @@ def run_app(module, *args, env=None, wait=True):
     "name, flag",
     [
         *((name, "repeats") for name in ("bench_accumulation", "bench_app_batches", "bench_batch_shape")),
-        *((name, "repeats") for name in ("bench_optimizer", "bench_train", "bench_checkpoints")),
+        *((name, "repeats") for name in ("bench_optimizer", "bench_train", "bench_checkpoints", "bench_folder_input")),
         ("bench_stop_agreement", "calls"),
         ("bench_flag_errors", "repeats"),
     ],

@@ -386,22 +386,23 @@ def test_one_weight_decay_attribute_per_meaning():
     assert "decoupled_weight_decay" not in lars.get_config()
 
 
-def test_all_reduce_hook_sees_the_whole_gradient(monkeypatch):
-    """Pins Keras' private TensorFlow hook `_all_reduce_sum_gradients`: the
-    optimizers take the step's norm there. If Keras stops calling it, this
-    fails (and SNGM would divide by epsilon instead of ||g||)."""
+def test_update_hook_sees_the_whole_gradient(monkeypatch):
+    """Pins Keras' private hook `_backend_update_step`, where the optimizers
+    all-reduce the gradient and take the whole step (norm included). If
+    Keras stops calling it, this fails (and the step would fall to Keras'
+    per-variable `update_step`, which these optimizers do not define)."""
     if keras.backend.backend() != "tensorflow":
-        pytest.skip("TensorFlow's hook")
+        pytest.skip("the TensorFlow step; JAX's: test_a_skipped_step_does_not_decay_the_weights_either_on_jax")
     from sngm_keras.optimizers.base import ReducedGradientOptimizer
 
     calls = []
-    original = ReducedGradientOptimizer._all_reduce_sum_gradients
+    original = ReducedGradientOptimizer._backend_update_step
 
-    def spy(self, grads_and_vars):
-        calls.append(len(grads_and_vars))
-        return original(self, grads_and_vars)
+    def spy(self, grads, trainable_variables, learning_rate):
+        calls.append(len(grads))
+        return original(self, grads, trainable_variables, learning_rate)
 
-    monkeypatch.setattr(ReducedGradientOptimizer, "_all_reduce_sum_gradients", spy)
+    monkeypatch.setattr(ReducedGradientOptimizer, "_backend_update_step", spy)
     model = tiny_model()
     x, y = tiny_data()
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -12,7 +12,13 @@ of letting training silently go wrong:
 - `Model._update_metrics_variables` (sngm_keras/_accumulation_jax.py): on
   JAX the loss and accuracy fit reports are those of Keras' own step;
 - JAX's refusal of a changed `jax_num_cpu_devices` once started
-  (`sngm_keras.training.devices.jax_started`): it tells a started JAX.
+  (`sngm_keras.training.devices.jax_started`): it tells a started JAX;
+- the optimizer hooks `_clip_gradients`, `_apply_weight_decay` and
+  `_backend_update_step` (sngm_keras/optimizers/base.py): Keras' `apply`
+  still calls them, in that order, and TensorFlow still has the
+  `maybe_merge_call` through which the base, like Keras, assigns the step
+  under a strategy (the runs on two replicas in tests/test_whole_gradient.py
+  and tests/test_accumulation.py use it).
 """
 
 import json
@@ -24,8 +30,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import sngm_keras
 from sngm_keras import _accumulation_tf
 from sngm_keras.accumulation import MicroBatchModel
+from sngm_keras.optimizers.base import ReducedGradientOptimizer
 from tests.helpers import ROOT, data, dense_model, finish, load, run_worker
 
 
@@ -89,3 +97,25 @@ def test_jax_step_metrics_and_jax_start():
     assert out["started_before"] is False and out["started_after"] is True
     for key in ("loss", "accuracy"):
         np.testing.assert_allclose(out["micro"][key], out["plain"][key], rtol=1e-5, err_msg=key)
+
+
+def test_keras_applies_through_the_backend_update_step(monkeypatch):
+    order = []
+
+    def spying(name):
+        original = getattr(ReducedGradientOptimizer, name)
+
+        def spy(self, *args):
+            order.append(name)
+            return original(self, *args)
+
+        return spy
+
+    for name in ("_clip_gradients", "_apply_weight_decay", "_backend_update_step"):
+        monkeypatch.setattr(ReducedGradientOptimizer, name, spying(name))
+    optimizer = sngm_keras.SNGM(0.1, momentum=0.9)
+    weight = keras.Variable(np.ones(3, "float32"))
+    optimizer.apply([keras.ops.ones(3)], [weight])
+    assert order == ["_clip_gradients", "_apply_weight_decay", "_backend_update_step"]
+    np.testing.assert_allclose(weight.numpy(), 1 - 0.1 / np.sqrt(3), rtol=1e-6)  # one step of ||g|| = sqrt(3)
+    assert callable(tf.__internal__.distribute.interim.maybe_merge_call)

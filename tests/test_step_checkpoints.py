@@ -107,6 +107,7 @@ def test_sigterm_checkpoints_the_update_in_flight_and_the_rerun_ends_as_the_unin
 @pytest.mark.slow
 def test_on_jax_killed_within_an_epoch_resumes_to_the_uninterrupted_run(tmp_path):
     (uninterrupted,) = run_alone("jax", tmp_path / "whole", 0, 0)
+    assert uninterrupted["backend"] == "jax"
     resumed, result = run_alone("jax", tmp_path / "run", 13, 4)
     assert resumed == {"resumed_from": [1, 3, 12]} and result == uninterrupted
 
@@ -117,6 +118,6 @@ def test_two_replicas_with_micro_batches_killed_within_an_epoch_resume_to_the_un
     # B = 500 on two logical CPUs: 250 a replica, as two micro-batches of 125.
     two = json.dumps({"strategy": "mirrored", "num_cpu_devices": 2, "micro_batch_size": 125})
     (uninterrupted,) = run_alone(backend, tmp_path / "whole", 0, 0, two)
-    assert uninterrupted["replicas"] == 2
+    assert uninterrupted["replicas"] == 2 and uninterrupted["backend"] == backend
     resumed, result = run_alone(backend, tmp_path / "run", 13, 4, two)
     assert resumed == {"resumed_from": [1, 3, 12]} and result == uninterrupted

@@ -159,12 +159,13 @@ def _folder_images(split_dir: Path, class_names, shown: str):
 
 
 def _load_folder(root: Path, shown: str) -> ArraySplits:
-    classes = {s: _folder_classes(root / s) for s in ("train", "test")}
-    if classes["train"] != classes["test"]:
-        only_train = sorted(set(classes["train"]) - set(classes["test"]))
-        only_test = sorted(set(classes["test"]) - set(classes["train"]))
+    test = sources.test_split_name(root)
+    classes = {s: _folder_classes(root / s) for s in ("train", test)}
+    if classes["train"] != classes[test]:
+        only_train = sorted(set(classes["train"]) - set(classes[test]))
+        only_test = sorted(set(classes[test]) - set(classes["train"]))
         raise DataError(
-            f"class folders differ between {shown}/train and {shown}/test "
+            f"class folders differ between {shown}/train and {shown}/{test} "
             f"(only in train: {only_train or '-'}, only in test: {only_test or '-'}); "
             "give both splits the same class sub-folders"
         )
@@ -173,9 +174,9 @@ def _load_folder(root: Path, shown: str) -> ArraySplits:
         raise DataError(f"{shown}/train has no class sub-folders; lay it out as DIR/{{train,test}}/<class>/<image>")
     if len(class_names) < 2:
         raise DataError(f"{shown} has one class folder ({class_names[0]}); a classifier needs at least two")
-    listed = {split: _folder_images(root / split, class_names, f"{shown}/{split}") for split in ("train", "test")}
+    listed = {split: _folder_images(root / split, class_names, f"{shown}/{split}") for split in ("train", test)}
     advance = progress.start(
-        f"reading {shown}: {len(listed['train'][0]):,} training and {len(listed['test'][0]):,} test images",
+        f"reading {shown}: {len(listed['train'][0]):,} training and {len(listed[test][0]):,} test images",
         sum(len(files) for files, _ in listed.values()),
     )
     out = {}
@@ -185,8 +186,9 @@ def _load_folder(root: Path, shown: str) -> ArraySplits:
             for image in pool.map(lambda f: _decode(f.read_bytes(), f), files):
                 images.append(image)
                 advance(1)
-            out[f"x_{split}"] = _stack(images, f"{shown}/{split}")
-            out[f"y_{split}"] = np.asarray(labels, dtype=np.int32)
+            name = "train" if split == "train" else "test"
+            out[f"x_{name}"] = _stack(images, f"{shown}/{split}")
+            out[f"y_{name}"] = np.asarray(labels, dtype=np.int32)
     if out["x_train"].shape[1:] != out["x_test"].shape[1:]:
         raise DataError(
             f"train images in {shown} are {out['x_train'].shape[1:]} but test images "

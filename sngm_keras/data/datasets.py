@@ -12,7 +12,7 @@ Two feeds give the same batches of the same images in the same order:
 
 from __future__ import annotations
 
-from . import pipeline
+from . import folder_stream, pipeline, sources
 from .errors import DataError
 from .info import check_args
 
@@ -36,6 +36,10 @@ def make_datasets(
     share=(0, 1),
     epoch_multiple: int | None = None,
     start_batch: int = 0,
+    stream: bool = False,
+    skip_bad_images: bool = False,
+    default_image_size: int | None = None,
+    replica_batches: int = 1,
 ):
     """Builds ``(train_ds, test_ds, info)`` for `keras.Model.fit`, and
     ``validation_ds`` after them when ``validation_size`` > 0.
@@ -89,15 +93,29 @@ def make_datasets(
         epoch): ``train_ds`` then holds that epoch's last ``steps -
         start_batch`` batches first; the batches before are skipped as
         indices, not read one by one (ImageNet: read, not decoded).
-      image_size: ImageNet output size (default 224); for the other datasets
-        leave it None (or equal to their native size).
+      image_size: ImageNet output size (default 224); folders: the size they
+        are streamed at (see below); for the others leave it None (or equal
+        to their native size).
+      stream, skip_bad_images, default_image_size, replica_batches: image
+        folders only. A folder whose images all have one size (and fit in
+        memory) is read into memory at that size, unless ``stream``; any
+        other is streamed from its files (`sngm_keras.data.folder_stream`)
+        at ``image_size`` (default: the images' size where they are square
+        and all alike, else ``default_image_size``), with ImageNet's
+        random-resized crop and flip and ImageNet's normalization, on
+        either feed. ``skip_bad_images``: files that do not decode are left
+        out (else they are named in the `DataError`).
+        ``replica_batches``: a streamed folder's batches (or shares) come
+        as that many per-replica batches, for
+        ``distribute_datasets_from_function``.
       validation_size: hold this many training images out (a fixed random
         subset, the same for every seed; `hold_out_validation`) and return
         them, batched like ``test_ds``, as the last value; ``train_ds``
         and ``info.num_train`` then cover the rest. In-memory datasets only.
       feed: ``"tf.data"`` or ``"pydataset"`` (see the module docstring).
-      share: ``(p, P)``, PyDatasets only: process p of P takes its part of
-        every batch (several JAX processes, each feeding its devices).
+      share: ``(p, P)``, PyDatasets and streamed folders only: process p of
+        P takes its part of every batch (several JAX processes, each feeding
+        its devices; a streamed folder reads only its part's files).
       epoch_multiple: see above; it must divide ``batch_size`` (every feed,
         ImageNet's streaming one too).
 
@@ -114,9 +132,31 @@ def make_datasets(
     check_args(batch_size, eval_batch_size, start_epoch, num_epochs, epoch_multiple, start_batch)
     if feed not in FEEDS:
         raise DataError(f"feed must be one of {', '.join(FEEDS)}, got {feed!r}")
-    if feed == "tf.data" and tuple(share) != (0, 1):
-        raise DataError("share: tf.distribute shards the tf.data feed; share is the PyDatasets'")
     eval_batch_size = eval_batch_size or min(batch_size, 1000)
+    streamed = folder_stream.streamed_folder(
+        sources.resolve(dataset),
+        stream=stream,
+        skip_bad_images=skip_bad_images,
+        default_image_size=default_image_size,
+        image_size=image_size,
+        validation_size=validation_size,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        augment=augment,
+        seed=seed,
+        start_epoch=start_epoch,
+        num_epochs=num_epochs,
+        epoch_multiple=epoch_multiple,
+        start_batch=start_batch,
+        share=tuple(share),
+        replica_batches=replica_batches,
+    )
+    if streamed is not None:  # the same tf.data pipeline on either feed, with no on-device preprocessing
+        return streamed if feed == "tf.data" else (*streamed, None)
+    if tuple(share) != (0, 1) and feed == "tf.data":
+        raise DataError("share: tf.distribute shards the tf.data feed; share is the PyDatasets' and streams'")
+    if replica_batches != 1:
+        raise DataError("replica_batches applies to streamed image folders only")
     common = dict(
         data_dir=data_dir,
         download=download,

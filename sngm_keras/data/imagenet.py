@@ -17,7 +17,7 @@ import numpy as np
 from sngm_keras import checks
 
 from . import constants as C
-from . import sources
+from . import crops, sources
 from .errors import as_data_errors
 from .info import DatasetInfo, batches, check_batch, check_start_batch, examples_per_epoch
 from .tf_setup import epoch_key, import_tf
@@ -93,44 +93,17 @@ def make_imagenet_datasets(
         class_names=class_names,
     )
 
-    mean, std = C.NORMALIZATION[name]
-    scale = tf.constant([1.0 / (255.0 * s) for s in std], tf.float32)
-    offset = tf.constant([-m / s for m, s in zip(mean, std)], tf.float32)
-    size = tf.constant([image_size, image_size])
-    resize_to = int(round(image_size * C.IMAGENET_RESIZE_RATIO))
-
-    def normalize(image):
-        image = tf.image.resize(image, size, method="bilinear")
-        return tf.ensure_shape(image * scale + offset, [image_size, image_size, 3])
+    normalize = crops.normalizer(tf, *C.NORMALIZATION[name], image_size)
 
     def eval_image(encoded):
-        image = tf.io.decode_jpeg(encoded, channels=3)
-        shape = tf.cast(tf.shape(image)[:2], tf.float32)
-        ratio = resize_to / tf.reduce_min(shape)
-        new_shape = tf.maximum(tf.cast(tf.round(shape * ratio), tf.int32), image_size)
-        image = tf.image.resize(image, new_shape, method="bilinear")
-        top = (new_shape[0] - image_size) // 2
-        left = (new_shape[1] - image_size) // 2
-        image = image[top : top + image_size, left : left + image_size]
-        return tf.ensure_shape(image * scale + offset, [image_size, image_size, 3])
+        image = crops.eval_crop(tf, tf.io.decode_jpeg(encoded, channels=3), image_size)
+        return normalize(image, resize=False)
 
     def train_image(encoded, key):
         crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
-        shape = tf.io.extract_jpeg_shape(encoded)
-        begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-            shape,
-            bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-            seed=crop_key,
-            min_object_covered=0.0,
-            aspect_ratio_range=(3 / 4, 4 / 3),
-            area_range=(0.08, 1.0),
-            max_attempts=10,
-            use_image_if_no_bounding_boxes=True,
-        )
-        window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
+        window = crops.crop_window(tf, tf.io.extract_jpeg_shape(encoded), crop_key)
         image = tf.io.decode_and_crop_jpeg(encoded, window, channels=3)
-        image = tf.image.stateless_random_flip_left_right(image, seed=flip_key)
-        return normalize(tf.cast(image, tf.float32))
+        return normalize(tf.cast(crops.flip(tf, image, flip_key), tf.float32))
 
     def epoch_dataset(epoch):
         key = epoch_key(tf, seed, epoch)

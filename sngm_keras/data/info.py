@@ -22,6 +22,7 @@ class DatasetInfo:
     num_test: int
     class_names: tuple
     num_validation: int = 0  # training images held out (not in num_train)
+    streamed: bool = False  # read from the files as it trains (sharded by file), not held in memory
 
 
 def examples_per_epoch(num_train: int, batch_size: int, epoch_multiple: int | None = None) -> int:
@@ -82,10 +83,11 @@ def check_batch(name, batch_size, num_train):
 
 
 def check_image_size(source, arrays, image_size):
-    """In-memory datasets keep their native size: `image_size` is ImageNet's."""
+    """In-memory datasets keep their native size: `image_size` is ImageNet's
+    and the streamed folders'."""
     if image_size is not None and tuple(arrays.image_shape[:2]) != (image_size, image_size):
         raise DataError(
-            f"image_size={image_size} is only supported for {C.IMAGENET}; "
+            f"image_size={image_size} is only supported for {C.IMAGENET} and image folders; "
             f"{source.name} images are {arrays.image_shape[1]}x"
             f"{arrays.image_shape[0]}: leave image_size unset"
         )

@@ -34,3 +34,8 @@ def start(what, total):
     """A read of `total` items starts; returns `advance(count)`."""
     reporter = _reporter.get()
     return _ignore if reporter is None else reporter(what, total)
+
+
+def note(text):
+    """A remark on a read (files it left out), shown as a read's line is."""
+    start(text, 0)

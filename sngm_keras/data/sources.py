@@ -39,7 +39,7 @@ def resolve(dataset) -> Source:
         return Source("sample" if lowered == C.SAMPLE else "tfds", lowered)
     path = Path(dataset).expanduser()
     if path.is_dir():
-        for split in ("train", "test"):
+        for split in ("train", test_split_name(path)):
             if not (path / split).is_dir():
                 raise DataError(
                     f"folder {dataset} has no {split}/ sub-folder; lay it out as DIR/{{train,test}}/<class>/<image>"
@@ -56,6 +56,12 @@ def resolve(dataset) -> Source:
         f"{', '.join(C.KNOWN_DATASETS)} or a folder path with "
         "train/ and test/ class sub-folders"
     )
+
+
+def test_split_name(root: Path) -> str:
+    """A folder's test split: ``test``, or ``val`` where only that one exists
+    (ImageNet's usual name)."""
+    return "val" if not (root / "test").is_dir() and (root / "val").is_dir() else "test"
 
 
 def _import_tfds():

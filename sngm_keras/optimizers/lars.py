@@ -55,9 +55,6 @@ class LARS(ReducedGradientOptimizer):
             decoupled weight decay.
     """
 
-    # The trust ratio needs the bare gradient's norm; the decay is added here.
-    _l2_in_gradient = False
-
     def __init__(
         self,
         learning_rate=0.1,
@@ -81,22 +78,25 @@ class LARS(ReducedGradientOptimizer):
         self.pytorch_lars = bool(pytorch_lars)
         self.exclude_bias_and_norm = bool(exclude_bias_and_norm) and not self.pytorch_lars
 
-    def update_step(self, gradient, variable, learning_rate):
-        if self.exclude_bias_and_norm and len(variable.shape) <= 1:
-            trust, weight_decay = 1.0, 0.0
-        else:
-            weight_decay = self.l2_weight_decay if self._use_weight_decay(variable) else 0.0
-            w_norm = global_norm([variable])
-            g_norm = global_norm([gradient])
-            trust = self.trust_coefficient * w_norm / ops.maximum(g_norm + weight_decay * w_norm, self.epsilon)
-            if not self.pytorch_lars:
-                trust = ops.where(ops.logical_and(w_norm > 0, g_norm > 0), trust, 1.0)
-        direction = learning_rate * trust * (gradient + weight_decay * variable)
-        # The learning rate is inside u here; `moves` is 0 on a skipped step.
-        momentum, moves, direction = self._unless_skipped(self.momentum, 1.0, direction)
-        u = self.momentums[self._get_variable_index(variable)]
-        self.assign(u, momentum * u + direction)
-        self.assign_sub(variable, moves * u)
+    def update_rule(self, grads, weights, momentums, learning_rate, l2):
+        """One step over all variables at once (see
+        `ReducedGradientOptimizer.update_rule`): the new weights `w`, the new
+        momentums `u`, and the norm of the bare gradient, which the rule does
+        not use: it is recorded, and a non-finite one skips the step."""
+        norm = global_norm(grads)
+        new_w, new_u = [], []
+        for g, w, u, wd in zip(grads, weights, momentums, l2):
+            if self.exclude_bias_and_norm and len(w.shape) <= 1:
+                trust, wd = 1.0, 0.0
+            else:
+                w_norm, g_norm = global_norm([w]), global_norm([g])
+                trust = self.trust_coefficient * w_norm / ops.maximum(g_norm + wd * w_norm, self.epsilon)
+                if not self.pytorch_lars:
+                    trust = ops.where(ops.logical_and(w_norm > 0, g_norm > 0), trust, 1.0)
+            u = self.momentum * u + learning_rate * trust * (g + wd * w)  # the learning rate is inside u
+            new_u.append(u)
+            new_w.append(w - u)
+        return new_w, new_u, norm
 
     def get_config(self):
         config = super().get_config()

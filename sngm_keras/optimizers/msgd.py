@@ -3,6 +3,7 @@
 import keras
 
 from sngm_keras.optimizers.base import ReducedGradientOptimizer
+from sngm_keras.optimizers.norms import global_norm
 
 
 @keras.saving.register_keras_serializable(package="sngm_keras")
@@ -50,12 +51,16 @@ class MSGD(ReducedGradientOptimizer):
             **kwargs,
         )
 
-    def update_step(self, gradient, variable, learning_rate):
-        # `gradient` is the whole step's, with the L2 term (see base.py).
-        momentum, learning_rate, gradient = self._unless_skipped(self.momentum, learning_rate, gradient)
-        u = self.momentums[self._get_variable_index(variable)]
-        self.assign(u, momentum * u + gradient)
-        self.assign_sub(variable, learning_rate * u)
+    def update_rule(self, grads, weights, momentums, learning_rate, l2):
+        """One step over all variables at once (see
+        `ReducedGradientOptimizer.update_rule`): the new weights `w`, the new
+        momentums `u`, and `||g||`, which the rule does not use: it is
+        recorded, and a non-finite one skips the step."""
+        g = [gi + wd * wi if wd else gi for gi, wi, wd in zip(grads, weights, l2)]  # L2: g + wd * w
+        norm = global_norm(g)
+        u = [self.momentum * ui + gi for ui, gi in zip(momentums, g)]
+        w = [wi - learning_rate * ui for wi, ui in zip(weights, u)]
+        return w, u, norm
 
     def get_config(self):
         config = super().get_config()

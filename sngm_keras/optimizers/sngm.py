@@ -25,9 +25,12 @@ class SNGM(ReducedGradientOptimizer):
     w = w - learning_rate * u         # eq. (8)
     ```
 
-    `momentums` holds `u`. Lemma 2 of the paper follows from the rule:
-    `||u|| <= 1 / (1 - momentum)` whatever the size of `g`, which is why SNGM
-    tolerates learning rates and batch sizes at which momentum SGD diverges.
+    `update_rule` is this rule, over all variables at once; the base class
+    feeds it the whole gradient and applies what it returns (see
+    `sngm_keras.optimizers.base`). `momentums` holds `u`. Lemma 2 of the
+    paper follows from the rule: `||u|| <= 1 / (1 - momentum)` whatever the
+    size of `g`, which is why SNGM tolerates learning rates and batch sizes
+    at which momentum SGD diverges.
 
     Reference: Zhao, Xie, Gao, Li, "Stochastic Normalized Gradient Descent
     with Momentum for Large Batch Training", arXiv:2007.13985.
@@ -85,15 +88,19 @@ class SNGM(ReducedGradientOptimizer):
         self.layerwise = bool(layerwise)
         self.epsilon = check_positive("epsilon", epsilon)
 
-    def update_step(self, gradient, variable, learning_rate):
-        # `gradient` is the whole step's, with the L2 term, and
-        # `gradient_norm` its norm over all variables (see base.py).
-        norm = global_norm([gradient]) if self.layerwise else self.gradient_norm
-        direction = gradient / ops.maximum(norm, self.epsilon)
-        momentum, learning_rate, direction = self._unless_skipped(self.momentum, learning_rate, direction)
-        u = self.momentums[self._get_variable_index(variable)]
-        self.assign(u, momentum * u + direction)  # eq. (7)
-        self.assign_sub(variable, learning_rate * u)  # eq. (8)
+    def update_rule(self, grads, weights, momentums, learning_rate, l2):
+        """Algorithm 1, one step over all variables at once (see
+        `ReducedGradientOptimizer.update_rule`): the new weights `w`, the new
+        momentums `u`, and `||g||`. A non-finite `||g||` skips the step."""
+        g = [gi + wd * wi if wd else gi for gi, wi, wd in zip(grads, weights, l2)]  # L2: g + wd * w
+        norm = global_norm(g)  # ||g||, of the whole gradient
+        if self.layerwise:
+            directions = [gi / ops.maximum(global_norm([gi]), self.epsilon) for gi in g]
+        else:
+            directions = [gi / ops.maximum(norm, self.epsilon) for gi in g]  # g / ||g||
+        u = [self.momentum * ui + di for ui, di in zip(momentums, directions)]  # eq. (7)
+        w = [wi - learning_rate * ui for wi, ui in zip(weights, u)]  # eq. (8)
+        return w, u, norm
 
     def get_config(self):
         config = super().get_config()

@@ -15,13 +15,8 @@ import numbers
 
 from sngm_keras import checks
 from sngm_keras.batch_growth import check_growth_settings
-from sngm_keras.training.config_checks import (
-    DATASETS,
-    TFDS_DATASETS,
-    check_dataset,
-    check_model_dir,
-    keras_backend,
-)
+from sngm_keras.training.config_checks import DATASETS, check_model_dir, keras_backend
+from sngm_keras.training.dataset_fields import check_dataset_fields, ignored_dataset_fields
 from sngm_keras.training.errors import ConfigError, as_config_errors
 from sngm_keras.training.presets import PRESETS
 
@@ -54,6 +49,9 @@ MAX_CPU_DEVICES = 256
 # each costing well under 1% of the training time in between (see README's
 # Resume section for the measurement).
 DEFAULT_CHECKPOINT_EVERY = 100
+# Settings added after runs were named by their digest: left out of it at
+# these values, so that the runs before them keep their folders' names.
+ADDED_SETTINGS = {"stream": False, "skip_bad_images": False}
 _JAX_CLUSTER = "--strategy=multi_worker on JAX"
 
 
@@ -108,7 +106,17 @@ class TrainConfig:
         0, "Hold this many training images out (a fixed random subset) as a validation split."
     )
     validations_per_epoch: int = _field(1, "Evaluate the validation split this many times per epoch (validation.csv).")
-    image_size: int | None = _field(None, "ImageNet image size (default 224).")
+    image_size: int | None = _field(
+        None,
+        "Side of the square images trained on: imagenet2012 (default 224) and image folders streamed from their "
+        "files (default: the images' own size when they all have one, else 224 for the ImageNet ResNets).",
+    )
+    stream: bool = _field(
+        False,
+        "--dataset=DIR: stream the images from their files with ImageNet's random-resized crops even when they "
+        "have one size and fit in memory (images of different sizes are always streamed).",
+    )
+    skip_bad_images: bool = _field(False, "--dataset=DIR: leave out the files that do not decode instead of stopping.")
     verbose: int | None = _field(
         None,
         "Keras progress: 0 silent, 1 a progress bar, 2 a line per epoch (default: 1 on a terminal, 2 when the "
@@ -189,7 +197,8 @@ class TrainConfig:
 
     def settings_digest(self):
         """A short hash of `result_fields()`: equal for equal settings."""
-        text = json.dumps(self.result_fields(), sort_keys=True)
+        fields = {k: v for k, v in self.result_fields().items() if k not in ADDED_SETTINGS or ADDED_SETTINGS[k] != v}
+        text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:8]
 
     def ignored_fields(self):
@@ -208,8 +217,6 @@ class TrainConfig:
                 ignored[name] = f"applies to --lr_schedule=step only, not {schedule}"
         if self.optimizer != "lars":
             ignored["trust_coefficient"] = f"applies to --optimizer=lars only, not --optimizer={self.optimizer}"
-        if self.dataset != "imagenet2012":
-            ignored["image_size"] = "applies to --dataset=imagenet2012 only"
         if not self.validation_size:
             ignored["validations_per_epoch"] = "applies with --validation_size > 0 only"
         if self.checkpoint_every == 0:
@@ -217,10 +224,7 @@ class TrainConfig:
         if self.batch_growth == "none":
             for name in ("max_batch_size", "batch_growth_factor", "lr_batch_scaling"):
                 ignored[name] = "applies with --batch_growth=noise_scale only"
-        if self.dataset not in TFDS_DATASETS:
-            for name in ("data_dir", "download"):
-                ignored[name] = f"applies to the TFDS datasets ({', '.join(TFDS_DATASETS)}) only"
-        return ignored
+        return {**ignored, **ignored_dataset_fields(self)}
 
     def validate(self):
         """Raises ConfigError for the first bad field; returns self. Checks
@@ -241,7 +245,7 @@ class TrainConfig:
             value = getattr(self, field.name)
             if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
                 raise ConfigError(field.name, f"must be at most {INT_LIMIT}, got {value}")
-        check_dataset(self.dataset, self.data_dir)
+        check_dataset_fields(self)
         from sngm_keras.model_names import MODEL_NAMES
 
         checks.check_choice("model", self.model, MODEL_NAMES)
@@ -292,10 +296,6 @@ class TrainConfig:
             raise ConfigError("validations_per_epoch", "needs a validation split: set --validation_size")
         if self.verbose is not None:
             checks.check_choice("verbose", self.verbose, VERBOSITY)
-        if self.image_size is not None:
-            checks.check_positive_int("image_size", self.image_size)
-            if self.dataset != "imagenet2012":
-                raise ConfigError("image_size", "applies to --dataset=imagenet2012 only")
         checks.check_int("seed", self.seed, 0, INT_LIMIT)
         growth = ("batch_growth", "batch_size", "micro_batch_size", "max_batch_size", "batch_growth_factor")
         check_growth_settings(*(getattr(self, n) for n in growth), self.lr_batch_scaling, self.noise_scale)

@@ -59,9 +59,15 @@ def check_dataset(dataset, data_dir):
             f"unknown {dataset!r}, and no folder of that name; choose one of {', '.join(DATASETS)} or a folder "
             "holding train/ and test/",
         )
-    for split in ("train", "test"):
+    for split in ("train", _test_split(path)):
         if not os.path.isdir(os.path.join(path, split)):
             raise ConfigError("dataset", f"folder {dataset} has no {split}/ sub-folder of class folders")
+
+
+def _test_split(path):
+    """``test``, or ``val`` where only that one exists (ImageNet's usual name)."""
+    has_test = os.path.isdir(os.path.join(path, "test"))
+    return "val" if not has_test and os.path.isdir(os.path.join(path, "val")) else "test"
 
 
 def check_model_dir(model_dir):

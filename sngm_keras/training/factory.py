@@ -66,7 +66,8 @@ def build_training_model(config, info, steps_per_epoch, micro_batch_size, placem
         net = build_model(config.model, info.num_classes, info.image_shape, seed=config.seed)
         model = PreprocessedMicroBatchModel(net, micro_batch_size, preprocessing, noise_scale=config.noise_scale)
         return compile_for_training(model, config, steps_per_epoch, True, growth)
-    jit_whole_step = config.jit_compile and placement.replicas == 1
+    # JAX always jits the whole step (a streamed folder's input comes here on JAX too).
+    jit_whole_step = (config.jit_compile and placement.replicas == 1) or placement.backend == "jax"
     with placement.scope():
         net = build_model(config.model, info.num_classes, info.image_shape, seed=config.seed)
         model = MicroBatchModel(

@@ -34,6 +34,7 @@ from sngm_keras.training import cluster as cluster_lib
 from sngm_keras.training import devices, growing
 from sngm_keras.training import membership as membership_lib
 from sngm_keras.training.config import ConfigError
+from sngm_keras.training.dataset_fields import default_image_size, is_folder
 from sngm_keras.training.errors import as_config_errors
 from sngm_keras.training.fitting import fit_run
 from sngm_keras.training.outputs import write_outputs
@@ -252,8 +253,15 @@ def _make_data(config, placement, start_epoch, epoch_multiple, sharded, start_ba
     the tf.data feed on TensorFlow (`sharded`: every worker keeps its
     replicas' rows), the PyDataset feed on JAX."""
     feed = "tf.data" if placement.backend == "tensorflow" else "pydataset"
-    made = make_datasets(
-        config.dataset,
+    folder_args = {}
+    if is_folder(config.dataset):
+        folder_args = dict(
+            stream=config.stream,
+            skip_bad_images=config.skip_bad_images,
+            default_image_size=default_image_size(config),
+        )
+    arguments = dict(
+        dataset=config.dataset,
         data_dir=config.data_dir,
         download=config.download,
         batch_size=batch_size or config.batch_size,
@@ -268,25 +276,36 @@ def _make_data(config, placement, start_epoch, epoch_multiple, sharded, start_ba
         feed=feed,
         share=placement.share,
         epoch_multiple=epoch_multiple,
+        **folder_args,
     )
+    made = make_datasets(**arguments)
     if feed == "pydataset":
         data = _Data(*made[:4], validation=made[4] if len(made) > 4 else None)
-        _check_even_eval_batches(data, placement.replicas)
+        _check_even_eval_batches(data, config.eval_batch_size, placement.replicas)
         return data
     data = _Data(*made[:3], validation=made[3] if len(made) > 3 else None)
+    if data.info.streamed and placement.replicas > 1:
+        # Each worker reads only its replicas' files, as per-replica batches.
+        def per_worker(context):
+            share = (context.input_pipeline_id, context.num_input_pipelines)
+            replica_batches = context.num_replicas_in_sync // context.num_input_pipelines
+            return make_datasets(**dict(arguments, share=share, replica_batches=replica_batches))[0]
+
+        data.train = placement.strategy.distribute_datasets_from_function(per_worker)
+    elif sharded:
+        data.train = cluster_lib.shard_by_examples(data.train)
     if sharded:
-        data.train, data.test = cluster_lib.shard_by_examples(data.train), cluster_lib.shard_by_examples(data.test)
+        data.test = cluster_lib.shard_by_examples(data.test)
     return data
 
 
-def _check_even_eval_batches(data, replicas):
+def _check_even_eval_batches(data, batch_size, replicas):
     """JAX shards every batch evenly; a padded batch would bias the metrics."""
-    test = data.test
     for name, count in (("test", data.info.num_test), ("validation", data.info.num_validation)):
-        last = count % test.batch_size or test.batch_size
-        if count and replicas > 1 and (test.batch_size % replicas or last % replicas):
+        last = count % batch_size or batch_size
+        if count and replicas > 1 and (batch_size % replicas or last % replicas):
             raise ConfigError(
                 "eval_batch_size",
-                f"{name} batches of {test.batch_size} (the last of {last}) do not split over {replicas} "
+                f"{name} batches of {batch_size} (the last of {last}) do not split over {replicas} "
                 "devices; pick an --eval_batch_size that does",
             )

@@ -1,0 +1,256 @@
+"""Image folders streamed from their files with tf.data: images of any sizes
+and modes, and folders too large for memory (ImageNet as class folders).
+
+`stream_plan` decides: a folder whose images all have one size and fit in
+memory is read into memory as it always was (pad-crop-flip at its own size,
+`sngm_keras.data.in_memory`) unless streaming is asked for; any other is
+streamed at ``image_size``: each file read and decoded in parallel
+(``AUTOTUNE``), with ImageNet's training augmentation (a random-resized crop,
+cut while decoding for JPEGs, resized to ``image_size``, then a flip) or its
+evaluation view (`sngm_keras.data.crops`), normalized with ImageNet's
+statistics (a stream is never read whole to measure its own). Grayscale,
+palette, CMYK and RGBA images come out RGB (TensorFlow's decoders with three
+channels; the alpha channel is dropped, as Pillow's ``convert("RGB")`` does).
+
+Determinism, as for the in-memory datasets: epoch e's order is a stateless
+permutation of the file list keyed by (seed, e), and each example's crop
+and flip come from that key folded with its position in the epoch, so epoch
+e depends only on (seed, e) and a resume at batch k sees the batches of a
+run never stopped. ``share=(p, P)`` reads only process p's rows of every
+batch (sharding by file: the rows ``p * b / P .. (p + 1) * b / P`` of a batch
+of b), and ``replica_batches=L`` yields each share as L consecutive
+per-replica batches, what `tf.distribute`'s
+``distribute_datasets_from_function`` hands to a worker's L replicas.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from . import constants as C
+from . import crops
+from .errors import DataError
+from .folder_listing import list_folder
+from .info import DatasetInfo, batches, check_batch, check_start_batch, examples_per_epoch
+from .tf_setup import epoch_key, import_tf
+
+# A folder is read into memory when its decoded images take at most this
+# part of the machine's memory (the tf.data feed holds a second copy).
+MEMORY_PART = 0.25
+
+
+def _memory_bytes():
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 8 * 2**30
+
+
+def stream_plan(source, *, image_size, stream, default_image_size, skip_bad_images):
+    """``(listing, image_size)`` when the folder of `source` is streamed, or
+    None when it is read into memory as it is. Raises `DataError`."""
+    listing = list_folder(source.path, source.name, bool(skip_bad_images))
+    uniform = listing.uniform_size()
+    native = uniform is not None and (image_size is None or uniform == (image_size, image_size))
+    fits = listing.decoded_bytes() <= MEMORY_PART * _memory_bytes()
+    if not stream and native and fits and not listing.skipped:
+        return None
+    if image_size is None:
+        square = uniform is not None and uniform[0] == uniform[1]
+        image_size = uniform[0] if square else default_image_size
+    if image_size is None:
+        raise DataError(
+            f"images in {listing.shown}/train have different sizes ({listing.size_range()}); give image_size "
+            "(--image_size) to stream them as random-resized crops of that size (224 for ImageNet networks)"
+        )
+    for split in (listing.train, listing.test):
+        odd = split.not_streamable()
+        if odd:
+            raise DataError(
+                f"{len(odd):,} image(s) in {listing.shown} are in a format TensorFlow's decoders do not read, "
+                f"e.g. {odd[0]}; convert them to JPEG or PNG"
+            )
+    return listing, int(image_size)
+
+
+def streamed_datasets(
+    listing,
+    *,
+    image_size,
+    batch_size,
+    eval_batch_size,
+    augment,
+    seed,
+    start_epoch,
+    num_epochs,
+    epoch_multiple=None,
+    start_batch=0,
+    share=(0, 1),
+    replica_batches=1,
+):
+    """``(train_ds, test_ds, info)`` of a listed folder (see the module
+    docstring and `sngm_keras.data.make_datasets`)."""
+    tf = import_tf()
+    train, test = listing.train, listing.test
+    n = len(train)
+    check_batch(listing.shown, batch_size, n)
+    used = examples_per_epoch(n, batch_size, epoch_multiple)
+    steps = batches(used, batch_size)
+    check_start_batch(start_batch, steps)
+    index, count = share
+    parts = count * replica_batches
+    if (epoch_multiple or batch_size) % parts:
+        raise DataError(
+            f"batches of {epoch_multiple or batch_size} examples do not split into {parts} equal parts "
+            f"({count} process(es) x {replica_batches} replica(s))"
+        )
+    whole_batches, last = divmod(used, batch_size)
+    statistics = C.NORMALIZATION[C.IMAGENET]
+    normalize = crops.normalizer(tf, *statistics, image_size)
+    with tf.device("/CPU:0"):
+        paths, labels = tf.constant(train.paths), tf.constant(train.labels)
+        shapes = tf.constant(np.concatenate([train.sizes, np.full((n, 1), 3, np.int32)], axis=1))
+        jpeg = tf.constant(train.jpeg)
+
+    def decode(data, is_jpeg):
+        return tf.cond(is_jpeg, lambda: tf.io.decode_jpeg(data, channels=3), lambda: decode_other(data))
+
+    def train_example(i, epoch, position):
+        """A resized image (float32, not normalized) and its label."""
+        key = tf.random.experimental.stateless_split(epoch_key(tf, seed, epoch), 2)[1]
+        key = tf.random.experimental.stateless_fold_in(key, position)
+        data = tf.io.read_file(paths[i])
+        if not augment:
+            image = crops.eval_crop(tf, decode(data, jpeg[i]), image_size)
+            return tf.ensure_shape(image, [image_size, image_size, 3]), labels[i]
+        crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+        window = crops.crop_window(tf, shapes[i], crop_key)
+        top, left, height, width = tf.unstack(window)
+        image = tf.cond(
+            jpeg[i],
+            lambda: tf.io.decode_and_crop_jpeg(data, window, channels=3),
+            lambda: decode_other(data)[top : top + height, left : left + width],
+        )
+        # Flipped as uint8, resized from it (no float copy of the crop), normalized by the batch.
+        image = tf.ensure_shape(image, [None, None, 3])
+        flip = tf.random.stateless_uniform([], flip_key) < 0.5
+        image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+        return tf.image.resize(image, [image_size, image_size]), labels[i]
+
+    with tf.device("/CPU:0"):
+        # Constants of the image's shape: a per-channel broadcast inside the
+        # batch runs at a third of the speed of these element-wise ops.
+        scale, offset = (tf.tile(v, [image_size * image_size]) for v in crops.scale_and_offset(tf, *statistics))
+        scale, offset = (tf.reshape(v, [image_size, image_size, 3]) for v in (scale, offset))
+
+    def finish(images, labels):
+        return images * scale + offset, labels
+
+    def shared(rows, size):
+        """This share's rows of consecutive batches of `size` (rows
+        ``index * size / count ..`` of each)."""
+        return tf.reshape(tf.reshape(rows, [-1, count, size // count])[:, index], [-1])
+
+    def epoch_rows(epoch, skip):
+        """(file, epoch, position in the epoch) of the rows this share reads,
+        from batch `skip` on (a resume: the batches before are not read)."""
+        perm_key = tf.random.experimental.stateless_split(epoch_key(tf, seed, epoch), 2)[0]
+        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int32), seed=perm_key)[:used]
+        positions = tf.range(used, dtype=tf.int64)
+        rows = shared(positions[: whole_batches * batch_size], batch_size)
+        if last:
+            rows = tf.concat([rows, shared(positions[whole_batches * batch_size :], last)], 0)
+        rows = rows[skip * batch_size // count :]
+        return tf.data.Dataset.from_tensor_slices((tf.gather(order, rows), tf.fill(tf.shape(rows), epoch), rows))
+
+    def epochs(first, end, skip):
+        """Epochs ``first .. end - 1`` from batch `skip` of the first, in
+        per-replica batches. The examples are read outside the epochs'
+        flat_map: tf.data runs a map nested in one at half the speed."""
+        ds = tf.data.Dataset.range(first, end).flat_map(lambda epoch: epoch_rows(epoch, skip))
+        ds = ds.map(train_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if not last:  # whole batches keep a static batch dimension
+            return ds.batch(batch_size // parts, drop_remainder=True).map(
+                finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+            )
+        sizes = [batch_size // parts] * (whole_batches - skip) * replica_batches + [last // parts] * replica_batches
+        return (
+            ds.batch(math.gcd(batch_size, last) // parts)
+            .rebatch(sizes)
+            .map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        )
+
+    train_ds = epochs(start_epoch, start_epoch + 1, start_batch) if start_batch else None
+    rest = epochs(start_epoch + bool(start_batch), num_epochs, 0)
+    if train_ds is None or start_epoch + 1 < num_epochs:
+        train_ds = rest if train_ds is None else train_ds.concatenate(rest)
+    train_ds = train_ds.apply(
+        tf.data.experimental.assert_cardinality(((num_epochs - start_epoch) * steps - start_batch) * replica_batches)
+    ).prefetch(tf.data.AUTOTUNE)
+    test_ds = eval_files(tf, test, normalize, image_size, eval_batch_size, decode)
+    info = DatasetInfo(
+        name=listing.shown,
+        num_classes=len(listing.class_names),
+        image_shape=(image_size, image_size, 3),
+        num_train=n,
+        num_test=len(test),
+        class_names=listing.class_names,
+        streamed=True,
+    )
+    options = tf.data.Options()
+    options.deterministic = True
+    return train_ds.with_options(options), test_ds.with_options(options), info
+
+
+def decode_other(data):
+    """PNG, GIF (its first frame), BMP or WebP bytes as RGB uint8."""
+    tf = import_tf()
+    return tf.ensure_shape(tf.io.decode_image(data, channels=3, expand_animations=False), [None, None, 3])
+
+
+def eval_files(tf, files, normalize, image_size, batch_size, decode):
+    """The evaluation view of `files` in order, batches of `batch_size`."""
+    with tf.device("/CPU:0"):
+        paths, labels, jpeg = tf.constant(files.paths), tf.constant(files.labels), tf.constant(files.jpeg)
+
+    def example(i):
+        image = decode(tf.io.read_file(paths[i]), jpeg[i])
+        return normalize(crops.eval_crop(tf, image, image_size), resize=False), labels[i]
+
+    ds = tf.data.Dataset.range(len(files)).map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def streamed_folder(source, *, stream, skip_bad_images, default_image_size, image_size, validation_size, **args):
+    """`streamed_datasets` of the folder of `source` when `stream_plan`
+    streams it, else None (read it into memory); other datasets: None."""
+    if source.kind != "folder":
+        if stream or skip_bad_images:
+            raise DataError(f"stream and skip_bad_images apply to image folders, not {source.name}")
+        return None
+    plan = stream_plan(
+        source,
+        image_size=image_size,
+        stream=stream,
+        default_image_size=default_image_size,
+        skip_bad_images=skip_bad_images,
+    )
+    if plan is None:
+        return None
+    if validation_size:
+        raise DataError(
+            f"validation_size: {source.name} is streamed from its files; holding out training images is "
+            "supported for folders read into memory only (images of one size)"
+        )
+    listing, image_size = plan
+    try:
+        import_tf()
+    except ImportError:
+        raise DataError(
+            f"{source.name} is streamed from its files (its images differ in size, or streaming was asked for), "
+            "which needs TensorFlow's tf.data: pip install tensorflow-cpu (a folder of images of one size needs none)"
+        ) from None
+    return streamed_datasets(listing, image_size=image_size, **args)
