@@ -94,3 +94,19 @@ def test_on_jax_killed_after_the_growth_resumes_to_the_uninterrupted_run(tmp_pat
     assert resumed == {"resumed_from": [1, 2, 20]} and result == uninterrupted
     with open(tmp_path / "whole" / "summary.json") as f:
         assert json.load(f)["epoch_batch_sizes"] == [250, 1000, 1000]
+
+
+def test_a_run_recorded_before_the_batch_size_column_resumes_with_it_filled(tmp_path):
+    # A fixed-batch run stopped after epoch 1, its history.csv as it was written before the column existed.
+    config = TrainConfig(
+        model_dir=str(tmp_path / "run"), **{**CONFIG, "epochs": 2, "decay_epochs": (1,), "max_updates": 9}
+    )
+    train(config)
+    path = tmp_path / "run" / "history.csv"
+    old = [{k: v for k, v in row.items() if k != "batch_size"} for row in _rows(path)]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(old[0]))
+        writer.writeheader()
+        writer.writerows(old)
+    train(TrainConfig(model_dir=str(tmp_path / "run"), **{**CONFIG, "epochs": 2, "decay_epochs": (1,)}))
+    assert [(r["epoch"], r["batch_size"]) for r in _rows(path)] == [("1", "500"), ("2", "500")]

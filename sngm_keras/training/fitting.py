@@ -92,6 +92,9 @@ def fit_run(
         where = f"epoch {start_epoch}" + (f", batch {start_batch} of epoch {start_epoch + 1}" if start_batch else "")
         log.info("resumed from %s (%s)", state["weights"], where)
     rows = [r for r in run_dir.read_history() if int(r["epoch"]) <= start_epoch]
+    for row in rows:  # written before history.csv had the column: a run of one batch size
+        if not row.get("batch_size") and growth is None:
+            row["batch_size"] = str(config.batch_size)
     monitor = None
     if data.validation is not None:
         every = max(1, steps // config.validations_per_epoch)
