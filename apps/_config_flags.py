@@ -37,8 +37,9 @@ def given_config_values(names):
     command line, as TrainConfig takes them (a list of whole numbers as a
     tuple; a bad one is a one-line error)."""
     values = {name: FLAGS[name].value for name in names if FLAGS[name].present}
+    hints = typing.get_type_hints(TrainConfig)
     for name, value in values.items():
-        if typing.get_origin(typing.get_type_hints(TrainConfig)[name]) is tuple:
+        if typing.get_origin(hints[name]) is tuple:
             try:
                 values[name] = tuple(int(v) for v in value)
             except ValueError:

@@ -133,23 +133,26 @@ def make_datasets(
     if feed not in FEEDS:
         raise DataError(f"feed must be one of {', '.join(FEEDS)}, got {feed!r}")
     eval_batch_size = eval_batch_size or min(batch_size, 1000)
-    streamed = folder_stream.streamed_folder(
-        sources.resolve(dataset),
-        stream=stream,
-        skip_bad_images=skip_bad_images,
-        default_image_size=default_image_size,
-        image_size=image_size,
-        validation_size=validation_size,
+    common = dict(
         batch_size=batch_size,
         eval_batch_size=eval_batch_size,
         augment=augment,
         seed=seed,
         start_epoch=start_epoch,
         num_epochs=num_epochs,
+        image_size=image_size,
+        validation_size=validation_size,
         epoch_multiple=epoch_multiple,
         start_batch=start_batch,
+    )
+    streamed = folder_stream.streamed_folder(
+        sources.resolve(dataset),
+        stream=stream,
+        skip_bad_images=skip_bad_images,
+        default_image_size=default_image_size,
         share=tuple(share),
         replica_batches=replica_batches,
+        **common,
     )
     if streamed is not None:  # the same tf.data pipeline on either feed, with no on-device preprocessing
         return streamed if feed == "tf.data" else (*streamed, None)
@@ -157,20 +160,7 @@ def make_datasets(
         raise DataError("share: tf.distribute shards the tf.data feed; share is the PyDatasets' and streams'")
     if replica_batches != 1:
         raise DataError("replica_batches applies to streamed image folders only")
-    common = dict(
-        data_dir=data_dir,
-        download=download,
-        batch_size=batch_size,
-        eval_batch_size=eval_batch_size,
-        augment=augment,
-        seed=seed,
-        start_epoch=start_epoch,
-        num_epochs=num_epochs,
-        image_size=image_size,
-        validation_size=validation_size,
-        epoch_multiple=epoch_multiple,
-        start_batch=start_batch,
-    )
+    common.update(data_dir=data_dir, download=download)
     if feed == "pydataset":
         from . import pydatasets  # imports Keras: only on this feed
 
