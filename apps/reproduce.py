@@ -5,7 +5,8 @@ its table (results.md) and curves (curves.png).
     python -m apps.reproduce --study=table2 --data_dir=DIR --lr_grid=0.5,1,2
     python -m apps.reproduce --study=table2 --epochs_scale=0.05   # a quick look
     python -m apps.reproduce --study=batch_scaling --data_dir=DIR  # Shallue-style batch scaling
-    python -m apps.reproduce --study=batch_growth --data_dir=DIR   # fixed batches against one grown by the noise scale
+    python -m apps.reproduce --study=adaptive_batch --data_dir=DIR --fixed_runs_dir=docs/batch_scaling/runs
+        # batch_scaling's fixed batches against one grown by the noise scale
 
 The studies are `sngm_keras.studies`'s; this app is their command line, and
 each run goes through `python -m apps.train` with a flagfile kept beside it.
@@ -26,9 +27,9 @@ from apps._cli import fail, run
 from apps._config_flags import define_config_flags
 from apps._study_runs import export, note_new
 from apps._study_runs import train as train_run
-from sngm_keras.studies import batch_growth as growth
+from sngm_keras.studies import adaptive_batch
 from sngm_keras.studies import batch_scaling as scaling
-from sngm_keras.studies.batch_growth_study import BatchGrowthStudy
+from sngm_keras.studies.adaptive_batch_study import AdaptiveBatchStudy
 from sngm_keras.studies.batch_scaling_study import BatchScalingStudy
 from sngm_keras.studies.loop import train_runs
 from sngm_keras.studies.report import write_report
@@ -37,7 +38,7 @@ from sngm_keras.studies.tables import STUDIES
 from sngm_keras.training.config import ConfigError
 
 FLAGS = flags.FLAGS
-STUDY_NAMES = (*STUDIES, "batch_scaling", "batch_growth")
+STUDY_NAMES = (*STUDIES, "batch_scaling", "adaptive_batch")
 flags.DEFINE_string("study", None, f"One of {', '.join(STUDY_NAMES)}.")
 flags.DEFINE_string("output_dir", None, "Where the runs, results.md and curves.png go (default runs/<study>).")
 flags.DEFINE_float("epochs_scale", 1.0, "Multiply every run's epochs (and decay / warm-up epochs) by this.")
@@ -82,20 +83,19 @@ flags.DEFINE_integer(
 flags.DEFINE_list(
     "methods",
     list(scaling.METHODS),
-    f"batch_scaling: the optimizers compared (batch_growth: {','.join(growth.METHODS)}).",
+    f"batch_scaling: the optimizers compared (adaptive_batch: {','.join(adaptive_batch.METHODS)}).",
 )
 flags.DEFINE_list(
     "batch_sizes",
     [str(b) for b in scaling.BATCH_SIZES],
-    f"batch_scaling: the batch sizes B; batch_growth: the start and the maximum ({growth.START},{growth.MAXIMUM}).",
+    "batch_scaling: the batch sizes B; adaptive_batch: the fixed ones, the grown batch going from the smallest "
+    "to the largest.",
 )
-flags.DEFINE_integer(
-    "epochs", None, f"batch_scaling: the epoch budget of every run (default 10; batch_growth {growth.EPOCHS})."
-)
+flags.DEFINE_integer("epochs", None, "batch_scaling, adaptive_batch: the epoch budget of every run (default 10).")
 flags.DEFINE_float(
     "target_accuracy",
     scaling.TARGET,
-    f"batch_scaling: validation accuracy of steps-to-target (batch_growth: {growth.TARGET}).",
+    "batch_scaling, adaptive_batch: validation accuracy of steps-to-target.",
 )
 flags.DEFINE_integer(
     "max_extensions",
@@ -103,6 +103,12 @@ flags.DEFINE_integer(
     "How often a learning-rate grid whose chosen rate is on its edge is extended by one rate beyond it "
     f"(default: {scaling.MAX_EXTENSIONS} for batch_scaling; 0 for table studies, their grid as given).",
     lower_bound=0,
+)
+flags.DEFINE_string(
+    "fixed_runs_dir",
+    None,
+    "adaptive_batch: the folder of the fixed-batch runs, a batch_scaling study's runs/ (its finished runs are "
+    "reused, the missing ones trained there; default: the study's own runs/).",
 )
 flags.DEFINE_float(
     "images_per_second",
@@ -178,7 +184,9 @@ def _batch_sizes():
 
 def _study(output_dir, grid, overrides):
     """The study the flags name, planned and its folder checked (ConfigError)."""
-    if FLAGS.study not in ("batch_scaling", "batch_growth"):
+    if FLAGS.fixed_runs_dir is not None and FLAGS.study != "adaptive_batch":
+        fail("--fixed_runs_dir: adaptive_batch only")
+    if FLAGS.study not in ("batch_scaling", "adaptive_batch"):
         return TableStudy(
             FLAGS.study,
             output_dir,
@@ -195,16 +203,17 @@ def _study(output_dir, grid, overrides):
             fail(f"--{name}: table studies only; batch_scaling takes --methods and --batch_sizes")
     if FLAGS.epochs is not None:
         overrides["epochs"] = FLAGS.epochs
-    if FLAGS.study == "batch_growth":
-        return BatchGrowthStudy(
+    if FLAGS.study == "adaptive_batch":
+        return AdaptiveBatchStudy(
             output_dir,
-            methods=FLAGS.methods if FLAGS["methods"].present else growth.METHODS,
-            batch_sizes=_batch_sizes() if FLAGS["batch_sizes"].present else (growth.START, growth.MAXIMUM),
+            methods=FLAGS.methods if FLAGS["methods"].present else adaptive_batch.METHODS,
+            batch_sizes=_batch_sizes(),
             lr_factors=grid,
-            target=FLAGS.target_accuracy if FLAGS["target_accuracy"].present else growth.TARGET,
+            target=FLAGS.target_accuracy,
             max_extensions=FLAGS.max_extensions,
             models=FLAGS.models,
             overrides=overrides,
+            fixed_runs_dir=FLAGS.fixed_runs_dir,
         )
     return BatchScalingStudy(
         output_dir,

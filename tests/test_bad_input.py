@@ -168,8 +168,9 @@ CASES = [
     ("tune", ["--dataset=/no/such/folder"], "--dataset:", None),
     ("tune", ["--dataset={tmp}/one"], "{tmp}/one has one class folder", "one_class"),
     ("tune", ["--project_name=p"], "--project_name:", "other_search"),
-    ("reproduce", ["--study=batch_growth", "--batch_sizes=128"], "--batch_sizes:", None),
-    ("reproduce", ["--study=batch_growth", "--batch_sizes=64,512"], "--batch_sizes:", None),
+    ("reproduce", ["--study=adaptive_batch", "--batch_sizes=128"], "--batch_sizes:", None),
+    ("reproduce", ["--study=adaptive_batch", "--batch_sizes=64,512"], "--batch_sizes:", None),
+    ("reproduce", ["--study=table2", "--fixed_runs_dir=runs"], "--fixed_runs_dir:", None),
     ("reproduce", ["--study=table9"], "--study:", None),
     ("reproduce", ["--lr_grid=a,b"], "--lr_grid:", None),
     ("reproduce", ["--lr_grid=0,1"], "--lr_grid:", None),
@@ -209,7 +210,7 @@ CASES = [
 DRY_RUNS = [
     ["--study=figure1_cpu", "--dataset=sample", "--epochs_scale=0.1", "--dry_run", "--output_dir={out}"],
     ["--study=batch_scaling", "--dataset=sample", "--dry_run", "--output_dir={out}"],
-    ["--study=batch_growth", "--dataset=sample", "--dry_run", "--output_dir={out}"],
+    ["--study=adaptive_batch", "--dataset=sample", "--dry_run", "--output_dir={out}"],
 ]
 
 

@@ -158,6 +158,9 @@ def test_fit_grows_the_batch_and_every_epoch_trains_on_the_same_examples(monkeyp
     schedule = growth.schedule(PolynomialWarmup(0.01, total_steps=5 * 64))
     model.compile(optimizer=sngm_keras.SNGM(schedule), loss="mse")
     asked, counts = [], StepsOfEachEpoch()
+    traced_at = []  # the batch of each trace of the train step (its Python runs once per trace)
+    step = model.train_step
+    model.train_step = lambda data: traced_at.append(int(data[0].shape[0])) or step(data)
 
     def train_data(batch_size, epoch, batch):
         asked.append((batch_size, epoch, batch))
@@ -173,3 +176,6 @@ def test_fit_grows_the_batch_and_every_epoch_trains_on_the_same_examples(monkeyp
     assert (schedule.first_epoch, schedule.first_update, schedule.batch_size) == (4, 64 + 32 + 32 + 16, 128)
     assert schedule.factor == pytest.approx(8**0.5)
     assert int(model.optimizer.iterations) == 64 + 32 + 32 + 16 + 8
+    # One trace per distinct batch, none for the second epoch at B = 32; the
+    # first batch twice, as the first fit of any MicroBatchModel, grown or not.
+    assert traced_at == [16, 16, 32, 64, 128]
