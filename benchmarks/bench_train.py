@@ -19,7 +19,7 @@ import time
 
 from absl import flags
 
-from apps._cli import run
+from apps._cli import fail, run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["resnet20", "twoconv"], "Networks to time.")
@@ -29,6 +29,12 @@ flags.DEFINE_integer("batch_size", 128, "Batch size of every model.", lower_boun
 flags.DEFINE_integer("steps", 20, "Training steps per timed repeat.", lower_bound=1)
 flags.DEFINE_integer(
     "repeats", 21, "Timed rounds; each model runs once per round, in a new order (medians reported).", lower_bound=1
+)
+CONFIGURATIONS = ("sgd", "sgd_again", "sngm", "sngm_no_wd")
+flags.DEFINE_list(
+    "optimizers",
+    list(CONFIGURATIONS),
+    "Configurations to time; sgd, the reference of every ratio, is always timed.",
 )
 flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.")
 flags.DEFINE_string("output", "bench_train.json", "JSON results.")
@@ -45,6 +51,9 @@ def pipeline_rate(train_ds, batches, batch_size):
 
 
 def main():
+    unknown = sorted(set(FLAGS.optimizers) - set(CONFIGURATIONS))
+    if unknown:
+        fail(f"--optimizers: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGURATIONS)}")
     import keras
 
     import sngm_keras
@@ -75,6 +84,8 @@ def main():
         }
         models = {}
         for key, make in optimizers.items():
+            if key != "sgd" and key not in FLAGS.optimizers:
+                continue
             model = build_model(name, info.num_classes, info.image_shape, seed=0)
             model.set_weights(base.get_weights())
             model.compile(

@@ -1,5 +1,6 @@
 """Tests of sngm_keras.data: the embedded sample, arrays and tf.data pipelines."""
 
+import ast
 import os
 import subprocess
 import sys
@@ -368,6 +369,27 @@ def test_the_pydataset_feed_keeps_the_same_last_batch():
 # ---------------------------------------------------------------------------
 # TFDS (mocked) and errors
 # ---------------------------------------------------------------------------
+
+
+def test_dataset_names_and_sizes_are_written_once():
+    """The data package, the configuration's checks and the studies' estimate
+    read the names, classes and split sizes of one module, which imports
+    nothing (a configuration is checked without TensorFlow)."""
+    from sngm_keras import dataset_names
+    from sngm_keras.data import cifar_files, sources
+    from sngm_keras.studies import estimate, lr_grid
+    from sngm_keras.training import config_checks, dataset_fields
+
+    names = dataset_names.DATASETS
+    assert names == ("sample", "cifar10", "cifar100", "imagenet2012")
+    assert data.KNOWN_DATASETS is names and sources.DATASETS is names and config_checks.DATASETS is names
+    assert dataset_fields.TFDS_DATASETS is dataset_names.TFDS_DATASETS == names[1:]
+    assert cifar_files.NUM_CLASSES is lr_grid.NUM_CLASSES is dataset_names.NUM_CLASSES
+    assert estimate.SPLIT_SIZES is dataset_names.SPLIT_SIZES
+    assert dataset_names.SPLIT_SIZES["cifar10"] == (50_000, 10_000)
+    with open(dataset_names.__file__) as f:
+        tree = ast.parse(f.read())
+    assert not [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
 
 
 def test_mock_cifar10(tmp_path):

@@ -26,6 +26,8 @@ Problems raise `DataError` (a ValueError) with a one-line message.
 Importing this package does not import TensorFlow.
 """
 
+from sngm_keras.dataset_names import DATASETS as KNOWN_DATASETS
+
 from . import progress
 from .arrays import (
     SAMPLE_PATH,
@@ -44,7 +46,6 @@ from .constants import (
     CIFAR100_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    KNOWN_DATASETS,
     NORMALIZATION,
 )
 from .datasets import FEEDS, make_datasets

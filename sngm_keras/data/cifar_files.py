@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sngm_keras.dataset_names import NUM_CLASSES
+
 from .arrays import ArraySplits
 from .errors import DataError
 
@@ -62,7 +64,6 @@ ARCHIVES = {
     "cifar-10-binary.tar.gz": ("cifar10", "binary"),
     "cifar-100-binary.tar.gz": ("cifar100", "binary"),
 }
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 NUM_COARSE_CLASSES = 20
 
 

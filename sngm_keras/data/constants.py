@@ -1,13 +1,9 @@
-"""Dataset names and per-channel normalization statistics (RGB, 0..1 scale)."""
+"""Dataset names (`sngm_keras.dataset_names`'s) and per-channel normalization
+statistics (RGB, 0..1 scale)."""
 
-SAMPLE = "sample"
-CIFAR10 = "cifar10"
-CIFAR100 = "cifar100"
-IMAGENET = "imagenet2012"
+from sngm_keras.dataset_names import CIFAR10, CIFAR100, IMAGENET, SAMPLE
 
 TFDS_IN_MEMORY = (CIFAR10, CIFAR100)
-KNOWN_DATASETS = (SAMPLE, CIFAR10, CIFAR100, IMAGENET)
-NUM_CLASSES = {SAMPLE: 10, CIFAR10: 10, CIFAR100: 100, IMAGENET: 1000}
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)

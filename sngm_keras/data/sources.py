@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+from sngm_keras.dataset_names import DATASETS
+
 from . import constants as C
 from .errors import DataError
 
@@ -31,11 +33,11 @@ def resolve(dataset) -> Source:
     if not isinstance(dataset, str) or not dataset:
         raise DataError(
             f"dataset must be a name or a folder path, got {dataset!r}; "
-            f"use one of {', '.join(C.KNOWN_DATASETS)} or a folder with "
+            f"use one of {', '.join(DATASETS)} or a folder with "
             "train/ and test/ class sub-folders"
         )
     lowered = dataset.lower()
-    if lowered in C.KNOWN_DATASETS and not _looks_like_path(dataset):
+    if lowered in DATASETS and not _looks_like_path(dataset):
         return Source("sample" if lowered == C.SAMPLE else "tfds", lowered)
     path = Path(dataset).expanduser()
     if path.is_dir():
@@ -49,11 +51,11 @@ def resolve(dataset) -> Source:
         raise DataError(
             f"dataset folder {dataset} not found; pass an existing folder "
             "laid out as DIR/{train,test}/<class>/<image>, or one of "
-            f"{', '.join(C.KNOWN_DATASETS)}"
+            f"{', '.join(DATASETS)}"
         )
     raise DataError(
         f"unknown dataset {dataset!r}; use one of "
-        f"{', '.join(C.KNOWN_DATASETS)} or a folder path with "
+        f"{', '.join(DATASETS)} or a folder path with "
         "train/ and test/ class sub-folders"
     )
 

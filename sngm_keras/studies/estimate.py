@@ -1,8 +1,7 @@
 """How long a study's runs left take: each run's work in training images, at
 a speed given or measured by the finished runs."""
 
-# Training and test images of the datasets whose size is known without loading them.
-SPLIT_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "imagenet2012": (1_281_167, 50_000)}
+from sngm_keras.dataset_names import SPLIT_SIZES
 
 
 def run_cost(config):

@@ -11,7 +11,7 @@ break ties by the grid's order (`best`).
 
 import math
 
-from sngm_keras.data.constants import NUM_CLASSES
+from sngm_keras.dataset_names import NUM_CLASSES
 
 
 def validation_score(summary):

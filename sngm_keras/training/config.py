@@ -15,7 +15,8 @@ import numbers
 
 from sngm_keras import checks
 from sngm_keras.batch_growth import check_growth_settings
-from sngm_keras.training.config_checks import DATASETS, check_model_dir, keras_backend
+from sngm_keras.dataset_names import DATASETS
+from sngm_keras.training.config_checks import check_model_dir, keras_backend
 from sngm_keras.training.dataset_fields import check_dataset_fields, ignored_dataset_fields
 from sngm_keras.training.errors import ConfigError, as_config_errors
 from sngm_keras.training.presets import PRESETS

@@ -6,10 +6,8 @@ import json
 import os
 import sys
 
+from sngm_keras.dataset_names import DATASETS
 from sngm_keras.training.errors import ConfigError
-
-DATASETS = ("sample", "cifar10", "cifar100", "imagenet2012")
-TFDS_DATASETS = DATASETS[1:]
 
 
 def keras_backend():

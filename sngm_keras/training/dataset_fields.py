@@ -5,7 +5,8 @@ config: the folder's layout is checked here, its images when the data is
 made."""
 
 from sngm_keras import checks
-from sngm_keras.training.config_checks import DATASETS, TFDS_DATASETS, check_dataset
+from sngm_keras.dataset_names import DATASETS, TFDS_DATASETS
+from sngm_keras.training.config_checks import check_dataset
 from sngm_keras.training.errors import ConfigError
 
 # The side ImageNet networks are trained at where a folder is streamed without --image_size.

@@ -11,7 +11,7 @@ rather than taking a ResNet's recipe.
 
 import os
 
-from sngm_keras.training.config import DATASETS
+from sngm_keras.dataset_names import DATASETS
 
 
 def _path(value):
