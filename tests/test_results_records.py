@@ -185,3 +185,37 @@ def test_table2_schedule_caveat_and_update_counts(table2):
     _, summary = records["resnet20_sngm_b4096_lr0.8"]
     assert summary["num_train"] == 45000 and summary["epochs_completed"] == 20
     assert f"45,000 images ({summary['updates'] * 160 // 20:,} updates)" in text
+
+
+def test_adaptive_batch_table_is_the_validation_selection_and_its_verdict():
+    """docs/ADAPTIVE_BATCH.md's table: the fixed cells are the batch-scaling
+    study's selection, the grown ones the validation-best of their records;
+    the verdict's figures are those records'."""
+    fixed, grown = _records("batch_scaling"), _records("adaptive_batch")
+    assert len(grown) >= 8 and all(run.split("_")[1] == "b128to8192" for run in grown)
+    by_cell = collections.defaultdict(list)
+    for run, (config, summary) in [*fixed.items(), *grown.items()]:
+        cell = "128 grown to <= 8192" if "to8192" in run else str(config["batch_size"])
+        by_cell[(config["optimizer"], cell)].append((summary["validation_accuracy"], config, summary))
+    table = re.findall(
+        r"^\| (MSGD|SNGM) \| ([^|]+?) \| (\d+) \| ([\d.]+)[^|]* \| ([\d.]+%) \| ([\d.]+%) \|",
+        _section(os.path.join(DOCS, "ADAPTIVE_BATCH.md"), "Results"),
+        re.M,
+    )
+    assert len(table) == 10
+    chosen = {}
+    for method, cell, updates, rate, validation, test in table:
+        best_validation, config, summary = max(by_cell[(method.lower(), cell)], key=lambda r: r[0])
+        assert float(rate) == config["learning_rate"], (method, cell)
+        assert (validation, test) == (_percent(best_validation), _percent(summary["test_accuracy"])), (method, cell)
+        assert int(updates) == summary["updates"], (method, cell)
+        chosen[(method, cell)] = summary
+    text = " ".join(_section(os.path.join(DOCS, "ADAPTIVE_BATCH.md"), "Results").split())
+    for method in ("MSGD", "SNGM"):
+        g, base = chosen[(method, "128 grown to <= 8192")], chosen[(method, "128")]
+        points = 100 * (g["test_accuracy"] - base["test_accuracy"])
+        assert (
+            f"{method}: grown {_percent(g['test_accuracy'])} in {g['updates']} updates against fixed B = 128's "
+            f"{_percent(base['test_accuracy'])} in {base['updates']}: {points:+.2f} points with "
+            f"{g['updates'] / base['updates']:.2f} of its updates"
+        ) in text
