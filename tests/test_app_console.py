@@ -66,7 +66,7 @@ def probe(module, *args, log_level=None):
         (
             "apps.reproduce",
             ["--study=table4"],
-            "error: --study: must be one of table2, table3, figure1_cpu, batch_scaling, got 'table4'",
+            "error: --study: must be one of table2, table3, figure1_cpu, batch_scaling, adaptive_batch, got 'table4'",
         ),
         (
             "apps.import_data",

@@ -23,16 +23,21 @@ def _batches(summary):
     return summary.get("batch_sizes_used") or "fixed"
 
 
+def _label(cell):
+    """'512', or '128 grown to <= 8192'."""
+    return getattr(cell, "label", str(cell.batch_size))
+
+
 def _row(entry):
     cell, chosen = entry["cell"], entry["selected"]
     if chosen is None:
-        return f"| {cell.method.upper()} | {cell.label} | not run yet | | | | | | |"
+        return f"| {cell.method.upper()} | {_label(cell)} | not run yet | | | | | | |"
     summary, config = chosen["summary"], chosen["config"]
     marks = " (edge of grid)" if entry["on_edge"] else ""
     marks += "" if entry["learned"] else " (no rate learned)"
     marks += "" if entry["complete"] else " (grid unfinished)"
     return (
-        f"| {cell.method.upper()} | {cell.label} | {summary['updates']} | {config.learning_rate:g}{marks} | "
+        f"| {cell.method.upper()} | {_label(cell)} | {summary['updates']} | {config.learning_rate:g}{marks} | "
         f"{percent(summary['validation_accuracy'])} | {percent(summary['test_accuracy'])} | {_steps(entry)} | "
         f"{summary['wall_seconds'] / 60:.1f} | {_batches(summary)} |"
     )
@@ -119,7 +124,7 @@ def plot(study, table, path):
         cell, summary = entry["cell"], entry["selected"]["summary"]
         grown = bool(getattr(cell, "grown_to", None))
         rows = RunDir(entry["selected"]["config"].model_dir).read_validation()
-        label = f"{cell.method.upper()}, B = {cell.label}"
+        label = f"{cell.method.upper()}, B = {_label(cell)}"
         style = dict(linewidth=2.2 if grown else 1.0, linestyle="-" if grown else "--")
         epochs = [float(r["epoch"]) for r in rows]
         accuracy = [100 * float(r["validation_accuracy"]) for r in rows]
