@@ -203,21 +203,7 @@ def _study(output_dir, grid, overrides):
             fail(f"--{name}: table studies only; batch_scaling takes --methods and --batch_sizes")
     if FLAGS.epochs is not None:
         overrides["epochs"] = FLAGS.epochs
-    if FLAGS.study == "adaptive_batch":
-        return AdaptiveBatchStudy(
-            output_dir,
-            methods=FLAGS.methods if FLAGS["methods"].present else adaptive_batch.METHODS,
-            batch_sizes=_batch_sizes(),
-            lr_factors=grid,
-            target=FLAGS.target_accuracy,
-            max_extensions=FLAGS.max_extensions,
-            models=FLAGS.models,
-            overrides=overrides,
-            fixed_runs_dir=FLAGS.fixed_runs_dir,
-        )
-    return BatchScalingStudy(
-        output_dir,
-        methods=FLAGS.methods,
+    common = dict(
         batch_sizes=_batch_sizes(),
         lr_factors=grid,
         target=FLAGS.target_accuracy,
@@ -225,6 +211,10 @@ def _study(output_dir, grid, overrides):
         models=FLAGS.models,
         overrides=overrides,
     )
+    if FLAGS.study == "adaptive_batch":
+        methods = FLAGS.methods if FLAGS["methods"].present else adaptive_batch.METHODS
+        return AdaptiveBatchStudy(output_dir, methods=methods, fixed_runs_dir=FLAGS.fixed_runs_dir, **common)
+    return BatchScalingStudy(output_dir, methods=FLAGS.methods, **common)
 
 
 def _then(ready, waiting, extensible):

@@ -11,6 +11,7 @@ from sngm_keras.training.config import ConfigError
 class AdaptiveBatchStudy(BatchScalingStudy):
     name = "adaptive_batch"
     figure = "adaptive_batch.png"
+    report = adaptive_batch_report
 
     def __init__(
         self,
@@ -50,17 +51,9 @@ class AdaptiveBatchStudy(BatchScalingStudy):
 
     def describe(self, dry_run=False, images_per_second=None):
         lines = super().describe(dry_run, images_per_second)
-        lines[0] = lines[0].replace("study batch_scaling", "study adaptive_batch", 1)
         lines.insert(
             1,
             f"  (the runs *to{self.scaling.maximum}_* grow their batch by the noise scale; "
             f"the fixed runs are in {self.scaling.fixed_runs_dir})",
         )
         return lines
-
-    def markdown(self, context):
-        context = dict(context, model=self.first.model, epochs=self.first.epochs)
-        return adaptive_batch_report.markdown(self.scaling, self.scaling.results(), context)
-
-    def draw(self, path):
-        adaptive_batch_report.plot(self.scaling, self.scaling.results(), path)

@@ -28,6 +28,7 @@ def one_model(models):
 class BatchScalingStudy:
     name = "batch_scaling"
     figure = "batch_scaling.png"
+    report = batch_scaling_report  # its markdown(study, table, context) and plot(study, table, path)
 
     def __init__(
         self,
@@ -111,7 +112,7 @@ class BatchScalingStudy:
         cost = run_cost(first)
         grid_runs = len(scaling.cells) * len(scaling.lr_factors)
         lines = [
-            f"study batch_scaling ({first.model} on {first.dataset}): {len(scaling.cells)} cells x "
+            f"study {self.name} ({first.model} on {first.dataset}): {len(scaling.cells)} cells x "
             f"{len(scaling.lr_factors)} rates = {grid_runs} runs and "
             f"{extensions} grid extensions so far ({left} to run) into {scaling.output_dir}, plus up to "
             f"{len(scaling.cells) * scaling.max_extensions - extensions} more extensions"
@@ -135,7 +136,7 @@ class BatchScalingStudy:
 
     def markdown(self, context):
         context = dict(context, model=self.first.model, epochs=self.first.epochs)
-        return batch_scaling_report.markdown(self.scaling, self.scaling.results(), context)
+        return self.report.markdown(self.scaling, self.scaling.results(), context)
 
     def draw(self, path):
-        batch_scaling_report.plot(self.scaling, self.scaling.results(), path)
+        self.report.plot(self.scaling, self.scaling.results(), path)
