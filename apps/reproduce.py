@@ -71,7 +71,8 @@ flags.DEFINE_list(
     "lr_grid_rows",
     None,
     "Table studies: the rows --lr_grid sweeps (e.g. msgd_b4096,sngm_b4096); "
-    "the others run at their preset's rate (default: every row trained).",
+    "the others run at their preset's rate, lars_pytorch_b4096 at the rate chosen for lars_b4096 "
+    "(default: every row trained but lars_pytorch_b4096).",
 )
 flags.DEFINE_integer(
     "validation_size",

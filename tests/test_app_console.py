@@ -142,6 +142,22 @@ def test_a_run_prints_only_the_apps_lines_and_counts_the_updates_it_makes(tmp_pa
     assert lines[1].startswith("3/3 - "), lines  # 3 updates of the epoch's 10, not 10/10
     assert lines[2].startswith("run stopped at --max_updates=3; rerun without it to continue")
     assert not [line for line in lines if "run finished in" in line]
+    if log_level is None:
+        # Checkpointed at update 3 and resumed there: the rest of epoch 1, then epoch 2, both headed by
+        # the run's 30 epochs (a cut epoch without a checkpoint within it is trained again from its start).
+        first = [*process.args[:-3], "--checkpoint_every=3", "--verbose=2", f"--model_dir={tmp_path / 'resumed'}"]
+        subprocess.run(first + ["--max_updates=3"], cwd=ROOT, env=environment(log_level), timeout=600, check=True)
+        process = subprocess.run(
+            first + ["--max_updates=13"],
+            cwd=ROOT,
+            env=environment(log_level),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert process.returncode == 0, process.stderr[-3000:]
+        lines = process.stdout.splitlines()
+        assert [lines[0], lines[1][:6], lines[2], lines[3][:6]] == ["Epoch 1/30", "7/7 - ", "Epoch 2/30", "3/3 - "]
 
 
 def test_missing_prepared_dataset_is_one_line(tmp_path):

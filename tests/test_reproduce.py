@@ -112,11 +112,28 @@ def test_rows_keep_the_named_rows_of_each_model(tmp_path):
         tables.plan("table2", str(tmp_path), rows=["sngm_b8192"])
     with pytest.raises(ConfigError, match="--rows: lars_pytorch_b4096 trains at the rate selected for lars_b4096"):
         tables.plan("table2", str(tmp_path), rows=["lars_pytorch_b4096"])
+    with pytest.raises(ConfigError, match="--lr_grid_rows: study table2 has no row 'lars_b128'"):
+        tables.plan("table2", str(tmp_path), grid_rows=["lars_b128"])
     with pytest.raises(ConfigError, match="--lr_grid_rows: sngm_b4096 is not one of --rows"):
         tables.plan("table2", str(tmp_path), rows=["msgd_b128"], grid_rows=["sngm_b4096"])
     for name in ("models", "rows"):
         with pytest.raises(ConfigError, match=f"--{name}: name at least one"):
             tables.plan("table2", str(tmp_path), **{name: []})
+
+
+def test_the_pytorch_lars_row_named_in_the_grid_rows_is_swept_over_its_own_rate(tmp_path):
+    row = ["lars_pytorch_b4096"]
+    runs = tables.plan("table2", str(tmp_path), 0.125, [0.5, 1, 2], models=["resnet20"], rows=row, grid_rows=row)
+    assert [(r.run_id, r.rate_from, r.lr_factor, r.config.pytorch_lars) for r in runs] == [
+        (f"resnet20_lars_pytorch_b4096_lr{rate}", None, factor, True)
+        for rate, factor in ((0.4, 0.5), (0.8, 1), (1.6, 2))
+    ]
+    for run, accuracy in zip(runs, (0.5, 0.6, 0.7)):
+        _finish(run, accuracy)
+    # The rate beyond its largest is named as the run at LARS's selected rate 3.2 was: that record counts.
+    added = [r for r in tables.extend_grids(runs, 1) if r not in runs]
+    assert [(r.run_id, r.config.learning_rate) for r in added] == [("resnet20_lars_pytorch_b4096_lr3.2", 3.2)]
+    assert added[0].config.model_dir == os.path.join(str(tmp_path), "runs", "resnet20_lars_pytorch_b4096_lr3.2")
 
 
 def _finish_with_history(run, validation_accuracy, train_loss):

@@ -62,7 +62,8 @@ PAPER_TEST_ACCURACY = {
 
 
 # Rows trained at the rate the study selected for another row of the same
-# model, once that row's runs have finished (not swept themselves).
+# model, once that row's runs have finished; named in `grid_rows`, such a
+# row is swept over its own preset's rate instead, as any other.
 RATE_FROM = {"lars_pytorch_b4096": "lars_b4096"}
 
 
@@ -110,7 +111,8 @@ def plan(study, output_dir, epochs_scale=1.0, lr_grid=None, overrides=None, mode
     swept (default all), the others run at their preset's rate. `models`
     and `rows` (e.g. `msgd_b4096`): keep only the rows of these models, and
     only these rows of each. Rows of `RATE_FROM` run once, at the rate
-    selected for their source row (`resolve_rates`)."""
+    selected for their source row (`resolve_rates`), unless `grid_rows`
+    names them."""
     check_study_args(study, epochs_scale, lr_grid)
     groups = {preset.split("_", 2)[1] for preset in STUDIES[study]}
     names = {preset.split("_", 2)[2] for preset in STUDIES[study]}
@@ -130,7 +132,7 @@ def plan(study, output_dir, epochs_scale=1.0, lr_grid=None, overrides=None, mode
             continue
         base = scaled(TrainConfig.from_preset(preset, **(overrides or {})), epochs_scale)
         group = base.model
-        if row in RATE_FROM:
+        if row in RATE_FROM and not (grid_rows and row in grid_rows):
             config = dataclasses.replace(base, model_dir=os.path.join(output_dir, "runs", f"{group}_{row}"))
             runs.append(PlannedRun(f"{group}_{row}", group, row, config, rate_from=RATE_FROM[row]))
             continue
@@ -150,13 +152,16 @@ def _check_rows(study, names, rows, grid_rows):
     for row in rows or ():
         if row not in names:
             raise ConfigError("rows", f"study {study} has no row {row!r}; choose from {', '.join(sorted(names))}")
-        if row in RATE_FROM and RATE_FROM[row] not in rows:
-            raise ConfigError("rows", f"{row} trains at the rate selected for {RATE_FROM[row]}; add {RATE_FROM[row]}")
-    swept = names - set(RATE_FROM)
-    for row in grid_rows or ():
-        if row not in swept:
+        if row in RATE_FROM and RATE_FROM[row] not in rows and row not in (grid_rows or ()):
             raise ConfigError(
-                "lr_grid_rows", f"study {study} has no swept row {row!r}; choose from {', '.join(sorted(swept))}"
+                "rows",
+                f"{row} trains at the rate selected for {RATE_FROM[row]}; add {RATE_FROM[row]}, "
+                "or name it in --lr_grid_rows to sweep it",
+            )
+    for row in grid_rows or ():
+        if row not in names:
+            raise ConfigError(
+                "lr_grid_rows", f"study {study} has no row {row!r}; choose from {', '.join(sorted(names))}"
             )
         if rows and row not in rows:
             raise ConfigError("lr_grid_rows", f"{row} is not one of --rows ({','.join(rows)})")

@@ -233,17 +233,22 @@ class StopAfterUpdates(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-class UpdatesProgbar(keras.callbacks.ProgbarLogger):
-    """Keras' progress bar, counting the updates the run makes: under
-    `max_updates` an epoch's bar ends at the updates made in it (Keras' own
+class RunProgbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, headed by the run's epoch count: a run resumed
+    within an epoch, or grown in stretches of one batch size, is fitted in
+    several `fit` calls, and Keras' own bar would head each with the call's
+    last epoch ("Epoch 154/154"). Under `max_updates`, it counts the updates
+    the run makes: an epoch's bar ends at the updates made in it (Keras' own
     jumps to the epoch's full count when training stops early)."""
 
-    def __init__(self, max_updates):
+    def __init__(self, epochs, max_updates=None):
         super().__init__()
+        self.run_epochs = epochs
         self.max_updates = max_updates
 
     def set_params(self, params):
         super().set_params(params)
+        self.epochs = self.run_epochs
         self._steps = params["steps"]
 
     def on_train_begin(self, logs=None):
@@ -251,7 +256,8 @@ class UpdatesProgbar(keras.callbacks.ProgbarLogger):
         self._updates = int(scalar_value(inner_optimizer(self.model.optimizer).iterations))
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.target = min(self._steps, max(self.max_updates - self._updates, 1))
+        if self.max_updates:
+            self.target = min(self._steps, max(self.max_updates - self._updates, 1))
         super().on_epoch_begin(epoch, logs)
 
     def on_train_batch_end(self, batch, logs=None):
@@ -259,7 +265,8 @@ class UpdatesProgbar(keras.callbacks.ProgbarLogger):
         super().on_train_batch_end(batch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.target = self.progbar.target = self.seen
+        if self.max_updates:
+            self.target = self.progbar.target = self.seen
         super().on_epoch_end(epoch, logs)
 
 
