@@ -121,3 +121,14 @@ def test_two_replicas_with_micro_batches_killed_within_an_epoch_resume_to_the_un
     assert uninterrupted["replicas"] == 2 and uninterrupted["backend"] == backend
     resumed, result = run_alone(backend, tmp_path / "run", 13, 4, two)
     assert resumed == {"resumed_from": [1, 3, 12]} and result == uninterrupted
+
+
+def test_a_run_stopped_by_max_updates_within_an_epoch_continues_from_there(tmp_path, uninterrupted):
+    model_dir = tmp_path / "run"
+    config = TrainConfig(model_dir=str(model_dir), checkpoint_every=0, **CONFIG)
+    train(dataclasses.replace(config, max_updates=13))  # epoch 2, batch 4 of 9
+    with open(model_dir / "checkpoints" / "state.json") as f:
+        state = json.load(f)
+    assert (state["updates"], state["epoch"], state["batch"]) == (13, 1, 4)
+    train(config)
+    assert_same_run(records(str(model_dir)), uninterrupted)

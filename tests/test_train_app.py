@@ -580,13 +580,14 @@ def test_a_run_cut_by_max_updates_continues_exactly_when_rerun_without_it(tmp_pa
     assert "stopped at --max_updates=5; rerun without it to continue" in stopped.stdout
     summary = json.load(open(os.path.join(cut, "summary.json")))
     assert summary["updates"] == 5 and not summary["complete"] and summary["epochs_completed"] == 1
-    assert json.load(open(os.path.join(cut, "checkpoints", "state.json")))["epoch"] == 1  # the cut epoch is not kept
+    state = json.load(open(os.path.join(cut, "checkpoints", "state.json")))
+    assert (state["updates"], state["epoch"], state["batch"]) == (5, 1, 1)  # checkpointed where it was cut
 
     again = app(*args, "--max_updates=5", f"--model_dir={cut}")
     assert again.returncode == 0 and "had already stopped at --max_updates" in again.stdout
     resumed = app(*args, f"--model_dir={cut}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "run finished" in resumed.stdout and "(epoch 1)" in resumed.stderr
+    assert "run finished" in resumed.stdout and "(epoch 1, batch 1 of epoch 2)" in resumed.stderr
     first.communicate(timeout=300)
     assert first.returncode == 0
     summary = json.load(open(os.path.join(cut, "summary.json")))

@@ -37,9 +37,10 @@ def epoch_means(model):
 
 class EpochRecorder(keras.callbacks.Callback):
     """Writes a history row and a checkpoint at the end of every epoch, a
-    checkpoint within epochs every `checkpoint_every` updates, and one where
-    `stop_request` (anything with `is_set()`) asks training to stop, which
-    then raises `StopRequested` out of `fit` at once.
+    checkpoint within epochs every `checkpoint_every` updates, one where
+    `max_updates` ends the run within an epoch, and one where `stop_request`
+    (anything with `is_set()`) asks training to stop, which then raises
+    `StopRequested` out of `fit` at once.
 
     A checkpoint within an epoch holds what its end needs: the batches done,
     the epoch's Mean metric sums and its time so far. `resume` is such a
@@ -68,6 +69,7 @@ class EpochRecorder(keras.callbacks.Callback):
         keep_checkpoints=2,
         resume=None,
         stop_request=None,
+        max_updates=None,
         batch_size_of=None,
         examples_per_epoch=None,
         extra_state=None,
@@ -89,6 +91,7 @@ class EpochRecorder(keras.callbacks.Callback):
         self.keep_checkpoints = keep_checkpoints
         self.resume = resume if resume and resume.get("batch") else None
         self.stop_request = stop_request
+        self.max_updates = max_updates  # where the run stops: a checkpoint there, if within an epoch
 
     stopped_in_epoch = False  # the last epoch was cut short (--max_updates)
 
@@ -121,6 +124,7 @@ class EpochRecorder(keras.callbacks.Callback):
             self._sums_to_add = None
         stop = self.stop_request is not None and self.stop_request.is_set()
         due = self.checkpoint_every and self._updates % self.checkpoint_every == 0
+        due = due or self._updates == self.max_updates
         if (stop or due) and self._batches < self._steps:
             state = self._save_within_epoch()
             if stop:
@@ -200,8 +204,8 @@ class EpochRecorder(keras.callbacks.Callback):
         self.rows.append(row)
         self.stopped_in_epoch = bool(self._steps) and self._batches < self._steps
         if not self.stopped_in_epoch:
-            # A cut epoch is not checkpointed: a resume trains it again from
-            # its start, as an uninterrupted run would.
+            # A cut epoch (--max_updates) has its checkpoint where it was cut,
+            # written before the epoch's end evaluated anything.
             state = {
                 **self._state(updates),
                 "epoch": epoch + 1,

@@ -113,6 +113,7 @@ def fit_run(
         keep_checkpoints=config.keep_checkpoints,
         resume=state,
         stop_request=stop_request,
+        max_updates=config.max_updates,
         batch_size_of=growth.batch_size_at if growth else lambda epoch: config.batch_size,
         examples_per_epoch=growth.examples_per_epoch if growth else None,
         extra_state=growth.state if growth else None,
