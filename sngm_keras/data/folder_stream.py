@@ -114,18 +114,23 @@ def streamed_datasets(
         paths, labels = tf.constant(train.paths), tf.constant(train.labels)
         shapes = tf.constant(np.concatenate([train.sizes, np.full((n, 1), 3, np.int32)], axis=1))
         jpeg = tf.constant(train.jpeg)
+        # Constants of the image's shape: a per-channel broadcast runs at a
+        # third of the speed of these element-wise ops; applied to each image
+        # while it is in cache, faster than to the batch (about 8%).
+        scale, offset = (tf.tile(v, [image_size * image_size]) for v in crops.scale_and_offset(tf, *statistics))
+        scale, offset = (tf.reshape(v, [image_size, image_size, 3]) for v in (scale, offset))
 
     def decode(data, is_jpeg):
         return tf.cond(is_jpeg, lambda: tf.io.decode_jpeg(data, channels=3), lambda: decode_other(data))
 
     def train_example(i, epoch, position):
-        """A resized image (float32, not normalized) and its label."""
+        """A normalized image of ``image_size`` and its label."""
         key = tf.random.experimental.stateless_split(epoch_key(tf, seed, epoch), 2)[1]
         key = tf.random.experimental.stateless_fold_in(key, position)
         data = tf.io.read_file(paths[i])
         if not augment:
             image = crops.eval_crop(tf, decode(data, jpeg[i]), image_size)
-            return tf.ensure_shape(image, [image_size, image_size, 3]), labels[i]
+            return tf.ensure_shape(image * scale + offset, [image_size, image_size, 3]), labels[i]
         crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
         window = crops.crop_window(tf, shapes[i], crop_key)
         top, left, height, width = tf.unstack(window)
@@ -134,20 +139,11 @@ def streamed_datasets(
             lambda: tf.io.decode_and_crop_jpeg(data, window, channels=3),
             lambda: decode_other(data)[top : top + height, left : left + width],
         )
-        # Flipped as uint8, resized from it (no float copy of the crop), normalized by the batch.
+        # Flipped as uint8, resized from it (no float copy of the crop).
         image = tf.ensure_shape(image, [None, None, 3])
         flip = tf.random.stateless_uniform([], flip_key) < 0.5
         image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
-        return tf.image.resize(image, [image_size, image_size]), labels[i]
-
-    with tf.device("/CPU:0"):
-        # Constants of the image's shape: a per-channel broadcast inside the
-        # batch runs at a third of the speed of these element-wise ops.
-        scale, offset = (tf.tile(v, [image_size * image_size]) for v in crops.scale_and_offset(tf, *statistics))
-        scale, offset = (tf.reshape(v, [image_size, image_size, 3]) for v in (scale, offset))
-
-    def finish(images, labels):
-        return images * scale + offset, labels
+        return tf.image.resize(image, [image_size, image_size]) * scale + offset, labels[i]
 
     def shared(rows, size):
         """This share's rows of consecutive batches of `size` (rows
@@ -173,15 +169,9 @@ def streamed_datasets(
         ds = tf.data.Dataset.range(first, end).flat_map(lambda epoch: epoch_rows(epoch, skip))
         ds = ds.map(train_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if not last:  # whole batches keep a static batch dimension
-            return ds.batch(batch_size // parts, drop_remainder=True).map(
-                finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-            )
+            return ds.batch(batch_size // parts, drop_remainder=True)
         sizes = [batch_size // parts] * (whole_batches - skip) * replica_batches + [last // parts] * replica_batches
-        return (
-            ds.batch(math.gcd(batch_size, last) // parts)
-            .rebatch(sizes)
-            .map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        )
+        return ds.batch(math.gcd(batch_size, last) // parts).rebatch(sizes)
 
     train_ds = epochs(start_epoch, start_epoch + 1, start_batch) if start_batch else None
     rest = epochs(start_epoch + bool(start_batch), num_epochs, 0)
