@@ -235,3 +235,19 @@ def test_adaptive_batch_table_is_the_validation_selection_and_its_verdict():
             f"{_percent(base['test_accuracy'])} in {base['updates']}: {points:+.2f} points with "
             f"{g['updates'] / base['updates']:.2f} of its updates"
         ) in text
+
+
+def test_streamed_folders_learning_check_is_its_records():
+    """Each epoch's test accuracy of the mixed-size run and of the 32-pixel
+    run, as their histories hold them, side by side in RESULTS."""
+    records = _records("streamed_folders")
+    assert set(records) == {"mixed64", "jpeg32"}
+    section = _section(os.path.join(DOCS, "RESULTS.md"), "Streamed image folders: learning from images of mixed sizes")
+    histories = {run: _history("streamed_folders", run) for run in records}
+    assert [len(rows) for rows in histories.values()] == [5, 5]
+    for epoch, (mixed, small) in enumerate(zip(histories["mixed64"], histories["jpeg32"]), start=1):
+        row = f"| {epoch} | {_percent(float(mixed['test_accuracy']))} | {_percent(float(small['test_accuracy']))} |"
+        assert row in section, row
+    for run, (config, summary) in records.items():
+        assert summary["complete"] and config["model"] == "resnet18", run
+        assert config["image_size"] == {"mixed64": 64, "jpeg32": 32}[run], run
