@@ -115,26 +115,28 @@ def test_keras_backend_is_read_as_keras_reads_it(tmp_path):
 
 @pytest.mark.parametrize("log_level", [None, "3"])
 def test_a_run_prints_only_the_apps_lines_and_counts_the_updates_it_makes(tmp_path, log_level):
-    model_dir = tmp_path / "run"
-    process = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "apps.train",
-            "--dataset=sample",
-            "--model=twoconv",
-            "--batch_size=500",
-            "--micro_batch_size=250",
-            "--max_updates=3",
-            "--verbose=2",
-            f"--model_dir={model_dir}",
-        ],
-        cwd=ROOT,
-        env=environment(log_level),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    def train(max_updates):
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "apps.train",
+                "--dataset=sample",
+                "--model=twoconv",
+                "--batch_size=500",
+                "--micro_batch_size=250",
+                f"--max_updates={max_updates}",
+                "--verbose=2",
+                f"--model_dir={tmp_path / 'run'}",
+            ],
+            cwd=ROOT,
+            env=environment(log_level),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    process = train(max_updates=3)
     assert process.returncode == 0, process.stderr[-3000:]
     assert process.stderr == ""
     lines = process.stdout.splitlines()
@@ -144,14 +146,7 @@ def test_a_run_prints_only_the_apps_lines_and_counts_the_updates_it_makes(tmp_pa
     assert not [line for line in lines if "run finished in" in line]
     if log_level is None:
         # Continued from update 3: the rest of epoch 1, then epoch 2, both headed by the run's 30 epochs.
-        process = subprocess.run(
-            [*process.args[:-3], "--max_updates=13", *process.args[-2:]],
-            cwd=ROOT,
-            env=environment(log_level),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        process = train(max_updates=13)
         assert process.returncode == 0, process.stderr[-3000:]
         lines = process.stdout.splitlines()
         assert [lines[0], lines[1][:6], lines[2], lines[3][:6]] == ["Epoch 1/30", "7/7 - ", "Epoch 2/30", "3/3 - "]

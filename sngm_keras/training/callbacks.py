@@ -1,6 +1,6 @@
-"""Keras callbacks of a training run: per-epoch history and checkpoints,
-update-count stopping and its progress bar, and a warning when non-finite
-steps were skipped (the validation split's evaluations are
+"""Keras callbacks of a training run: per-epoch history and checkpoints (and
+the stop after --max_updates), the run's progress bar, and a warning when
+non-finite steps were skipped (the validation split's evaluations are
 `sngm_keras.training.validation_monitor`'s)."""
 
 import logging
@@ -37,10 +37,10 @@ def epoch_means(model):
 
 class EpochRecorder(keras.callbacks.Callback):
     """Writes a history row and a checkpoint at the end of every epoch, a
-    checkpoint within epochs every `checkpoint_every` updates, one where
-    `max_updates` ends the run within an epoch, and one where `stop_request`
-    (anything with `is_set()`) asks training to stop, which then raises
-    `StopRequested` out of `fit` at once.
+    checkpoint within epochs every `checkpoint_every` updates; ends training
+    after `max_updates` updates, checkpointed there if within an epoch; and
+    checkpoints where `stop_request` (anything with `is_set()`) asks training
+    to stop, then raises `StopRequested` out of `fit` at once.
 
     A checkpoint within an epoch holds what its end needs: the batches done,
     the epoch's Mean metric sums and its time so far. `resume` is such a
@@ -91,7 +91,7 @@ class EpochRecorder(keras.callbacks.Callback):
         self.keep_checkpoints = keep_checkpoints
         self.resume = resume if resume and resume.get("batch") else None
         self.stop_request = stop_request
-        self.max_updates = max_updates  # where the run stops: a checkpoint there, if within an epoch
+        self.max_updates = max_updates  # where training stops, checkpointed there if within an epoch
 
     stopped_in_epoch = False  # the last epoch was cut short (--max_updates)
 
@@ -124,7 +124,10 @@ class EpochRecorder(keras.callbacks.Callback):
             self._sums_to_add = None
         stop = self.stop_request is not None and self.stop_request.is_set()
         due = self.checkpoint_every and self._updates % self.checkpoint_every == 0
-        due = due or self._updates == self.max_updates
+        if self.max_updates and self._updates >= self.max_updates:
+            # Each training batch is one update: no step waits for a read of the optimizer's count.
+            self.model.stop_training = True
+            due = True
         if (stop or due) and self._batches < self._steps:
             state = self._save_within_epoch()
             if stop:
@@ -216,25 +219,6 @@ class EpochRecorder(keras.callbacks.Callback):
         self.run_dir.write_history(self.rows)
         if self.stop_request is not None and self.stop_request.is_set() and not self.stopped_in_epoch:
             raise StopRequested(dict(state, batch=0))
-
-
-class StopAfterUpdates(keras.callbacks.Callback):
-    """Ends training once the optimizer has made `max_updates` updates.
-
-    The update count is read once, at the start; then each training batch is
-    one update, so no step waits for a device-to-host read."""
-
-    def __init__(self, max_updates):
-        super().__init__()
-        self.max_updates = max_updates
-
-    def on_train_begin(self, logs=None):
-        self._updates = int(scalar_value(inner_optimizer(self.model.optimizer).iterations))
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._updates += 1
-        if self._updates >= self.max_updates:
-            self.model.stop_training = True
 
 
 class RunProgbar(keras.callbacks.ProgbarLogger):

@@ -120,8 +120,6 @@ def fit_run(
     )
     # The monitor first: the recorder's history row takes its epoch-end figures.
     callbacks = [*([monitor] if monitor else []), recorder, cb.SkippedStepsMonitor(), *extra_callbacks]
-    if config.max_updates:
-        callbacks.append(cb.StopAfterUpdates(config.max_updates))
     callbacks.append(cb.RunProgbar(config.epochs, config.max_updates))
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=run_dir.logs, update_freq="epoch"))
