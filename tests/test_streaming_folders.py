@@ -14,7 +14,7 @@ import tensorflow as tf
 from PIL import Image
 
 from sngm_keras import data
-from sngm_keras.data import DataError, constants, crops, make_datasets, progress
+from sngm_keras.data import DataError, constants, crops, folder_listing, make_datasets, progress
 from sngm_keras.data.folder_listing import list_folder
 from sngm_keras.training import ConfigError, TrainConfig
 
@@ -196,6 +196,51 @@ def test_bad_files_are_named_or_left_out_when_asked(tmp_path):
     Image.new("RGB", (30, 40)).save(tiff / "train" / "cat" / "scan.tif")
     with pytest.raises(DataError, match=r"1 image\(s\) in .* TensorFlow's decoders do not read, e\.g\. .*scan\.tif"):
         make_datasets(str(tiff), batch_size=4, num_epochs=1, image_size=16)
+
+
+def test_files_cut_short_are_named_before_training_as_tensorflow_would_fail_on_them(tmp_path, monkeypatch):
+    """A JPEG without its end marker, or a PNG without its IEND chunk (which
+    Pillow still decodes), fails in TensorFlow's decoders mid-epoch; the
+    listing names them first. Data after the marker is a valid file."""
+    root = make_folder(tmp_path / "images")
+    folder = root / "train" / "dog"
+    whole = {p.suffix: p.read_bytes() for p in sorted(folder.iterdir())}
+    thumbnail = b"Exif\0\0\xff\xd8 a thumbnail \xff\xd9"  # an APP1 segment holding an end marker of its own
+    app1 = b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail
+    with_thumbnail = whole[".jpg"][:2] + app1 + whole[".jpg"][2:]
+    cut = {
+        "no_eoi.jpg": whole[".jpg"][:-2],
+        "thumbnail_no_eoi.jpg": with_thumbnail[:-2],
+        "half.jpg": whole[".jpg"][: len(whole[".jpg"]) // 2],
+        "no_iend.png": whole[".png"][:-12],
+    }
+    kept = {
+        "thumbnail.jpg": with_thumbnail,
+        "trailer.jpg": whole[".jpg"] + b"camera trailer" * 40,
+        "trailer.png": whole[".png"] + b"\0" * 100,
+    }
+    for name, content in {**cut, **kept}.items():
+        (folder / name).write_bytes(content)
+    for content in cut.values():
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            tf.io.decode_image(content, channels=3)
+    for content in kept.values():
+        assert tf.io.decode_image(content, channels=3).shape[-1] == 3
+    with pytest.raises(DataError) as error:
+        make_datasets(str(root), batch_size=4, num_epochs=1, image_size=16)
+    message = str(error.value)
+    assert message.startswith(f"4 file(s) in {root} do not decode as images") and "\n" not in message
+    for name, fmt in (("half.jpg", "JPEG"), ("no_eoi.jpg", "JPEG"), ("no_iend.png", "PNG")):  # the first three
+        assert f"{folder / name}: cut short, the {fmt} data ends before its end marker" in message
+    assert message.count("cut short") == 3 and " and 1 more;" in message
+    for head in (folder_listing._HEAD, 1024):  # files read whole with their header, or their ends read apart
+        monkeypatch.setattr(folder_listing, "_HEAD", head)
+        list_folder.cache_clear()
+        skipped = list_folder(root, "images", skip_bad_images=True).skipped
+        assert [os.path.basename(line.split(":")[0]) for line in skipped] == sorted(cut)
+    list_folder.cache_clear()
+    info = make_datasets(str(root), batch_size=4, num_epochs=1, image_size=16, skip_bad_images=True)[2]
+    assert (info.num_train, info.num_test) == (15, 4)
 
 
 def test_folder_layout_mistakes_are_one_line_each(tmp_path):

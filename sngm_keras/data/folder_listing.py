@@ -1,12 +1,14 @@
 """What an image folder holds, listed once before anything is decoded:
 ``DIR/{train,test}/<class>/<image>`` (``val/`` in place of ``test/``, as
 ImageNet's folders are usually named), each image's size and format read
-from its header.
+from its header, and its end checked for the end marker that TensorFlow's
+decoders need (a copy cut short loses it).
 
 The listing decides how the folder is read (`sngm_keras.data.folder_input`)
 and checks it the way a user needs it checked, in one line each: a class
 folder missing from a split or empty, ImageNet's validation folder as
-distributed (flat), a file that is not an image TensorFlow decodes. Files
+distributed (flat), a file that is not an image TensorFlow decodes, or one
+cut short. Files
 that are not images by their suffix (a README, .DS_Store) are counted and
 left out. Needs Pillow and NumPy only.
 """
@@ -87,6 +89,24 @@ _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
+def _jpeg_markers(data: bytes):
+    """(marker, offset) of a JPEG's markers from its start to its first scan
+    (SOS, 0xDA), whose entropy-coded data has no lengths to walk by."""
+    i = 2
+    while i + 3 < len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        yield marker, i
+        if marker == 0xDA:
+            return
+        if 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
+            i += 2
+        else:
+            i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
+
+
 def _header_size(head: bytes):
     """(height, width, format) of a PNG or a JPEG from its first bytes, else
     None: four times faster than Pillow, which reads the others."""
@@ -95,19 +115,38 @@ def _header_size(head: bytes):
         return (height, width, "PNG") if height and width else None
     if head[:2] != b"\xff\xd8":
         return None
-    i = 2
-    while i + 9 < len(head) and head[i] == 0xFF:
-        marker = head[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-        elif marker in _JPEG_FRAMES:
+    for marker, i in _jpeg_markers(head):
+        if marker in _JPEG_FRAMES and i + 9 <= len(head):
             height, width = struct.unpack(">HH", head[i + 5 : i + 9])
             return (height, width, "JPEG") if height and width else None
-        elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
-            i += 2
-        else:
-            i += 2 + struct.unpack(">H", head[i + 2 : i + 4])[0]
     return None
+
+
+_TAIL = 64  # bytes read at a file's end to find its end marker
+_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}  # JPEG's EOI; PNG's IEND chunk and its CRC
+
+
+def _ends_whole(file, head, fmt):
+    """Whether a JPEG or PNG holds its end marker, without which TensorFlow's
+    decoders fail (Pillow decodes such files). Looked for at the file's end;
+    where data follows it (a camera's trailer), in the whole file: for a
+    JPEG, after its first scan, since an EXIF thumbnail has an end of its
+    own."""
+    end = _END_MARKERS[fmt]
+    if len(head) < _HEAD:  # the whole file was read
+        tail = head[-_TAIL:]
+    else:
+        file.seek(0, os.SEEK_END)
+        file.seek(max(0, file.tell() - _TAIL))
+        tail = file.read()
+    if tail.rstrip(b"\x00").endswith(end):
+        return True
+    file.seek(0)
+    data = file.read()
+    if fmt == "PNG":
+        return end in data
+    scan = next((i for marker, i in _jpeg_markers(data) if marker == 0xDA), None)
+    return scan is not None and data.find(end, scan) >= 0
 
 
 def _probe(path: str):
@@ -116,11 +155,15 @@ def _probe(path: str):
 
     try:
         with open(path, "rb") as file:
-            found = _header_size(file.read(_HEAD))
+            head = file.read(_HEAD)
+            found = _header_size(head)
+            if found and not _ends_whole(file, head, found[2]):
+                return f"{path}: cut short, the {found[2]} data ends before its end marker"
         if found:
             return found
         with Image.open(path) as image:
             fmt, (width, height) = image.format, image.size
+            image.load()  # the formats without a header fast path are rare: decoded whole
     except Exception as err:
         return f"{path}: {str(err).strip() or type(err).__name__}"
     return height, width, fmt
