@@ -13,7 +13,11 @@ which a training run beside the benchmark does not change, as it changes
 the wall-clock rate, also reported), their ratio, and the cores that one
 NVIDIA H100's ResNet-50 training step (about 3,000 images/s, --gpu_rate)
 would need at that rate. --every_core adds the rates with tf.data's
-defaults (all cores).
+defaults (all cores). --stages adds what each step of the work costs, in CPU
+microseconds per image, one thread, built from the library's own pieces
+(`crops.crop_window`, `folder_stream.decoder`): decoding (the whole image,
+or only the crop), the resize, the flip and the normalization, so that the
+two inputs can be compared for the same work.
 
     python -m benchmarks.bench_folder_input --repeats=5 --output=bench_folder_input.json
 """
@@ -48,6 +52,7 @@ flags.DEFINE_integer("image_size", 224, "Output side of both inputs.", lower_bou
 flags.DEFINE_integer("batch_size", 32, "Batch of both inputs.", lower_bound=1)
 flags.DEFINE_integer("repeats", 5, "Timed rounds (medians reported).", lower_bound=1)
 flags.DEFINE_bool("every_core", False, "Also time both inputs with tf.data's default threads.")
+flags.DEFINE_bool("stages", False, "Also time the steps of the work one by one (CPU microseconds per image).")
 flags.DEFINE_float("gpu_rate", 3000.0, "Images/s of the accelerator's training step to feed.", lower_bound=1.0)
 flags.DEFINE_string("output", "bench_folder_input.json", "JSON results.")
 
@@ -77,6 +82,66 @@ def epoch_rates(dataset):
     for _, labels in dataset:
         count += int(labels.shape[0])
     return count / (time.process_time() - cpu), count / (time.perf_counter() - wall)
+
+
+def stage_costs(root, image_size, batch_size, repeats, one_thread):
+    """CPU microseconds per image of cumulative steps of the training input
+    on the JPEGs of ``root/train``, one thread, medians over `repeats`."""
+    from pathlib import Path
+
+    import numpy as np
+    import tensorflow as tf
+
+    from sngm_keras.data import constants, crops
+    from sngm_keras.data.folder_listing import list_folder
+    from sngm_keras.data.folder_stream import decoder
+
+    files = list_folder(Path(root), "bench").train
+    paths = tf.constant(files.paths)
+    shapes = tf.constant(np.concatenate([files.sizes, np.full((len(files), 1), 3, np.int32)], axis=1))
+    decode, size = decoder(tf, files.jpeg), [image_size, image_size]
+    scale, offset = crops.scale_and_offset(tf, *constants.NORMALIZATION[constants.IMAGENET])
+    scale, offset = (tf.reshape(tf.tile(v, [image_size * image_size]), size + [3]) for v in (scale, offset))
+
+    def cropped(i, flip=False):
+        crop_key, flip_key = tf.unstack(
+            tf.random.experimental.stateless_split(tf.stack([tf.constant(7, tf.int64), i]), 2)
+        )
+        image = decode(tf.io.read_file(paths[i]), True, crops.crop_window(tf, shapes[i], crop_key))
+        if flip:
+            image = tf.cond(
+                tf.random.stateless_uniform([], flip_key) < 0.5, lambda: tf.reverse(image, [1]), lambda: image
+            )
+        return image
+
+    stages = {
+        "decode the whole image": lambda i: decode(tf.io.read_file(paths[i]), True)[:1, :1],
+        "decode the whole image, resize (Keras' input)": lambda i: tf.image.resize(
+            decode(tf.io.read_file(paths[i]), True), size
+        ),
+        "decode the crop": lambda i: cropped(i)[:1, :1],
+        "decode the crop, resize": lambda i: tf.image.resize(cropped(i), size),
+        "decode the crop, flip, resize": lambda i: tf.image.resize(cropped(i, flip=True), size),
+        "decode the crop, flip, resize, normalize (the streamed input)": lambda i: (
+            tf.image.resize(cropped(i, flip=True), size) * scale + offset
+        ),
+    }
+
+    def cost(fn):
+        ds = tf.data.Dataset.range(len(files)).map(fn, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+        cpu = time.process_time()
+        for _ in one_thread(ds):
+            pass
+        return 1e6 * (time.process_time() - cpu) / len(files)
+
+    for fn in stages.values():  # warm up
+        cost(fn)
+    costs = {name: [] for name in stages}
+    order = random.Random(1)
+    for _ in range(repeats):
+        for name in order.sample(list(stages), len(stages)):
+            costs[name].append(cost(stages[name]))
+    return {name: statistics.median(values) for name, values in costs.items()}
 
 
 def main():
@@ -138,6 +203,11 @@ def main():
                 "images_per_second": statistics.median(wall for _, wall in values),
             }
         ours_rate, keras_rate = (statistics.median(cpu for cpu, _ in rates[(name, 1)]) for name in inputs)
+        stages = (
+            stage_costs(root, size, FLAGS.batch_size, FLAGS.repeats, lambda ds: with_threads(ds, 1))
+            if FLAGS.stages
+            else None
+        )
         results = {
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "tensorflow": tf.__version__,
@@ -151,12 +221,15 @@ def main():
             "rates": measured,
             "ratio_per_cpu_second": ours_rate / keras_rate,
             "cores_for_gpu_rate": FLAGS.gpu_rate / ours_rate,
+            "stages_cpu_us_per_image": stages,
         }
         for label, value in measured.items():
             print(
                 f"{label}: {value['images_per_cpu_second']:.0f} images per CPU second, "
                 f"{value['images_per_second']:.0f} images/s"
             )
+        for name, microseconds in (stages or {}).items():
+            print(f"{name}: {microseconds:.0f} CPU microseconds per image")
         print(
             f"streamed / keras per CPU second: {results['ratio_per_cpu_second']:.2f}; {FLAGS.gpu_rate:.0f} images/s "
             f"would need {results['cores_for_gpu_rate']:.1f} cores at the streamed rate"

@@ -119,31 +119,21 @@ def streamed_datasets(
         # while it is in cache, faster than to the batch (about 8%).
         scale, offset = (tf.tile(v, [image_size * image_size]) for v in crops.scale_and_offset(tf, *statistics))
         scale, offset = (tf.reshape(v, [image_size, image_size, 3]) for v in (scale, offset))
+    decode = decoder(tf, train.jpeg)
 
-    def decode(data, is_jpeg):
-        return tf.cond(is_jpeg, lambda: tf.io.decode_jpeg(data, channels=3), lambda: decode_other(data))
-
-    def train_example(i, epoch, position):
+    def train_example(path, label, shape, is_jpeg, key):
         """A normalized image of ``image_size`` and its label."""
-        key = tf.random.experimental.stateless_split(epoch_key(tf, seed, epoch), 2)[1]
-        key = tf.random.experimental.stateless_fold_in(key, position)
-        data = tf.io.read_file(paths[i])
+        data = tf.io.read_file(path)
         if not augment:
-            image = crops.eval_crop(tf, decode(data, jpeg[i]), image_size)
-            return tf.ensure_shape(image * scale + offset, [image_size, image_size, 3]), labels[i]
+            image = crops.eval_crop(tf, decode(data, is_jpeg), image_size)
+            return tf.ensure_shape(image * scale + offset, [image_size, image_size, 3]), label
         crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
-        window = crops.crop_window(tf, shapes[i], crop_key)
-        top, left, height, width = tf.unstack(window)
-        image = tf.cond(
-            jpeg[i],
-            lambda: tf.io.decode_and_crop_jpeg(data, window, channels=3),
-            lambda: decode_other(data)[top : top + height, left : left + width],
-        )
+        window = crops.crop_window(tf, shape, crop_key)
+        image = decode(data, is_jpeg, window)
         # Flipped as uint8, resized from it (no float copy of the crop).
-        image = tf.ensure_shape(image, [None, None, 3])
         flip = tf.random.stateless_uniform([], flip_key) < 0.5
         image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
-        return tf.image.resize(image, [image_size, image_size]) * scale + offset, labels[i]
+        return tf.image.resize(image, [image_size, image_size]) * scale + offset, label
 
     def shared(rows, size):
         """This share's rows of consecutive batches of `size` (rows
@@ -151,16 +141,24 @@ def streamed_datasets(
         return tf.reshape(tf.reshape(rows, [-1, count, size // count])[:, index], [-1])
 
     def epoch_rows(epoch, skip):
-        """(file, epoch, position in the epoch) of the rows this share reads,
-        from batch `skip` on (a resume: the batches before are not read)."""
-        perm_key = tf.random.experimental.stateless_split(epoch_key(tf, seed, epoch), 2)[0]
+        """The rows this share reads, from batch `skip` on (a resume: the
+        batches before are not read): each one's file (path, label, shape,
+        whether JPEG) and its crop's key, the epoch's key folded with the
+        row's position in the epoch (`stateless_fold_in`, computed for the
+        whole epoch at once: its first half is the epoch's, the second the
+        position)."""
+        perm_key, crop_key = tf.unstack(tf.random.experimental.stateless_split(epoch_key(tf, seed, epoch), 2))
         order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int32), seed=perm_key)[:used]
         positions = tf.range(used, dtype=tf.int64)
         rows = shared(positions[: whole_batches * batch_size], batch_size)
         if last:
             rows = tf.concat([rows, shared(positions[whole_batches * batch_size :], last)], 0)
         rows = rows[skip * batch_size // count :]
-        return tf.data.Dataset.from_tensor_slices((tf.gather(order, rows), tf.fill(tf.shape(rows), epoch), rows))
+        files = tf.gather(order, rows)
+        epoch_part = tf.random.experimental.stateless_fold_in(crop_key, tf.constant(0, tf.int64))[0]
+        keys = tf.stack([tf.fill(tf.shape(rows), epoch_part), rows], axis=1)
+        columns = (paths, labels, shapes, jpeg)
+        return tf.data.Dataset.from_tensor_slices(tuple(tf.gather(c, files) for c in columns) + (keys,))
 
     def epochs(first, end, skip):
         """Epochs ``first .. end - 1`` from batch `skip` of the first, in
@@ -180,7 +178,7 @@ def streamed_datasets(
     train_ds = train_ds.apply(
         tf.data.experimental.assert_cardinality(((num_epochs - start_epoch) * steps - start_batch) * replica_batches)
     ).prefetch(tf.data.AUTOTUNE)
-    test_ds = eval_files(tf, test, normalize, image_size, eval_batch_size, decode)
+    test_ds = eval_files(tf, test, normalize, image_size, eval_batch_size, decoder(tf, test.jpeg))
     info = DatasetInfo(
         name=listing.shown,
         num_classes=len(listing.class_names),
@@ -199,6 +197,34 @@ def decode_other(data):
     """PNG, GIF (its first frame), BMP or WebP bytes as RGB uint8."""
     tf = import_tf()
     return tf.ensure_shape(tf.io.decode_image(data, channels=3, expand_animations=False), [None, None, 3])
+
+
+def decoder(tf, is_jpeg):
+    """``decode(data, is_jpeg, window=None)``: RGB uint8 of an image's bytes,
+    cut to ``window`` (``[top, left, height, width]``) where given, while
+    decoding for a JPEG. Decided per image only for a folder of JPEGs and
+    others (`is_jpeg`: the folder's per-file flags)."""
+
+    def jpeg(data, window):
+        if window is None:
+            return tf.io.decode_jpeg(data, channels=3)
+        return tf.ensure_shape(tf.io.decode_and_crop_jpeg(data, window, channels=3), [None, None, 3])
+
+    def other(data, window):
+        image = decode_other(data)
+        if window is None:
+            return image
+        top, left, height, width = tf.unstack(window)
+        return image[top : top + height, left : left + width]
+
+    def decode(data, is_jpeg_file, window=None):
+        if is_jpeg.all():
+            return jpeg(data, window)
+        if not is_jpeg.any():
+            return other(data, window)
+        return tf.cond(is_jpeg_file, lambda: jpeg(data, window), lambda: other(data, window))
+
+    return decode
 
 
 def eval_files(tf, files, normalize, image_size, batch_size, decode):
