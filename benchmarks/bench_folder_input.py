@@ -10,7 +10,8 @@ new order every round, with tf.data's threads limited to one (and one
 thread for each op); reported: the median over --repeats rounds of the
 images per second of CPU time the process used (the rate of one core,
 which a training run beside the benchmark does not change, as it changes
-the wall-clock rate, also reported), their ratio, and the cores that one
+the wall-clock rate, also reported), the median and quartiles of the
+per-round ratios of the two one-thread rates, and the cores that one
 NVIDIA H100's ResNet-50 training step (about 3,000 images/s, --gpu_rate)
 would need at that rate. --every_core adds the rates with tf.data's
 defaults (all cores). --stages adds what each step of the work costs, in CPU
@@ -202,7 +203,8 @@ def main():
                 "images_per_cpu_second": statistics.median(cpu for cpu, _ in values),
                 "images_per_second": statistics.median(wall for _, wall in values),
             }
-        ours_rate, keras_rate = (statistics.median(cpu for cpu, _ in rates[(name, 1)]) for name in inputs)
+        ours_rate = statistics.median(cpu for cpu, _ in rates[(next(iter(inputs)), 1)])
+        ratios = [ours[0] / theirs[0] for ours, theirs in zip(*(rates[(name, 1)] for name in inputs))]
         stages = (
             stage_costs(root, size, FLAGS.batch_size, FLAGS.repeats, lambda ds: with_threads(ds, 1))
             if FLAGS.stages
@@ -219,7 +221,8 @@ def main():
             "batch_size": FLAGS.batch_size,
             "repeats": FLAGS.repeats,
             "rates": measured,
-            "ratio_per_cpu_second": ours_rate / keras_rate,
+            "ratio_per_cpu_second": statistics.median(ratios),
+            "ratio_quartiles": statistics.quantiles(ratios, n=4)[::2] if len(ratios) > 1 else ratios * 2,
             "cores_for_gpu_rate": FLAGS.gpu_rate / ours_rate,
             "stages_cpu_us_per_image": stages,
         }
@@ -231,7 +234,8 @@ def main():
         for name, microseconds in (stages or {}).items():
             print(f"{name}: {microseconds:.0f} CPU microseconds per image")
         print(
-            f"streamed / keras per CPU second: {results['ratio_per_cpu_second']:.2f}; {FLAGS.gpu_rate:.0f} images/s "
+            f"streamed / keras per CPU second: {results['ratio_per_cpu_second']:.3f} (quartiles "
+            f"{results['ratio_quartiles'][0]:.3f}-{results['ratio_quartiles'][1]:.3f}); {FLAGS.gpu_rate:.0f} images/s "
             f"would need {results['cores_for_gpu_rate']:.1f} cores at the streamed rate"
         )
         with open(FLAGS.output, "w") as file:

@@ -164,12 +164,31 @@ def streamed_datasets(
         """Epochs ``first .. end - 1`` from batch `skip` of the first, in
         per-replica batches. The examples are read outside the epochs'
         flat_map: tf.data runs a map nested in one at half the speed."""
-        ds = tf.data.Dataset.range(first, end).flat_map(lambda epoch: epoch_rows(epoch, skip))
-        ds = ds.map(train_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        rows = tf.data.Dataset.range(first, end).flat_map(lambda epoch: epoch_rows(epoch, skip))
         if not last:  # whole batches keep a static batch dimension
+            ds = rows.map(train_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             return ds.batch(batch_size // parts, drop_remainder=True)
+        # An epoch ending in a smaller batch: each per-replica batch is a
+        # window of its own size, keyed by its number in the stream, so that
+        # every image is copied into its batch once (`rebatch` copies again).
         sizes = [batch_size // parts] * (whole_batches - skip) * replica_batches + [last // parts] * replica_batches
-        return ds.batch(math.gcd(batch_size, last) // parts).rebatch(sizes)
+        window_sizes = tf.constant(sizes, tf.int64)
+        in_epoch = tf.constant(np.repeat(np.arange(len(sizes)), sizes), tf.int64)
+        windows = tf.data.Dataset.range(first, end).flat_map(
+            lambda epoch: tf.data.Dataset.from_tensor_slices(epoch * len(sizes) + in_epoch)
+        )
+        ds = tf.data.Dataset.zip(rows, windows).map(
+            lambda row, window: train_example(*row) + (window,),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        size = lambda window: tf.gather(window_sizes, window % len(sizes))  # noqa: E731
+        ds = ds.group_by_window(
+            key_func=lambda image, label, window: window,
+            reduce_func=lambda window, examples: examples.batch(size(window)),
+            window_size_func=size,
+        )
+        return ds.map(lambda images, labels, _: (images, labels))
 
     train_ds = epochs(start_epoch, start_epoch + 1, start_batch) if start_batch else None
     rest = epochs(start_epoch + bool(start_batch), num_epochs, 0)
