@@ -25,7 +25,6 @@ per-replica batches, what `tf.distribute`'s
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
