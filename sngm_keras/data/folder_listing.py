@@ -7,10 +7,9 @@ decoders need (a copy cut short loses it).
 The listing decides how the folder is read (`sngm_keras.data.folder_input`)
 and checks it the way a user needs it checked, in one line each: a class
 folder missing from a split or empty, ImageNet's validation folder as
-distributed (flat), a file that is not an image TensorFlow decodes, or one
-cut short. Files
-that are not images by their suffix (a README, .DS_Store) are counted and
-left out. Needs Pillow and NumPy only.
+distributed (flat), a file that is not an image TensorFlow decodes or was
+cut short. Files that are not images by their suffix (a README, .DS_Store)
+are counted and left out. Needs Pillow and NumPy only.
 """
 
 from __future__ import annotations

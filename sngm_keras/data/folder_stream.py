@@ -181,7 +181,10 @@ def streamed_datasets(
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
-        size = lambda window: tf.gather(window_sizes, window % len(sizes))  # noqa: E731
+
+        def size(window):
+            return tf.gather(window_sizes, window % len(sizes))
+
         ds = ds.group_by_window(
             key_func=lambda image, label, window: window,
             reduce_func=lambda window, examples: examples.batch(size(window)),
