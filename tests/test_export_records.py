@@ -21,7 +21,7 @@ def write_run(runs, name, complete=True, validation=True):
     (run_dir / "history.csv").write_text("epoch,loss\n1,2.3\n")
     if validation:
         (run_dir / "validation.csv").write_text("epoch,validation_accuracy\n1,0.1\n")
-    flags = {"data_dir": "/home/me/data", "model_dir": str(run_dir), "epochs": 160}
+    flags = {"data_dir": str(runs.parent / "data"), "model_dir": str(run_dir), "epochs": 160}
     summary = {"complete": complete, "test_accuracy": 0.87, "flags": flags}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 
