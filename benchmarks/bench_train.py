@@ -7,6 +7,12 @@ resolution of the measurement on this machine), SNGM as the paper trains it
 (weight decay 1e-4) and SNGM without weight decay. The input pipeline alone
 is timed too, to show it does not starve the model.
 
+Two instances of one configuration can differ by 0.5-1% on a CPU (memory
+placement), as much as the differences measured: --instances=N builds
+every configuration N times, and each round's ratio is then that of the
+instances' summed times (SGD's over the configuration's), so that no single
+instance decides it.
+
     python -m benchmarks.bench_train --models=resnet20,twoconv --output=bench_train.json
 """
 
@@ -36,6 +42,7 @@ flags.DEFINE_list(
     list(CONFIGURATIONS),
     "Configurations to time; sgd, the reference of every ratio, is always timed.",
 )
+flags.DEFINE_integer("instances", 1, "Models built per configuration; ratios of their summed times.", lower_bound=1)
 flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.")
 flags.DEFINE_string("output", "bench_train.json", "JSON results.")
 
@@ -67,6 +74,7 @@ def main():
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "batch_size": FLAGS.batch_size,
         "jit_compile": FLAGS.jit_compile,
+        "instances": FLAGS.instances,
         "dataset": FLAGS.dataset,
         "pipeline_images_per_second": pipeline_rate(train_ds, 300, FLAGS.batch_size),
         "models": {},
@@ -86,26 +94,32 @@ def main():
         for key, make in optimizers.items():
             if key != "sgd" and key not in FLAGS.optimizers:
                 continue
-            model = build_model(name, info.num_classes, info.image_shape, seed=0)
-            model.set_weights(base.get_weights())
-            model.compile(
-                optimizer=make(),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                jit_compile=FLAGS.jit_compile,
-            )
-            for _ in range(3):  # trace, compile, warm up
-                model.train_on_batch(*next(iterator))
-            models[key] = model
-        times = {key: [] for key in models}
+            for instance in range(FLAGS.instances):
+                model = build_model(name, info.num_classes, info.image_shape, seed=0)
+                model.set_weights(base.get_weights())
+                model.compile(
+                    optimizer=make(),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    jit_compile=FLAGS.jit_compile,
+                )
+                for _ in range(3):  # trace, compile, warm up
+                    model.train_on_batch(*next(iterator))
+                models[(key, instance)] = model
+        round_times = {model_key: [] for model_key in models}
         order = list(models)
         for _ in range(FLAGS.repeats):
-            shuffle.shuffle(order)  # no configuration always runs first or after the same one
-            for key in order:
+            shuffle.shuffle(order)  # no model always runs first or after the same one
+            for model_key in order:
                 batches = [next(iterator) for _ in range(FLAGS.steps)]
                 start = time.perf_counter()
                 for x, y in batches:
-                    models[key].train_on_batch(x, y)
-                times[key].append(time.perf_counter() - start)
+                    models[model_key].train_on_batch(x, y)
+                round_times[model_key].append(time.perf_counter() - start)
+        # Per configuration and round: the mean time of its instances.
+        times = {
+            key: [statistics.fmean(t) for t in zip(*(v for (k, _), v in round_times.items() if k == key))]
+            for key in dict.fromkeys(k for k, _ in models)
+        }
         rate = {k: FLAGS.steps * FLAGS.batch_size / statistics.median(v) for k, v in times.items()}
         # Ratios paired within each round, so that drift of the machine's
         # speed over the run cancels; the median over rounds is reported.
@@ -116,12 +130,21 @@ def main():
         row = {f"{k}_images_per_second": r for k, r in rate.items()}
         row.update({f"{k}_over_sgd": r for k, r in ratio.items()})
         row.update({f"{k}_over_sgd_quartiles": q for k, q in quartiles.items()})
+        if FLAGS.instances > 1:  # the resolution: SGD's instances against each other
+            row["sgd_instance_ratios"] = [
+                statistics.median(s / t for s, t in zip(round_times[("sgd", 0)], round_times[("sgd", i)]))
+                for i in range(1, FLAGS.instances)
+            ]
         results["models"][name] = row
         print(
             f"{name}: SGD {rate['sgd']:,.0f} images/s; "
             + ", ".join(
                 f"{k} {rate[k]:,.0f} images/s ({r:.3f}x SGD, quartiles {quartiles[k][0]:.3f}-{quartiles[k][1]:.3f})"
                 for k, r in ratio.items()
+            )
+            + "".join(
+                f"; SGD instance {i + 1} / instance 0: {r:.3f}"
+                for i, r in enumerate(row.get("sgd_instance_ratios", []))
             )
         )
     with open(FLAGS.output, "w") as f:
