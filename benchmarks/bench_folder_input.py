@@ -98,7 +98,7 @@ def stage_costs(root, image_size, batch_size, repeats, one_thread):
     from sngm_keras.data.folder_stream import decoder
 
     files = list_folder(Path(root), "bench").train
-    paths = tf.constant(files.paths)
+    paths, is_jpeg = tf.constant(files.paths), tf.constant(files.jpeg)
     shapes = tf.constant(np.concatenate([files.sizes, np.full((len(files), 1), 3, np.int32)], axis=1))
     decode, size = decoder(tf, files.jpeg), [image_size, image_size]
     scale, offset = crops.scale_and_offset(tf, *constants.NORMALIZATION[constants.IMAGENET])
@@ -108,7 +108,7 @@ def stage_costs(root, image_size, batch_size, repeats, one_thread):
         crop_key, flip_key = tf.unstack(
             tf.random.experimental.stateless_split(tf.stack([tf.constant(7, tf.int64), i]), 2)
         )
-        image = decode(tf.io.read_file(paths[i]), True, crops.crop_window(tf, shapes[i], crop_key))
+        image = decode(tf.io.read_file(paths[i]), is_jpeg[i], crops.crop_window(tf, shapes[i], crop_key))
         if flip:
             image = tf.cond(
                 tf.random.stateless_uniform([], flip_key) < 0.5, lambda: tf.reverse(image, [1]), lambda: image
@@ -116,9 +116,9 @@ def stage_costs(root, image_size, batch_size, repeats, one_thread):
         return image
 
     stages = {
-        "decode the whole image": lambda i: decode(tf.io.read_file(paths[i]), True)[:1, :1],
+        "decode the whole image": lambda i: decode(tf.io.read_file(paths[i]), is_jpeg[i])[:1, :1],
         "decode the whole image, resize (Keras' input)": lambda i: tf.image.resize(
-            decode(tf.io.read_file(paths[i]), True), size
+            decode(tf.io.read_file(paths[i]), is_jpeg[i]), size
         ),
         "decode the crop": lambda i: cropped(i)[:1, :1],
         "decode the crop, resize": lambda i: tf.image.resize(cropped(i), size),
