@@ -159,6 +159,13 @@ def test_shares_and_replica_batches_are_the_rows_of_one_batch(tmp_path):
     for i, (x, y) in enumerate(whole[4:]):
         np.testing.assert_array_equal(np.concatenate([replicas[2 * i][0], replicas[2 * i + 1][0]]), x)
         np.testing.assert_array_equal(np.concatenate([replicas[2 * i][1], replicas[2 * i + 1][1]]), y)
+    shared_last = [
+        _batches(_stream(root, batch_size=12, epoch_multiple=4, num_epochs=1, share=(p, 2))[0]) for p in (0, 1)
+    ]
+    assert [len(y) for _, y in shared_last[1]] == [6, 2]
+    for i, (x, y) in enumerate(whole[4:]):
+        np.testing.assert_array_equal(np.concatenate([shared_last[0][i][0], shared_last[1][i][0]]), x)
+        np.testing.assert_array_equal(np.concatenate([shared_last[0][i][1], shared_last[1][i][1]]), y)
     with pytest.raises(DataError, match="do not split into 3 equal parts"):
         _stream(root, batch_size=8, epoch_multiple=4, share=(0, 3))
 
@@ -204,7 +211,7 @@ def test_files_cut_short_are_named_before_training_as_tensorflow_would_fail_on_t
     listing names them first. Data after the marker is a valid file."""
     root = make_folder(tmp_path / "images")
     folder = root / "train" / "dog"
-    whole = {p.suffix: p.read_bytes() for p in sorted(folder.iterdir())}
+    whole = {p.suffix: p.read_bytes() for p in sorted(folder.iterdir(), reverse=True)}  # 000.jpg: RGB
     thumbnail = b"Exif\0\0\xff\xd8 a thumbnail \xff\xd9"  # an APP1 segment holding an end marker of its own
     app1 = b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail
     with_thumbnail = whole[".jpg"][:2] + app1 + whole[".jpg"][2:]
@@ -217,7 +224,8 @@ def test_files_cut_short_are_named_before_training_as_tensorflow_would_fail_on_t
     kept = {
         "thumbnail.jpg": with_thumbnail,
         "trailer.jpg": whole[".jpg"] + b"camera trailer" * 40,
-        "trailer.png": whole[".png"] + b"\0" * 100,
+        "padded.png": whole[".png"] + b"\0" * 100,
+        "trailer.png": whole[".png"] + b"a trailer" * 10,
     }
     for name, content in {**cut, **kept}.items():
         (folder / name).write_bytes(content)
@@ -233,14 +241,18 @@ def test_files_cut_short_are_named_before_training_as_tensorflow_would_fail_on_t
     for name, fmt in (("half.jpg", "JPEG"), ("no_eoi.jpg", "JPEG"), ("no_iend.png", "PNG")):  # the first three
         assert f"{folder / name}: cut short, the {fmt} data ends before its end marker" in message
     assert message.count("cut short") == 3 and " and 1 more;" in message
-    for head in (folder_listing._HEAD, 1024):  # files read whole with their header, or their ends read apart
+    # Files read whole with their header; their ends read apart; JPEG headers
+    # past the bytes read, so that Pillow reads them (100 bytes hold no SOF).
+    assert folder_listing._header_size(cut["no_eoi.jpg"][:100]) is None
+    for head in (folder_listing._HEAD, 1024, 100):
         monkeypatch.setattr(folder_listing, "_HEAD", head)
         list_folder.cache_clear()
         skipped = list_folder(root, "images", skip_bad_images=True).skipped
         assert [os.path.basename(line.split(":")[0]) for line in skipped] == sorted(cut)
+        assert all(": cut short, the " in line for line in skipped), skipped
     list_folder.cache_clear()
     info = make_datasets(str(root), batch_size=4, num_epochs=1, image_size=16, skip_bad_images=True)[2]
-    assert (info.num_train, info.num_test) == (15, 4)
+    assert (info.num_train, info.num_test) == (16, 4)
 
 
 def test_folder_layout_mistakes_are_one_line_each(tmp_path):

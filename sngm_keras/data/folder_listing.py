@@ -156,16 +156,17 @@ def _probe(path: str):
         with open(path, "rb") as file:
             head = file.read(_HEAD)
             found = _header_size(head)
-            if found and not _ends_whole(file, head, found[2]):
+            if not found:  # past the fast path (a header over 64 KiB, GIF, BMP, WebP, ...)
+                with Image.open(file) as image:
+                    fmt, (width, height) = image.format, image.size
+                    if fmt not in JPEG_FORMATS + ("PNG",):
+                        image.load()  # no end marker to look for: decoded whole, rare formats in datasets
+                found = (height, width, "JPEG" if fmt in JPEG_FORMATS else fmt)
+            if found[2] in _END_MARKERS and not _ends_whole(file, head, found[2]):
                 return f"{path}: cut short, the {found[2]} data ends before its end marker"
-        if found:
-            return found
-        with Image.open(path) as image:
-            fmt, (width, height) = image.format, image.size
-            image.load()  # the formats without a header fast path are rare: decoded whole
     except Exception as err:
         return f"{path}: {str(err).strip() or type(err).__name__}"
-    return height, width, fmt
+    return found
 
 
 def _class_dirs(split_dir: Path):

@@ -172,10 +172,17 @@ def streamed_datasets(
         # every image is copied into its batch once (`rebatch` copies again).
         sizes = [batch_size // parts] * (whole_batches - skip) * replica_batches + [last // parts] * replica_batches
         window_sizes = tf.constant(sizes, tf.int64)
-        in_epoch = tf.constant(np.repeat(np.arange(len(sizes)), sizes), tf.int64)
-        windows = tf.data.Dataset.range(first, end).flat_map(
-            lambda epoch: tf.data.Dataset.from_tensor_slices(epoch * len(sizes) + in_epoch)
-        )
+        whole_rows = (whole_batches - skip) * batch_size // count  # rows in the epoch's whole batches
+
+        def epoch_windows(epoch):
+            row = tf.range(whole_rows + last // count, dtype=tf.int64)
+            in_whole = row // (batch_size // parts)
+            in_last = (whole_batches - skip) * replica_batches + (row - whole_rows) // (last // parts)
+            return tf.data.Dataset.from_tensor_slices(
+                epoch * len(sizes) + tf.where(row < whole_rows, in_whole, in_last)
+            )
+
+        windows = tf.data.Dataset.range(first, end).flat_map(epoch_windows)
         ds = tf.data.Dataset.zip(rows, windows).map(
             lambda row, window: train_example(*row) + (window,),
             num_parallel_calls=tf.data.AUTOTUNE,
