@@ -3,8 +3,9 @@
 A record is what `apps.train` writes beside its checkpoints: config.json,
 summary.json, history.csv and validation.csv (where a validation split was
 held out). Only finished runs (summary.json's `complete`) are copied; the
-flags that hold this machine's paths are replaced, `data_dir` by ``DIR`` and
-`model_dir` by ``--model_dir_as/<run>``, so that a record names no machine.
+flags that hold this machine's paths are replaced, `data_dir` (and a
+`dataset` given as a folder) by ``DIR`` and `model_dir` by
+``--model_dir_as/<run>``, so that a record names no machine.
 A record already in --records is left as it is when it is the same, and is
 never overwritten when it differs.
 
@@ -31,16 +32,36 @@ RECORD_FILES = ("config.json", "history.csv", "validation.csv")
 DATA_DIR_AS = "DIR"
 
 
+def read_json(path):
+    """The object in `path`; ValueError naming the file where it is not JSON."""
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not JSON ({err})") from None
+
+
 def finished_runs(runs, only=None):
     """Names of the subfolders of `runs` whose summary says complete."""
     names = []
     for name in sorted(os.listdir(runs)):
         path = os.path.join(runs, name, "summary.json")
-        if (only is None or name in only) and os.path.isfile(path):
-            with open(path) as f:
-                if json.load(f).get("complete"):
-                    names.append(name)
+        if (only is None or name in only) and os.path.isfile(path) and read_json(path).get("complete"):
+            names.append(name)
     return names
+
+
+def without_paths(values, name, model_dir_as):
+    """Whether `values` (a run's flags or config) held a path, now replaced."""
+    replaced = {}
+    if values.get("data_dir") is not None:
+        replaced["data_dir"] = DATA_DIR_AS
+    if isinstance(values.get("dataset"), str) and os.path.isabs(values["dataset"]):  # a folder of images
+        replaced["dataset"] = DATA_DIR_AS
+    if values.get("model_dir") is not None:
+        replaced["model_dir"] = f"{model_dir_as}/{name}"
+    values.update(replaced)
+    return bool(replaced)
 
 
 def record(run_dir, name, model_dir_as):
@@ -51,13 +72,11 @@ def record(run_dir, name, model_dir_as):
         if os.path.isfile(path):
             with open(path) as f:
                 files[file] = f.read()
-    with open(os.path.join(run_dir, "summary.json")) as f:
-        summary = json.load(f)
-    run_flags = summary.get("flags", {})
-    if "data_dir" in run_flags:
-        run_flags["data_dir"] = DATA_DIR_AS
-    if "model_dir" in run_flags:
-        run_flags["model_dir"] = f"{model_dir_as}/{name}"
+    config = read_json(os.path.join(run_dir, "config.json"))
+    if without_paths(config, name, model_dir_as):
+        files["config.json"] = json.dumps(config, indent=2, sort_keys=True)  # as apps.train writes it
+    summary = read_json(os.path.join(run_dir, "summary.json"))
+    without_paths(summary.get("flags", {}), name, model_dir_as)
     files["summary.json"] = json.dumps(summary, indent=2)  # as apps.train writes it
     return files
 
