@@ -87,7 +87,7 @@ def epoch_rates(dataset):
 
 def stage_costs(root, image_size, batch_size, repeats, one_thread):
     """CPU microseconds per image of cumulative steps of the training input
-    on the JPEGs of ``root/train``, one thread, medians over `repeats`."""
+    on the images of ``root/train``, one thread, medians over `repeats`."""
     from pathlib import Path
 
     import numpy as np
