@@ -116,9 +116,10 @@ def main():
                     models[model_key].train_on_batch(x, y)
                 round_times[model_key].append(time.perf_counter() - start)
         # Per configuration and round: the mean time of its instances.
+        configurations = dict.fromkeys(key for key, _ in models)
         times = {
-            key: [statistics.fmean(t) for t in zip(*(v for (k, _), v in round_times.items() if k == key))]
-            for key in dict.fromkeys(k for k, _ in models)
+            key: [statistics.fmean(t) for t in zip(*(round_times[(key, i)] for i in range(FLAGS.instances)))]
+            for key in configurations
         }
         rate = {k: FLAGS.steps * FLAGS.batch_size / statistics.median(v) for k, v in times.items()}
         # Ratios paired within each round, so that drift of the machine's
