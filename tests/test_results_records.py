@@ -174,6 +174,12 @@ def test_table2_160_epoch_runs_table_is_their_records(table2):
             f"{_percent(min(last10))}–{_percent(max(last10))} |"
         )
         assert row in section, row
+    msgd, sngm = (_history(os.path.join("table2", "160_epochs"), run) for run in labels)
+    assert all(float(s["train_loss"]) > float(m["train_loss"]) for s, m in zip(sngm, msgd))
+    late = [float(sngm[e - 1]["train_loss"]) for e in (150, 160)]
+    text = " ".join(section.split())
+    assert f"still fell by a third over its last 10 epochs ({late[0]:.3f} to {late[1]:.3f})" in text
+    assert 0.6 < late[1] / late[0] < 0.72
 
 
 def _batch_scaling_text():
