@@ -60,6 +60,17 @@ def test_table2_every_run_appears_with_its_test_and_validation_accuracy(table2):
         assert f"{test} ({validation})" in section or f"**{test}** ({validation})" in section, run
 
 
+def test_table2_interior_rate_runs_so_far_appear_with_their_accuracies(table2):
+    _, section = table2
+    records = _records(os.path.join("table2", "interior_rates"))
+    assert len(records) == 3
+    text = " ".join(section.split())
+    for run, (config, summary) in records.items():
+        assert config["epochs"] == summary["epochs_completed"] == 20, run
+        test, validation = _percent(summary["test_accuracy"]), _percent(summary["validation_accuracy"])
+        assert f"{config['learning_rate']:g}, {test} ({validation})" in text, run
+
+
 def test_table2_chosen_rates_are_the_validation_best(table2):
     records, section = table2
     by_row = collections.defaultdict(list)
