@@ -61,7 +61,7 @@ def test_table2_every_run_appears_with_its_test_and_validation_accuracy(table2):
 
 
 def test_table2_interior_rate_runs_so_far_appear_with_their_accuracies(table2):
-    _, section = table2
+    table_records, section = table2
     records = _records(os.path.join("table2", "interior_rates"))
     assert len(records) == 4
     text = " ".join(section.split())
@@ -70,7 +70,7 @@ def test_table2_interior_rate_runs_so_far_appear_with_their_accuracies(table2):
         test, validation = _percent(summary["test_accuracy"]), _percent(summary["validation_accuracy"])
         assert f"{config['learning_rate']:g}, {test} ({validation})" in text, run
     below = records["resnet20_msgd_b4096_lr0.05"][1]["validation_accuracy"]
-    chosen = table2[0]["resnet20_msgd_b4096_lr0.1"][1]["validation_accuracy"]
+    chosen = table_records["resnet20_msgd_b4096_lr0.1"][1]["validation_accuracy"]
     assert below < chosen
     assert f"the run at 0.05 made since ends {100 * (chosen - below):.2f} points below it" in text
 
