@@ -26,6 +26,58 @@ def uninterrupted(tmp_path_factory):
     return records(str(model_dir))
 
 
+# One Mean metric on two logical-CPU replicas: 1e8 on replica 0 and 0 on 1
+# before a checkpoint, 3 on each after. In float32 (spacing 8 at 1e8, 4 at
+# 5e7) 1e8 + 3 is 1e8, while the even spread 5e7 + 3 is 50,000,004.
+SPREAD_SUMS = """
+import json, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from sngm_keras.training.callbacks import add_epoch_sums, epoch_sums
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+class Run:  # what the callbacks read of a model
+    def __init__(self):
+        with strategy.scope():
+            self.metrics = [keras.metrics.Mean()]
+        self.distribute_strategy = strategy
+
+def update(run, per_replica):
+    def add():
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        run.metrics[0].update_state(tf.gather(tf.constant(per_replica), replica))
+    tf.function(lambda: strategy.run(add))()
+
+def total(run):
+    return float(run.metrics[0].total.numpy())
+
+before, after = [1e8, 0.0], [3.0, 3.0]
+uninterrupted, checkpointed = Run(), Run()
+update(uninterrupted, before)
+update(uninterrupted, after)
+update(checkpointed, before)
+sums, replica_sums = epoch_sums(checkpointed)
+resumed = {}
+for name, parts in (("per_replica", replica_sums), ("whole", None)):
+    run = Run()
+    update(run, after)  # the first update after the resume, then the sums added back
+    add_epoch_sums(run, sums, parts)
+    resumed[name] = total(run)
+print(json.dumps({"uninterrupted": total(uninterrupted), "sums": sums, "replica_sums": replica_sums, **resumed}))
+"""
+
+
+def test_on_two_replicas_each_gets_back_its_own_part_of_the_epoch_sums():
+    result = subprocess.run([sys.executable, "-c", SPREAD_SUMS], capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert out["sums"] == [[1e8, 2.0]] and out["replica_sums"] == [[[1e8, 0.0], [1.0, 1.0]]]
+    assert out["uninterrupted"] == out["per_replica"] == 1e8
+    # The whole sum added back spreads over the replicas: the epoch's later sums round otherwise.
+    assert out["whole"] == 100_000_008.0
+
+
 def test_killed_within_an_epoch_resumes_to_the_uninterrupted_run(tmp_path, uninterrupted):
     state = killed_and_resumed(tmp_path / "run", at=13, every=4)
     assert (state["epoch"], state["batch"], state["updates"]) == (1, 3, 12)  # epoch 2, batch 3 of 9

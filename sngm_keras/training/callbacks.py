@@ -35,6 +35,42 @@ def epoch_means(model):
     return found
 
 
+def replica_parts(model, variable):
+    """The parts of a metric variable that a tf.distribute strategy on one
+    host keeps on each of its replicas (summed when read), or None: one
+    device, JAX, or several hosts (whose parts this host does not hold)."""
+    strategy = getattr(model, "distribute_strategy", None)
+    parts = getattr(getattr(variable, "value", None), "values", None)
+    if strategy is None or not isinstance(parts, tuple) or not 1 < len(parts) == strategy.num_replicas_in_sync:
+        return None
+    return parts
+
+
+def epoch_sums(model):
+    """The Mean metrics' (total, count); and on a strategy's replicas, each one's part of them (else None)."""
+    means = epoch_means(model)
+    sums = [[scalar_value(m.total), scalar_value(m.count)] for m in means]
+    parts = [[replica_parts(model, v) for v in (m.total, m.count)] for m in means]
+    if any(p is None for pair in parts for p in pair):
+        return sums, None
+    return sums, [[[scalar_value(p) for p in pair] for pair in metric] for metric in parts]
+
+
+def add_epoch_sums(model, sums, replica_sums=None):
+    """Adds `epoch_sums`' figures to the Mean metrics. With a part for each
+    replica, each replica's to its own: adding a replicated variable a whole
+    sum spreads it evenly over the replicas, and the epoch's later sums then
+    round otherwise than an uninterrupted epoch's."""
+    for i, metric in enumerate(epoch_means(model)):
+        for j, variable in enumerate((metric.total, metric.count)):
+            parts = replica_parts(model, variable) if replica_sums else None
+            if parts is not None and len(parts) == len(replica_sums[i][j]):
+                for part, value in zip(parts, replica_sums[i][j]):
+                    part.assign_add(value)
+            else:
+                variable.assign_add(sums[i][j])
+
+
 class EpochRecorder(keras.callbacks.Callback):
     """Writes a history row and a checkpoint at the end of every epoch, a
     checkpoint within epochs every `checkpoint_every` updates; ends training
@@ -118,9 +154,7 @@ class EpochRecorder(keras.callbacks.Callback):
         self._batches += 1
         self._updates += 1
         if self._sums_to_add:
-            for metric, (total, count) in zip(epoch_means(self.model), self._sums_to_add):
-                metric.total.assign_add(total)
-                metric.count.assign_add(count)
+            add_epoch_sums(self.model, self._sums_to_add, self._carried.get("epoch_metric_replica_sums"))
             self._sums_to_add = None
         stop = self.stop_request is not None and self.stop_request.is_set()
         due = self.checkpoint_every and self._updates % self.checkpoint_every == 0
@@ -144,6 +178,7 @@ class EpochRecorder(keras.callbacks.Callback):
         train_time, wall_time = self._train_time_so_far(now), now - self._epoch_start
         # The optimizer's count, not the batches: a loss-scaled step that overflowed made no update.
         updates = int(scalar_value(inner_optimizer(model.optimizer).iterations))
+        sums, replica_sums = epoch_sums(model)
         state = {
             **self._state(updates),
             "epoch": self._epoch,
@@ -152,7 +187,8 @@ class EpochRecorder(keras.callbacks.Callback):
             "train_seconds": self.train_seconds + train_time,
             "epoch_train_seconds": self._carried.get("epoch_train_seconds", 0.0) + train_time,
             "epoch_wall_seconds": self._carried.get("epoch_wall_seconds", 0.0) + wall_time,
-            "epoch_metric_sums": [[scalar_value(m.total), scalar_value(m.count)] for m in epoch_means(model)],
+            "epoch_metric_sums": sums,
+            **({"epoch_metric_replica_sums": replica_sums} if replica_sums else {}),
         }
         self.run_dir.save_checkpoint(model, state, keep=self.keep_checkpoints)
         return state
