@@ -63,7 +63,7 @@ def test_table2_every_run_appears_with_its_test_and_validation_accuracy(table2):
 def test_table2_interior_rate_runs_so_far_appear_with_their_accuracies(table2):
     table_records, section = table2
     records = _records(os.path.join("table2", "interior_rates"))
-    assert len(records) == 4
+    assert len(records) == 5
     text = " ".join(section.split())
     for run, (config, summary) in records.items():
         assert config["epochs"] == summary["epochs_completed"] == 20, run
@@ -73,6 +73,12 @@ def test_table2_interior_rate_runs_so_far_appear_with_their_accuracies(table2):
     chosen = table_records["resnet20_msgd_b4096_lr0.1"][1]["validation_accuracy"]
     assert below < chosen
     assert f"the run at 0.05 made since ends {100 * (chosen - below):.2f} points below it" in text
+    # LARS's top rate, 3.2, against the run at 6.4 above it: test points, then validation's.
+    above, top = records["resnet20_lars_b4096_lr6.4"][1], table_records["resnet20_lars_b4096_lr3.2"][1]
+    assert above["validation_accuracy"] < top["validation_accuracy"]
+    margins = [100 * (top[k] - above[k]) for k in ("test_accuracy", "validation_accuracy")]
+    claim = "The run at 6.4 made since ends {:.2f} points below it ({:.2f} on the held-out images)"
+    assert claim.format(*margins) in text
 
 
 def test_table2_chosen_rates_are_the_validation_best(table2):
